@@ -1,0 +1,134 @@
+"""`python -m bench [--quick] [--scenario default|errors|redis|all] [--json out.json]`.
+
+Starts every process it needs, prints a Markdown report to stdout (progress to stderr), and
+stops everything it started on the way out, including on Ctrl-C and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from bench.procs import Processes
+from bench.report import Report, machine_info, to_markdown, write_json
+from bench.scenario_errors import ErrorsScenario
+from bench.scenario_proxy import ProxyScenario
+from bench.scenario_redis import RedisScenario
+from bench.serving import raise_nofile_limit, run_main
+from bench.settings import TARGETS, BenchSettings, preset
+from bench.targets import Launcher, Placement, gateway_version, pinned_placement
+
+SCENARIOS = ("default", "errors", "redis", "all")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smoke run, < 30 s")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="default")
+    parser.add_argument(
+        "--targets",
+        help=f"comma-separated subset of {','.join(TARGETS)} (default: all; quick: no redis)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    parser.add_argument("--duration", type=float, help="seconds of each timed req/s window")
+    parser.add_argument("--streams", type=int, help="slow streams held open for RSS/stream")
+    parser.add_argument("--concurrency", type=int, help="closed-loop concurrency (default 16)")
+    parser.add_argument("--error-rate", type=float, help="529 fraction for --scenario errors")
+    parser.add_argument("--seed", type=int, help="seed of the mock's error draws")
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the gateway processes (repeatable)",
+    )
+    parser.add_argument("--gateway-timeout", type=float, default=10.0, metavar="SECONDS")
+    return parser.parse_args(argv)
+
+
+def build_settings(args: argparse.Namespace) -> BenchSettings:
+    settings = preset(quick=args.quick)
+    changes: dict[str, object] = {}
+    if args.targets:
+        targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+        unknown = set(targets) - set(TARGETS)
+        if unknown:
+            raise SystemExit(f"unknown targets: {', '.join(sorted(unknown))}")
+        changes["targets"] = targets
+    for name in ("duration", "streams", "concurrency", "error_rate", "seed"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    return dataclasses.replace(settings, **changes)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+async def run(args: argparse.Namespace, settings: BenchSettings, procs: Processes) -> Report:
+    gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
+    launcher = Launcher(procs, gateway_env=gateway_env, gateway_timeout=args.gateway_timeout)
+    version = gateway_version()
+    pinned = pinned_placement()
+    command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
+    report = Report(command, machine_info(version), settings, pinned.description)
+    if version is None:
+        report.notes.append(
+            "- The gateway did not run (`python -m gateway --version` failed): gateway rows "
+            "are skipped."
+        )
+    scenario = args.scenario
+    if scenario in ("default", "all"):
+        _pin_self(pinned)
+        report.proxy = await ProxyScenario(launcher, settings, pinned).run()
+    if scenario in ("errors", "all"):
+        _pin_self(pinned)
+        report.errors = await ErrorsScenario(launcher, settings, pinned).run()
+    if scenario in ("redis", "all"):
+        _pin_self(Placement(None, None), procs.all_cpus)
+        report.redis = await RedisScenario(launcher, settings).run()
+    return report
+
+
+def _pin_self(placement: Placement, every: frozenset[int] | None = None) -> None:
+    """Move the harness (the load generator) to the load CPU, or back to every CPU."""
+    cpus = placement.load or every
+    if cpus:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cpus)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = build_settings(args)
+    raise_nofile_limit()  # children inherit it
+    signal.signal(signal.SIGTERM, _terminate)
+    procs = Processes()  # before pinning: remembers every allowed CPU
+    result: list[Report] = []
+
+    async def go() -> None:
+        result.append(await run(args, settings, procs))
+
+    try:
+        run_main(go())
+    except KeyboardInterrupt:
+        print("[bench] interrupted; stopping every process started", file=sys.stderr)
+        return 130
+    finally:
+        procs.stop_all()
+    report = result[0]
+    print(to_markdown(report))
+    if args.json:
+        write_json(report, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

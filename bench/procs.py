@@ -1,0 +1,267 @@
+"""Child processes for the bench: start pinned, wait until ready, sample /proc, always stop.
+
+Every process goes through a `Processes` registry; `Processes.stop_all()` runs from a
+`finally` in `bench.__main__`, so Ctrl-C, SIGTERM or a crash still ends everything started.
+Each child gets its own session (process group), so stopping one also ends its children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+STOP_GRACE_SECONDS = 5.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class NotReadyError(RuntimeError):
+    """A child did not become ready in time (or exited); the message says why."""
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(slots=True)
+class Child:
+    """One started process, its log file and the port it serves."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+@dataclass
+class Processes:
+    """Registry of started children: start pinned, stop one, stop all."""
+
+    logdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
+    children: list[Child] = field(default_factory=list)
+    all_cpus: frozenset[int] = field(default_factory=lambda: frozenset(os.sched_getaffinity(0)))
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        port: int,
+        *,
+        cpus: Collection[int] | None,
+        env: Mapping[str, str] | None = None,
+    ) -> Child:
+        """Start `argv` in its own process group, on `cpus` (None: every allowed CPU)."""
+        allowed = sorted(self.all_cpus if cpus is None else cpus)
+        prefix = ["taskset", "-c", ",".join(map(str, allowed))] if shutil.which("taskset") else []
+        log = self.logdir / f"{name}-{port}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [*prefix, *argv],
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if not prefix:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(popen.pid, allowed)
+        child = Child(name, popen, log, port)
+        self.children.append(child)
+        return child
+
+    def start_python(
+        self,
+        name: str,
+        module_args: Sequence[str],
+        port: int,
+        *,
+        cpus: Collection[int] | None,
+        env: Mapping[str, str] | None = None,
+    ) -> Child:
+        """Start `python -m ...` with this interpreter (the project venv's)."""
+        return self.start(name, [sys.executable, "-m", *module_args], port, cpus=cpus, env=env)
+
+    def stop(self, child: Child) -> None:
+        """SIGTERM the child's process group, then SIGKILL after a grace period."""
+        if child in self.children:
+            self.children.remove(child)
+        _signal_group(child.popen, signal.SIGTERM)
+        try:
+            child.popen.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            _signal_group(child.popen, signal.SIGKILL)
+            child.popen.wait(STOP_GRACE_SECONDS)
+        _signal_group(child.popen, signal.SIGKILL)  # stragglers the child left in its group
+
+    def stop_all(self) -> None:
+        for child in reversed(list(self.children)):
+            with contextlib.suppress(Exception):
+                self.stop(child)
+
+
+def _signal_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, sig)  # the group we created with start_new_session
+
+
+async def wait_tcp(child: Child, within: float = 10.0) -> None:
+    """Poll a TCP connect to the child's port until it accepts, bounded by `within`."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        _raise_if_exited(child)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", child.port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    raise NotReadyError(f"{child.name} did not accept TCP within {within:.0f} s")
+
+
+async def wait_http(child: Child, path: str = "/healthz", within: float = 10.0) -> None:
+    """Poll GET `path` until it answers 200, bounded by `within`."""
+    deadline = time.monotonic() + within
+    last = "no answer"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while time.monotonic() < deadline:
+            _raise_if_exited(child)
+            try:
+                async with session.get(child.url + path) as response:
+                    if response.status == 200:
+                        return
+                    last = f"HTTP {response.status}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                last = type(exc).__name__
+            await asyncio.sleep(0.1)
+    raise NotReadyError(f"{child.name}: GET {path} not 200 within {within:.0f} s ({last})")
+
+
+def _raise_if_exited(child: Child) -> None:
+    code = child.popen.poll()
+    if code is not None:
+        raise NotReadyError(f"{child.name} exited with code {code}")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (the gateway could fork workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
+def cpu_seconds(pid: int, *, tree: bool = True) -> float:
+    """User + system CPU seconds of `pid` (and its descendants), from /proc/<pid>/stat."""
+    total = 0
+    for member in _process_tree(pid) if tree else [pid]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLK_TCK
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """Wall clock and CPU seconds of the server, the load side and the whole machine."""
+
+    wall: float
+    server: float
+    load: float
+    busy: float
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """CPU used over a window, as % of one core: server, load side, everything else."""
+
+    wall: float
+    server_s: float
+    server_pct: float
+    load_pct: float
+    other_pct: float
+
+
+def sample_cpu(server: int, load: Sequence[int]) -> CpuSample:
+    """Snapshot for `cpu_use`; `load` is the harness and the mock (not the server)."""
+    harness = os.getpid()
+    load_s = sum(cpu_seconds(pid, tree=pid != harness) for pid in load)
+    return CpuSample(time.perf_counter(), cpu_seconds(server), load_s, busy_seconds())
+
+
+def cpu_use(before: CpuSample, after: CpuSample) -> CpuUse:
+    wall = after.wall - before.wall
+    server = after.server - before.server
+    load = after.load - before.load
+    other = max(0.0, after.busy - before.busy - server - load)
+    return CpuUse(wall, server, 100 * server / wall, 100 * load / wall, 100 * other / wall)
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size in KB of `pid` and its descendants, from /proc/<pid>/status."""
+    total = 0
+    for member in _process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total

@@ -1,0 +1,239 @@
+"""Markdown tables (stdout) and JSON for a bench run, with the machine it ran on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.scenario_errors import ErrorsRow
+from bench.scenario_proxy import ProxyRow
+from bench.scenario_redis import RedisRow
+from bench.serving import uvloop_version
+from bench.settings import BenchSettings
+
+
+@dataclass(slots=True)
+class Report:
+    """Everything one run measured."""
+
+    command: str
+    machine: dict[str, str]
+    settings: BenchSettings
+    placement: str
+    proxy: list[ProxyRow] | None = None
+    errors: list[ErrorsRow] | None = None
+    redis: list[RedisRow] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def machine_info(gateway: str | None) -> dict[str, str]:
+    """nproc, CPU model, kernel, Python, aiohttp, uvloop, gateway version, fd limit."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    uv = uvloop_version()
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpus allowed": ",".join(map(str, sorted(os.sched_getaffinity(0)))),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": metadata.version("aiohttp"),
+        "uvloop": f"yes ({uv})" if uv else "no",
+        "gateway": gateway or "not runnable (python -m gateway --version failed)",
+        "open files limit": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+    }
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _diff(value: float | None, base: float | None) -> str:
+    if value is None or base is None:
+        return "-"
+    return f"{value - base:+,.2f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _failures(name: str, failures: dict[str, int]) -> str | None:
+    if not failures:
+        return None
+    listed = ", ".join(f"{kind} x{count}" for kind, count in sorted(failures.items()))
+    return f"- {name}: failures: {listed}"
+
+
+def proxy_section(rows: list[ProxyRow], settings: BenchSettings) -> list[str]:
+    by_name = {row.target: row for row in rows}
+    direct, floor = by_name.get("direct"), by_name.get("passthrough")
+    header = [
+        "target",
+        f"req/s @{settings.concurrency}",
+        "% of passthrough",
+        "server CPU %",
+        "load CPU %",
+        "other CPU %",
+        "CPU ms/req",
+        "p50 @1 (ms)",
+        "p99 @1 (ms)",
+        "added p50 (ms)",
+        "added p99 (ms)",
+        "stream TTFB p50 (ms)",
+        "RSS/stream (KB)",
+        "streams open",
+    ]
+    table, notes = [], []
+    for row in rows:
+        if row.skipped:
+            table.append([row.target, f"skipped: {row.skipped}", *["-"] * (len(header) - 2)])
+            continue
+        pct = 100 * row.rps / floor.rps if row.rps and floor and floor.rps else None
+        base = direct if direct and not direct.skipped else None
+        table.append(
+            [
+                row.target,
+                _num(row.rps, 0),
+                _num(pct, 0),
+                _num(row.server_cpu_pct, 0),
+                _num(row.load_cpu_pct, 0),
+                _num(row.other_cpu_pct, 0),
+                _num(row.cpu_ms_per_req, 3),
+                _num(row.p50_ms, 3),
+                _num(row.p99_ms, 3),
+                _diff(row.p50_ms, base.p50_ms) if base and row is not base else "-",
+                _diff(row.p99_ms, base.p99_ms) if base and row is not base else "-",
+                _num(row.ttfb_p50_ms, 3),
+                _num(row.rss_per_stream_kb, 1),
+                f"{row.streams_open}/{settings.streams}" if row.streams_open is not None else "-",
+            ]
+        )
+        if row.rss_before_kb is not None:
+            notes.append(
+                f"- {row.target}: RSS {row.rss_before_kb:,} KB before, {row.rss_during_kb:,} KB "
+                f"with {row.streams_open} streams open; {row.streams_completed} streams completed"
+            )
+        notes.append(_failures(row.target, row.failures) or "")
+    return [
+        "## Proxy overhead (default scenario)",
+        "",
+        *_table(header, table),
+        "",
+        "The direct row's CPU, RSS and TTFB columns are the mock upstream's own.",
+        *[note for note in notes if note],
+    ]
+
+
+def errors_section(rows: list[ErrorsRow], settings: BenchSettings) -> list[str]:
+    direct = next((r for r in rows if r.target == "direct" and not r.skipped), None)
+    header = ["target", "requests", "success %", "p50 (ms)", "p90 (ms)", "p99 (ms)"]
+    header += ["added p50 (ms)", "added p99 (ms)", "upstream attempts/request"]
+    table, notes = [], []
+    for row in rows:
+        if row.skipped:
+            table.append([row.target, f"skipped: {row.skipped}", *["-"] * (len(header) - 2)])
+            continue
+        rel = direct is not None and row is not direct
+        table.append(
+            [
+                row.target,
+                str(row.requests),
+                _num(row.success_pct, 1),
+                _num(row.p50_ms, 1),
+                _num(row.p90_ms, 1),
+                _num(row.p99_ms, 1),
+                _diff(row.p50_ms, direct.p50_ms) if rel and direct else "-",
+                _diff(row.p99_ms, direct.p99_ms) if rel and direct else "-",
+                _num(row.attempts_per_request, 2),
+            ]
+        )
+        notes.append(_failures(row.target, row.failures) or "")
+    return [
+        f"## Flaky upstream (`--scenario errors`, 529 rate {settings.error_rate:g})",
+        "",
+        "anthropic.AsyncAnthropic(max_retries=2) at concurrency "
+        f"{settings.concurrency}; latency of successful calls, SDK backoff included.",
+        "",
+        *_table(header, table),
+        *[note for note in notes if note],
+    ]
+
+
+def redis_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
+    header = ["backend", "instances", f"req/s @{settings.concurrency}", "p50 (ms)", "p99 (ms)"]
+    header += ["gateway CPU ms/req", "redis CPU ms/req", "EVALSHA/req", "redis cmds/req"]
+    table, notes = [], []
+    for row in rows:
+        if row.skipped:
+            name = [row.backend, str(row.instances), f"skipped: {row.skipped}"]
+            table.append([*name, *["-"] * (len(header) - 3)])
+            continue
+        table.append(
+            [
+                row.backend,
+                str(row.instances),
+                _num(row.rps, 0),
+                _num(row.p50_ms, 2),
+                _num(row.p99_ms, 2),
+                _num(row.gateway_cpu_ms_per_req, 3),
+                _num(row.redis_cpu_ms_per_req, 3),
+                _num(row.evalsha_per_req, 2),
+                _num(row.redis_cmds_per_req, 2),
+            ]
+        )
+        notes.append(_failures(f"{row.backend} x{row.instances}", row.failures) or "")
+    return [
+        "## Limiter backend (`--scenario redis`)",
+        "",
+        "Not pinned: gateways, mock, Redis and the load generator share every CPU. Latency at "
+        f"concurrency {settings.concurrency}, load spread round-robin over the instances.",
+        "",
+        *_table(header, table),
+        *[note for note in notes if note],
+    ]
+
+
+def to_markdown(report: Report) -> str:
+    s = report.settings
+    lines = ["# claude-gateway bench", "", f"Command: `{report.command}`", ""]
+    lines += [f"- {key}: {value}" for key, value in report.machine.items()]
+    lines += [
+        f"- mode: {'quick' if s.quick else 'full'}; placement: {report.placement}",
+        f"- req/s: {s.warmup:g} s warm-up then {s.duration:g} s at concurrency {s.concurrency}; "
+        f"latency: {s.latency_samples} sequential requests; TTFB: {s.ttfb_samples} streams; "
+        f"RSS: {s.streams} streams held ~{s.stream_seconds:g} s",
+        "",
+    ]
+    if report.proxy is not None:
+        lines += [*proxy_section(report.proxy, s), ""]
+    if report.errors is not None:
+        lines += [*errors_section(report.errors, s), ""]
+    if report.redis is not None:
+        lines += [*redis_section(report.redis, s), ""]
+    lines += report.notes
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    return dataclasses.asdict(report)
+
+
+def write_json(report: Report, path: Path) -> None:
+    path.write_text(json.dumps(to_json(report), indent=2) + "\n")

@@ -1,0 +1,73 @@
+"""What a bench run measures and for how long: the quick and full presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TARGETS = ("direct", "passthrough", "gateway", "gateway+redis")
+SSE_FIXED_EVENTS = 6  # message_start, content_block_start, ping, block_stop, delta, stop
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSettings:
+    """Counts and durations; every load loop is bounded by these."""
+
+    quick: bool
+    targets: tuple[str, ...]
+    concurrency: int
+    warmup: float  # seconds of untimed load before each timed window
+    duration: float  # seconds of the timed req/s window
+    max_requests: int  # hard cap on any closed loop
+    latency_samples: int  # sequential requests at concurrency 1
+    ttfb_samples: int  # sequential streamed requests
+    streams: int  # slow streams held open at once
+    stream_chunk_delay: float  # seconds between SSE events in the open-streams phase
+    stream_deltas: int
+    error_rate: float
+    error_requests: int
+    seed: int
+    redis_duration: float
+
+    @property
+    def stream_seconds(self) -> float:
+        """How long one slow stream stays open."""
+        return (self.stream_deltas + SSE_FIXED_EVENTS - 1) * self.stream_chunk_delay
+
+
+def preset(*, quick: bool) -> BenchSettings:
+    """Quick: a < 30 s smoke run. Full: steadier numbers in < 5 minutes on 2 cores."""
+    if quick:
+        return BenchSettings(
+            quick=True,
+            targets=("direct", "passthrough", "gateway"),
+            concurrency=16,
+            warmup=0.5,
+            duration=2.0,
+            max_requests=200_000,
+            latency_samples=200,
+            ttfb_samples=50,
+            streams=200,
+            stream_chunk_delay=0.2,
+            stream_deltas=10,
+            error_rate=0.3,
+            error_requests=150,
+            seed=1,
+            redis_duration=2.0,
+        )
+    return BenchSettings(
+        quick=False,
+        targets=TARGETS,
+        concurrency=16,
+        warmup=1.0,
+        duration=8.0,
+        max_requests=1_000_000,
+        latency_samples=1000,
+        ttfb_samples=200,
+        streams=1000,
+        stream_chunk_delay=0.8,
+        stream_deltas=10,
+        error_rate=0.3,
+        error_requests=600,
+        seed=1,
+        redis_duration=6.0,
+    )

@@ -1,0 +1,117 @@
+"""`create_app()`: the one composition root: services, routes, middlewares, cleanup contexts.
+
+Shared clients open and close in `app.cleanup_ctx`; state lives under typed `AppKey`s; no
+module globals. `run()` serves an app with graceful SIGTERM/SIGINT draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.clock import Clock, SystemClock
+from gateway.config import Settings
+from gateway.handler import handle_v1
+from gateway.logs import get_logger
+from gateway.metrics import GatewayMetrics
+from gateway.middlewares import gateway_middleware
+from gateway.ops import READINESS_CHECKS, add_ops_routes
+from gateway.services import SERVICES, BodyLimits, Services
+from gateway.upstream import Upstream, UpstreamSettings, open_session
+
+log = get_logger("gateway.app")
+
+
+def upstream_settings(settings: Settings) -> UpstreamSettings:
+    """The upstream section of the settings."""
+    return UpstreamSettings(
+        base_url=settings.upstream_base,
+        connect_timeout=settings.connect_timeout_seconds,
+        read_timeout=settings.read_timeout_seconds,
+        connection_limit=settings.upstream_connection_limit,
+    )
+
+
+def upstream_ctx(
+    cfg: UpstreamSettings,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Open the pooled upstream session for the app's lifetime."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        session = open_session(cfg)
+        app[SERVICES].upstream = Upstream(session, cfg)
+        try:
+            yield
+        finally:
+            await session.close()
+
+    return ctx
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """Build the gateway application from validated settings."""
+    services = Services(
+        clock=clock or SystemClock(),
+        metrics=GatewayMetrics(registry),
+        body_limits=BodyLimits(
+            buffered=settings.max_body_bytes, streamed=settings.max_upload_bytes
+        ),
+    )
+    app = web.Application(
+        middlewares=[gateway_middleware],
+        client_max_size=settings.max_upload_bytes,
+        handler_args={"max_field_size": 65536},
+    )
+    app[SERVICES] = services
+    app[READINESS_CHECKS] = {}
+    app.cleanup_ctx.append(upstream_ctx(upstream_settings(settings)))
+    add_ops_routes(app)
+    app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
+    return app
+
+
+async def serve(settings: Settings, app: web.Application) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: /readyz fails, in-flight work finishes."""
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info(
+        "listening",
+        host=settings.host,
+        port=_bound_port(site, settings.port),
+        upstream=settings.upstream_base,
+    )
+    try:
+        await stop.wait()
+        log.info("shutting_down", grace_seconds=settings.shutdown_grace_seconds)
+        app[SERVICES].lifecycle.accepting = False
+        await app[SERVICES].clock.sleep(settings.shutdown_drain_seconds)
+    finally:
+        await runner.cleanup()
+        log.info("stopped")
+
+
+def _bound_port(site: web.TCPSite, configured: int) -> int:
+    server = site._server  # the asyncio server; aiohttp exposes no public accessor
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else configured

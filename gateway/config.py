@@ -1,0 +1,130 @@
+"""Settings from `GATEWAY_*` environment variables (and an optional `.env`), validated at start.
+
+This is the only module that reads the environment. `Settings` is frozen; the rest of the
+gateway receives the section it needs as an argument. A bad value becomes one
+`ConfigError` line naming the setting, which the CLI prints before exiting with code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "GATEWAY_"
+MIB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names it and is safe to print."""
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
+    upstream_url: AnyHttpUrl = Field(
+        AnyHttpUrl("https://api.anthropic.com"), description="Base URL of the Anthropic API."
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="Redis URL for shared limits; unset = in-process backend."
+    )
+    limits_file: Path | None = Field(None, description="YAML limits file; unset = no limits.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_format: Literal["json", "console"] = Field("json")
+    connect_timeout_seconds: float = Field(
+        10.0, gt=0, description="Upper bound for opening a TCP+TLS connection upstream."
+    )
+    read_timeout_seconds: float = Field(
+        600.0, gt=0, description="Longest silence allowed between upstream bytes."
+    )
+    max_body_bytes: int = Field(
+        32 * MIB, gt=0, description="Largest buffered request body (Messages, count_tokens)."
+    )
+    max_upload_bytes: int = Field(
+        512 * MIB, gt=0, description="Largest streamed request body (Files, Batches)."
+    )
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="How long in-flight requests may finish after SIGTERM."
+    )
+    shutdown_drain_seconds: float = Field(
+        0.0, ge=0, description="After SIGTERM, keep accepting while /readyz fails, this long."
+    )
+    upstream_connection_limit: int = Field(
+        0, ge=0, description="Max concurrent upstream connections (0 = unlimited)."
+    )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="auto = uvloop when installed."
+    )
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("limits_file", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def upstream_base(self) -> str:
+        """The upstream URL without a trailing slash, ready to prefix a path."""
+        return str(self.upstream_url).rstrip("/")
+
+
+def load_settings(env_file: Path | None = Path(".env")) -> Settings:
+    """Read and validate the settings, raising `ConfigError` with one readable line."""
+    try:
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """`GATEWAY_PORT: Input should be less than or equal to 65535 (got '70000')`, one per line."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+        given = error.get("input")
+        shown = "" if isinstance(given, dict) or "secret" in name.lower() else f" (got {given!r})"
+        if name.endswith("REDIS_URL"):
+            shown = ""
+        lines.append(f"{name}: {error['msg']}{shown}")
+    return "; ".join(lines)
+
+
+def masked(settings: Settings) -> dict[str, str]:
+    """The effective settings as strings with secrets hidden, for `check-config`."""
+    shown: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            text = mask_url(value.get_secret_value())
+        elif value is None:
+            text = "(unset)"
+        else:
+            text = str(value)
+        shown[ENV_PREFIX + name.upper()] = text
+    return shown
+
+
+def mask_url(url: str) -> str:
+    """Hide a password in `redis://user:password@host:port/db`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user + ':' if user else ':'}***@{host}"

@@ -1,0 +1,42 @@
+"""`Exchange`: what one request did, filled in as it goes, read by the access log and metrics.
+
+The middleware creates it, the handler fills it; so the access line has the model, the
+upstream `request-id` and how the body ended without the two passing values around.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from aiohttp import web
+
+
+
+def new_request_id() -> str:
+    """The gateway's own request id: plainly not an upstream `req_...` id."""
+    return "gw_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The access-log record of one request."""
+
+    request_id: str
+    started_at: float
+    route: str = ""
+    model: str | None = None
+    stream: bool = False
+    status: int = 0
+    outcome: str = "ok"
+    upstream_request_id: str | None = None
+    bytes_out: int = 0
+    first_byte_at: float | None = None
+
+
+EXCHANGE_KEY = web.RequestKey("exchange", Exchange)
+
+
+def exchange_of(request: web.Request) -> Exchange:
+    """The request's `Exchange`, created by the middleware."""
+    return request[EXCHANGE_KEY]

@@ -1,0 +1,106 @@
+"""Which headers cross the gateway each way, and the ones it adds (`x-gateway-*`).
+
+Requests: everything end-to-end goes upstream unchanged (credentials, `anthropic-*`,
+`x-stainless-*`, `accept-encoding`); hop-by-hop headers, `host` and the client's own
+`x-gateway-*` controls stay here. Responses: everything end-to-end comes back unchanged
+(`request-id`, `anthropic-ratelimit-*`, `retry-after`, `x-should-retry`, `content-encoding`).
+
+Credentials: `CredentialPolicy` decides what the upstream sees. Today it forwards the
+client's `x-api-key` or `authorization` as is; a gateway-held key is a new policy, not a
+change to the relay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+GATEWAY_PREFIX = "x-gateway-"
+REQUEST_ID = "x-gateway-request-id"
+
+# RFC 9110 §7.6.1 plus the ones proxies conventionally treat as hop-by-hop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "content-length"}
+_NOT_RELAYED_DOWNSTREAM = HOP_BY_HOP | {"content-length"}
+
+Headers = Mapping[str, str] | CIMultiDictProxy[str] | CIMultiDict[str]
+
+
+def _connection_tokens(headers: Headers) -> set[str]:
+    """Header names listed in `Connection:` are hop-by-hop for this message too."""
+    tokens: set[str] = set()
+    getall = getattr(headers, "getall", None)
+    values: Iterable[str] = getall("connection", []) if getall else [headers.get("connection", "")]
+    for value in values:
+        tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return tokens
+
+
+def _copy_except(headers: Headers, dropped: frozenset[str]) -> CIMultiDict[str]:
+    extra = _connection_tokens(headers)
+    kept: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in dropped or lowered in extra or lowered.startswith(GATEWAY_PREFIX):
+            continue
+        kept.add(name, value)
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """The upstream credential a request carries; `scope` is a hash safe to log and key on."""
+
+    header: str
+    value: str
+
+    @property
+    def scope(self) -> str:
+        """First 16 hex digits of SHA-256 of the secret: stable, short, not reversible."""
+        return hashlib.sha256(self.value.encode()).hexdigest()[:16]
+
+
+def credential_of(headers: Headers) -> Credential | None:
+    """The key the client sent, from `x-api-key` or `authorization: Bearer` (SDKs use both)."""
+    api_key = headers.get("x-api-key")
+    if api_key:
+        return Credential("x-api-key", api_key.strip())
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.strip().partition(" ")
+        value = token.strip() if scheme.lower() == "bearer" and token else authorization.strip()
+        return Credential("authorization", value)
+    return None
+
+
+class CredentialPolicy:
+    """Forward the client's own credential unchanged (the default policy)."""
+
+    def apply(self, outgoing: CIMultiDict[str], credential: Credential | None) -> None:
+        """Set the upstream credential on `outgoing`; the client's headers are already there."""
+        del credential  # the client's header was copied through as is
+
+
+def upstream_request_headers(incoming: Headers) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop ones, `host`, and the gateway's own controls."""
+    return _copy_except(incoming, _NOT_FORWARDED_UPSTREAM)
+
+
+def downstream_response_headers(upstream: Headers) -> CIMultiDict[str]:
+    """The upstream response headers minus hop-by-hop ones; `relay` re-frames the body."""
+    return _copy_except(upstream, _NOT_RELAYED_DOWNSTREAM)

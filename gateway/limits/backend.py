@@ -1,0 +1,64 @@
+"""The `LimitBackend` seam: atomic bucket arithmetic behind one small protocol.
+
+Decision: Redis owns time; waits travel as durations. The Redis scripts read `TIME`, one
+clock for the whole fleet; `MemoryBackend` reads its injected `Clock`. Both accept an
+explicit `now` that only tests pass, so one contract suite drives every backend with the same
+fake clock. Nothing returned is an instant: a reservation carries the seconds to wait.
+
+Exception tree::
+
+    LimitBackendError        the store failed (connection, timeout, script error);
+                             over-limit is never an exception, it is a return value
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from gateway.limits.model import BucketSpec, Cost, NeverFits, Refused, Reservation
+
+
+class LimitBackendError(Exception):
+    """The backend could not answer; the limiter applies its fail-open/closed policy."""
+
+
+class LimitBackend(Protocol):
+    """Protocol: atomic bucket arithmetic. Over-limit is a value; LimitBackendError means
+    infrastructure failed. The backend owns time; `now` is for tests only.
+
+    All buckets of one call share scope and group (one Redis Cluster hash tag).
+    """
+
+    async def reserve(
+        self,
+        buckets: Sequence[BucketSpec],
+        cost: Cost,
+        *,
+        max_wait: float,
+        now: float | None = None,
+    ) -> Reservation | Refused | NeverFits:
+        """Debit every bucket or none, in one atomic step.
+
+        NeverFits when the cost exceeds a bucket's capacity (found without I/O). If every
+        bucket has enough, a Reservation with wait 0. Otherwise the wait is the longest time
+        any bucket needs to repay its debt after the debit: within `max_wait` every bucket
+        is debited anyway (first come, first served) and the Reservation says how long to
+        wait; beyond it nothing is debited and Refused names the bucket and the wait.
+        """
+        ...
+
+    async def adjust(
+        self, reservation: Reservation, delta: Cost, *, now: float | None = None
+    ) -> None:
+        """Charge (positive delta) or refund (negative) every bucket of a reservation, in one
+        atomic step; a refund never fills a bucket past capacity."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the backend answers; raise LimitBackendError when it does not."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the backend is unusable afterwards."""
+        ...

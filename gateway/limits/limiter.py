@@ -1,0 +1,248 @@
+"""`Limiter`: admit a request against its buckets, queue it, settle what it really used.
+
+Over-limit is a value: `admit` returns one of the `Admission` outcomes below and raises only
+`CancelledError`. When the backend fails, the limits file's `redis_failure` policy decides:
+`fail_open` admits on a local `MemoryBackend` holding `fail_open_share` of each limit,
+`fail_closed` returns `BackendUnavailable`. A circuit breaker skips a failing backend for a
+cooldown, so a dead Redis costs no latency per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from gateway.clock import Clock
+from gateway.limits.backend import LimitBackend, LimitBackendError
+from gateway.limits.memory_backend import MemoryBackend
+from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
+from gateway.limits.policy import LimitsConfig
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Unlimited:
+    """No limit applies: the model's group sets none, or unmatched models pass."""
+
+
+@dataclass(slots=True)
+class Admitted:
+    """Go: the buckets are debited (and any queue wait is over); settle when done."""
+
+    reservation: Reservation
+    waited_seconds: float
+    group: str
+    fallback: bool = False
+    """Held by the local fail-open backend, not the shared one."""
+    settled: bool = field(default=False, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Too busy: the wait would exceed the queue cap; nothing was debited."""
+
+    group: str
+    bucket: BucketSpec
+    retry_after_seconds: float
+    remaining: float
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class NeverFitsRejection:
+    """The request costs more than a bucket holds: no wait can ever admit it."""
+
+    group: str
+    bucket: BucketSpec
+    cost: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownModel:
+    """No group matches the model and `unmatched_models` is `reject`."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackendUnavailable:
+    """The backend failed (or its breaker is open) and the policy is `fail_closed`."""
+
+
+Admission = Unlimited | Admitted | Rejected | NeverFitsRejection | UnknownModel | BackendUnavailable
+
+
+class CircuitBreaker:
+    """Skip a backend after `threshold` consecutive errors; after `cooldown` seconds let one
+    call try it, closing on success and waiting another cooldown on failure."""
+
+    def __init__(self, clock: Clock, *, threshold: int, cooldown: float) -> None:
+        self._clock = clock
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._failures = 0
+        self._opened_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether calls are being skipped (between trials) right now."""
+        return self._opened_at is not None
+
+    def allow(self) -> bool:
+        """Whether to call the backend now; an allowed trial restarts the cooldown."""
+        if self._opened_at is None:
+            return True
+        if self._clock.now() - self._opened_at < self._cooldown:
+            return False
+        self._opened_at = self._clock.now()
+        return True
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self._opened_at = None
+
+    def failed(self) -> None:
+        self._failures += 1
+        if self._failures >= self._threshold:
+            self._opened_at = self._clock.now()
+
+
+class Limiter:
+    """Admission control for one gateway instance on a (usually shared) backend."""
+
+    def __init__(
+        self,
+        backend: LimitBackend,
+        config: LimitsConfig,
+        clock: Clock,
+        *,
+        breaker_threshold: int = 3,
+        breaker_cooldown: float = 5.0,
+    ) -> None:
+        self._backend = backend
+        self._config = config
+        self._clock = clock
+        self._breaker = CircuitBreaker(
+            clock, threshold=breaker_threshold, cooldown=breaker_cooldown
+        )
+        self._fallback = MemoryBackend(clock)
+        self._fill: dict[tuple[str, Dimension], float] = {}
+
+    @property
+    def breaker_open(self) -> bool:
+        """Whether the backend is being skipped after repeated errors (for metrics)."""
+        return self._breaker.is_open
+
+    def bucket_fill(self) -> dict[tuple[str, Dimension], float]:
+        """Last seen level / capacity per (group, dimension); below 0 means queued debt."""
+        return dict(self._fill)
+
+    def queue_limit(self, requested: float | None) -> float:
+        """The longest wait allowed: the config's, or a requested one capped by it."""
+        cap = self._config.queue.max_wait_seconds
+        return cap if requested is None else max(0.0, min(requested, cap))
+
+    async def admit(
+        self, *, scope: str, model: str, cost: Cost, max_wait: float | None
+    ) -> Admission:
+        """Reserve `cost` on the model's buckets in `scope`, sleeping out any queue wait.
+
+        Cancelled while queued, it gives the whole reservation back and re-raises.
+        """
+        group = self._config.group_for(model)
+        if group is None:
+            if self._config.unmatched_models == "pass" or not self._config.groups:
+                return Unlimited()
+            return UnknownModel(model)
+        buckets = self._config.buckets_for(group, scope)
+        if not buckets:
+            return Unlimited()
+        outcome, fallback = await self._reserve(buckets, cost, self.queue_limit(max_wait))
+        if isinstance(outcome, Reservation):
+            self._remember(outcome)
+            admitted = Admitted(outcome, outcome.wait, group.name, fallback)
+            await self._queue(admitted)
+            return admitted
+        if isinstance(outcome, Refused):
+            bucket = outcome.bucket
+            return Rejected(
+                group.name, bucket, outcome.retry_after, outcome.remaining, bucket.limit
+            )
+        if isinstance(outcome, NeverFits):
+            return NeverFitsRejection(
+                group.name, outcome.bucket, outcome.cost, outcome.bucket.limit
+            )
+        return outcome
+
+    async def settle(self, admission: Admission, actual: Cost) -> None:
+        """Charge or refund the difference between `actual` and the reserved cost, once.
+
+        A second call, or any outcome other than `Admitted`, is a no-op. A backend error is
+        logged and dropped: the buckets then simply refill as if the reservation was used.
+        """
+        if not isinstance(admission, Admitted) or admission.settled:
+            return
+        admission.settled = True
+        delta = actual.minus(admission.reservation.cost)
+        if delta == Cost():
+            return
+        if admission.fallback:
+            await self._fallback.adjust(admission.reservation, delta)
+            return
+        if self._breaker.is_open:
+            log.warning("limits.settle_skipped", group=admission.group, reason="breaker open")
+            return
+        try:
+            await self._backend.adjust(admission.reservation, delta)
+        except LimitBackendError as exc:
+            self._breaker.failed()
+            log.warning("limits.settle_failed", group=admission.group, error=str(exc))
+        else:
+            self._breaker.succeeded()
+
+    async def refund(self, admission: Admission) -> None:
+        """Give back everything an admission reserved (nothing was used)."""
+        await self.settle(admission, Cost())
+
+    async def _reserve(
+        self, buckets: Sequence[BucketSpec], cost: Cost, max_wait: float
+    ) -> tuple[Reservation | Refused | NeverFits | BackendUnavailable, bool]:
+        """Reserve on the backend, or per policy on the local fallback; True = fallback."""
+        if self._breaker.allow():
+            try:
+                outcome = await self._backend.reserve(buckets, cost, max_wait=max_wait)
+            except LimitBackendError as exc:
+                self._breaker.failed()
+                log.warning("limits.backend_failed", error=str(exc), policy=self._policy)
+            else:
+                self._breaker.succeeded()
+                return outcome, False
+        if self._policy == "fail_closed":
+            return BackendUnavailable(), False
+        share = self._config.fail_open_share
+        local = [bucket.scaled(share) for bucket in buckets]
+        return await self._fallback.reserve(local, cost, max_wait=max_wait), True
+
+    @property
+    def _policy(self) -> str:
+        return self._config.redis_failure
+
+    async def _queue(self, admitted: Admitted) -> None:
+        """Sleep out the reservation's wait; if cancelled meanwhile, refund and re-raise."""
+        if admitted.reservation.wait <= 0:
+            return
+        try:
+            await self._clock.sleep(admitted.reservation.wait)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.refund(admitted))
+            raise
+
+    def _remember(self, reservation: Reservation) -> None:
+        for bucket, level in zip(reservation.buckets, reservation.levels, strict=True):
+            if bucket.capacity > 0:
+                self._fill[(bucket.group, bucket.dimension)] = level / bucket.capacity

@@ -1,0 +1,105 @@
+"""`MemoryBackend`: the in-process `LimitBackend`, the embedded default and fail-open fallback.
+
+Same semantics as the Redis scripts because it runs the same arithmetic (`model.py`). Each
+call runs without awaiting, so it is atomic on the event loop. Idle buckets expire like Redis
+keys do, swept lazily at most once a minute of clock time, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.clock import Clock
+from gateway.limits.model import (
+    MINUTE,
+    BucketSpec,
+    Cost,
+    NeverFits,
+    Refused,
+    Reservation,
+    adjusted,
+    changes,
+    check_request,
+    decide,
+    refilled,
+    ttl_ms,
+)
+
+
+@dataclass(slots=True)
+class _State:
+    level: float
+    updated_at: float
+    expires_at: float
+
+
+class MemoryBackend:
+    """Token buckets in a dict, on an injected clock."""
+
+    def __init__(self, clock: Clock, *, sweep_every: float = MINUTE) -> None:
+        self._clock = clock
+        self._sweep_every = sweep_every
+        self._states: dict[str, _State] = {}
+        self._next_sweep = clock.now() + sweep_every
+
+    def __len__(self) -> int:
+        """How many buckets hold state (the rest are full)."""
+        return len(self._states)
+
+    async def reserve(
+        self,
+        buckets: Sequence[BucketSpec],
+        cost: Cost,
+        *,
+        max_wait: float,
+        now: float | None = None,
+    ) -> Reservation | Refused | NeverFits:
+        """Debit every bucket or none; see `LimitBackend.reserve`."""
+        never = check_request(buckets, cost)
+        if never is not None:
+            return never
+        at = self._now(now)
+        amounts = [cost.on(bucket.dimension) for bucket in buckets]
+        levels = [self._level(bucket, at) for bucket in buckets]
+        decision = decide(buckets, amounts, levels, max_wait)
+        if isinstance(decision, Refused):
+            return decision
+        after = tuple(level - amount for level, amount in zip(levels, amounts, strict=True))
+        for bucket, level in zip(buckets, after, strict=True):
+            self._store(bucket, level, at)
+        return Reservation(tuple(buckets), cost, decision / 1000, after)
+
+    async def adjust(
+        self, reservation: Reservation, delta: Cost, *, now: float | None = None
+    ) -> None:
+        """Charge or refund every bucket of a reservation; see `LimitBackend.adjust`."""
+        at = self._now(now)
+        for bucket, amount in changes(reservation.buckets, delta):
+            self._store(bucket, adjusted(bucket, self._level(bucket, at), amount), at)
+
+    async def ping(self) -> None:
+        """Always answers: the state is in this process."""
+
+    async def aclose(self) -> None:
+        """Drop every bucket."""
+        self._states.clear()
+
+    def _now(self, now: float | None) -> float:
+        """The explicit test time, or the clock's; sweeps idle buckets when one is due."""
+        at = self._clock.now() if now is None else now
+        if at >= self._next_sweep:
+            self._states = {k: s for k, s in self._states.items() if s.expires_at > at}
+            self._next_sweep = at + self._sweep_every
+        return at
+
+    def _level(self, bucket: BucketSpec, now: float) -> float:
+        """The bucket's level at `now`; an expired or missing state is a full bucket."""
+        state = self._states.get(bucket.key)
+        if state is None or state.expires_at <= now:
+            return refilled(bucket, None, now)
+        return refilled(bucket, (state.level, state.updated_at), now)
+
+    def _store(self, bucket: BucketSpec, level: float, now: float) -> None:
+        expires_at = now + ttl_ms(bucket, level) / 1000
+        self._states[bucket.key] = _State(level, now, expires_at)

@@ -1,0 +1,210 @@
+"""Bucket values and the one copy of the bucket arithmetic every backend shares.
+
+Nothing here does I/O. `MemoryBackend` calls these functions; `lua/reserve.lua` and
+`lua/adjust.lua` transcribe `refilled`, `decide`, `need_ms` and `ttl_ms` line for line, and
+the shared contract suite proves the copies agree to the last bit.
+
+A bucket holds a `level` (tokens available; negative means debt owed by queued requests)
+and the time it was last written. It refills continuously at `capacity / period` per second
+up to `capacity`; there is no window and no reset.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+MINUTE = 60.0
+DAY = 86_400.0
+EXPIRY_MARGIN_MS = 1_000
+"""An idle key outlives the time its bucket needs to refill fully by this much, so an
+expired (missing) key always means a full bucket."""
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class Dimension(StrEnum):
+    """What a bucket counts, and over which period it refills."""
+
+    REQUESTS = "requests"
+    INPUT_TOKENS = "input_tokens"
+    OUTPUT_TOKENS = "output_tokens"
+    TOKENS = "tokens"
+    TOKENS_PER_DAY = "tokens_per_day"
+
+    @property
+    def period(self) -> float:
+        """Seconds in which an empty bucket of this dimension refills to capacity."""
+        return DAY if self is Dimension.TOKENS_PER_DAY else MINUTE
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one request takes from its buckets; negative only as a settlement delta."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def minus(self, other: Cost) -> Cost:
+        """The difference `self - other`, field by field."""
+        return Cost(
+            self.requests - other.requests,
+            self.input_tokens - other.input_tokens,
+            self.output_tokens - other.output_tokens,
+        )
+
+    def on(self, dimension: Dimension) -> int:
+        """The amount this cost takes from a bucket of `dimension`."""
+        if dimension is Dimension.REQUESTS:
+            return self.requests
+        if dimension is Dimension.INPUT_TOKENS:
+            return self.input_tokens
+        if dimension is Dimension.OUTPUT_TOKENS:
+            return self.output_tokens
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    """One bucket: whose (scope), which model group, what it counts and how much it holds.
+
+    `limit` is the configured figure per period; `capacity` is what the bucket really holds
+    once headroom (and, on the fail-open fallback, the local share) is taken off.
+    """
+
+    scope: str
+    group: str
+    dimension: Dimension
+    limit: int
+    capacity: float
+
+    def __post_init__(self) -> None:
+        if not self.scope or "{" in self.scope or "}" in self.scope:
+            raise ValueError(f"scope must be non-empty and without braces: {self.scope!r}")
+        if not _GROUP_NAME.fullmatch(self.group):
+            raise ValueError(f"group name must match {_GROUP_NAME.pattern}: {self.group!r}")
+        if self.limit < 0 or self.capacity < 0:
+            raise ValueError("limit and capacity must be >= 0")
+
+    @classmethod
+    def create(
+        cls, scope: str, group: str, dimension: Dimension, limit: int, *, headroom: float = 0.0
+    ) -> BucketSpec:
+        """A bucket holding `limit` less `headroom` (a fraction, 0.02 = 2%)."""
+        return cls(scope, group, dimension, limit, limit * (1.0 - headroom))
+
+    @property
+    def hash_tag(self) -> str:
+        """The Redis Cluster hash tag every bucket of one admission shares."""
+        return f"{{{self.scope}:{self.group}}}"
+
+    @property
+    def key(self) -> str:
+        """The storage key, e.g. `cgw:{3f2a9c:sonnet}:input_tokens`."""
+        return f"cgw:{self.hash_tag}:{self.dimension.value}"
+
+    @property
+    def rate(self) -> float:
+        """Refill per second."""
+        return self.capacity / self.dimension.period
+
+    def scaled(self, share: float) -> BucketSpec:
+        """The same bucket holding only `share` of its capacity (the fail-open fallback)."""
+        return replace(self, capacity=self.capacity * share)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Every bucket was debited; go after `wait` seconds (0 = now)."""
+
+    buckets: tuple[BucketSpec, ...]
+    cost: Cost
+    wait: float
+    levels: tuple[float, ...]
+    """Each bucket's level just after the debit, in `buckets` order (for metrics)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Nothing was debited: the wait would exceed `max_wait`.
+
+    `bucket` needs the longest; `retry_after` is the wait this request needs now;
+    `remaining` is that bucket's level before the (refused) debit.
+    """
+
+    bucket: BucketSpec
+    retry_after: float
+    remaining: float
+
+
+@dataclass(frozen=True, slots=True)
+class NeverFits:
+    """Nothing was debited: `cost` exceeds `bucket`'s capacity, so no wait can help."""
+
+    bucket: BucketSpec
+    cost: int
+
+
+def check_request(buckets: Sequence[BucketSpec], cost: Cost) -> NeverFits | None:
+    """Validate one admission and find a bucket it can never fit, before any I/O."""
+    if len({bucket.hash_tag for bucket in buckets}) > 1:
+        raise ValueError("all buckets of one admission must share scope and group")
+    if min(cost.requests, cost.input_tokens, cost.output_tokens) < 0:
+        raise ValueError(f"a reserved cost cannot be negative: {cost}")
+    for bucket in buckets:
+        amount = cost.on(bucket.dimension)
+        if amount > bucket.capacity:
+            return NeverFits(bucket, amount)
+    return None
+
+
+def refilled(bucket: BucketSpec, stored: tuple[float, float] | None, now: float) -> float:
+    """The level at `now` from a stored `(level, updated_at)`; no state means full."""
+    if stored is None:
+        return bucket.capacity
+    level, updated_at = stored
+    return min(bucket.capacity, level + max(0.0, now - updated_at) * bucket.rate)
+
+
+def need_ms(bucket: BucketSpec, level: float, amount: int) -> int:
+    """Milliseconds until `level - amount` is repaid to >= 0 (0 when it fits now)."""
+    after = level - amount
+    if amount <= 0 or after >= 0:
+        return 0
+    return math.ceil(-after / bucket.rate * 1000)
+
+
+def decide(
+    buckets: Sequence[BucketSpec], amounts: Sequence[int], levels: Sequence[float], max_wait: float
+) -> int | Refused:
+    """The wait in milliseconds if every bucket may be debited, else the refusal."""
+    wait, worst = 0, 0
+    for index, (bucket, amount, level) in enumerate(zip(buckets, amounts, levels, strict=True)):
+        need = need_ms(bucket, level, amount)
+        if need > wait:
+            wait, worst = need, index
+    if wait > max_wait * 1000:
+        return Refused(buckets[worst], wait / 1000, levels[worst])
+    return wait
+
+
+def ttl_ms(bucket: BucketSpec, level: float) -> int:
+    """How long an idle bucket at `level` keeps its state: until full, plus a margin."""
+    if level >= bucket.capacity:
+        return EXPIRY_MARGIN_MS
+    return math.ceil((bucket.capacity - level) / bucket.rate * 1000) + EXPIRY_MARGIN_MS
+
+
+def adjusted(bucket: BucketSpec, level: float, amount: int) -> float:
+    """The level after charging `amount` (a refund when negative), never above capacity."""
+    return min(bucket.capacity, level - amount)
+
+
+def changes(buckets: Sequence[BucketSpec], delta: Cost) -> list[tuple[BucketSpec, int]]:
+    """The buckets an adjustment touches: non-zero amounts on buckets that hold anything."""
+    touched = ((bucket, delta.on(bucket.dimension)) for bucket in buckets)
+    return [(bucket, amount) for bucket, amount in touched if amount and bucket.capacity > 0]

@@ -1,0 +1,209 @@
+"""The limits file: model groups, their limits, and the buckets one request touches.
+
+`load_limits(path)` validates a YAML file (see `config/limits.example.yaml`) and reports any
+mistake as one `LimitsFileError` naming the file, the line and the problem::
+
+    limits.yaml:7: groups[0].requests_per_minute: must be >= 0
+
+Line numbers come from the composed YAML node tree: each pydantic error `loc` is walked down
+that tree to the node it names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from gateway.limits.model import BucketSpec, Dimension
+
+NonNegativeInt = Annotated[int, Field(ge=0, strict=True)]
+Loc = tuple[int | str, ...]
+
+_MESSAGES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "extra_forbidden": "unknown key",
+    "missing": "required",
+    "too_short": "must not be empty",
+    "string_too_short": "must not be empty",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "tuple_type": "must be a list",
+    "model_type": "must be a mapping",
+    "literal_error": "must be {expected}",
+    "string_pattern_mismatch": "must contain only letters, digits, '_', '.' and '-'",
+}
+
+
+class LimitsFileError(Exception):
+    """A limits file that cannot be used; the message names the file, line and problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QueueLimits(_Section):
+    """How long requests may wait for capacity."""
+
+    max_wait_seconds: Annotated[float, Field(ge=0, strict=True)] = 30.0
+
+
+class GroupLimits(_Section):
+    """Models sharing one set of limits (an upstream model class or a local policy)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    models: Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+    requests_per_minute: NonNegativeInt | None = None
+    input_tokens_per_minute: NonNegativeInt | None = None
+    output_tokens_per_minute: NonNegativeInt | None = None
+    tokens_per_minute: NonNegativeInt | None = None
+    tokens_per_day: NonNegativeInt | None = None
+
+    def matches(self, model: str) -> bool:
+        """Whether `model` matches one of this group's glob patterns."""
+        return any(fnmatchcase(model, pattern) for pattern in self.models)
+
+    def limits(self) -> dict[Dimension, int]:
+        """The configured limit of each dimension this group sets."""
+        by_dimension = {
+            Dimension.REQUESTS: self.requests_per_minute,
+            Dimension.INPUT_TOKENS: self.input_tokens_per_minute,
+            Dimension.OUTPUT_TOKENS: self.output_tokens_per_minute,
+            Dimension.TOKENS: self.tokens_per_minute,
+            Dimension.TOKENS_PER_DAY: self.tokens_per_day,
+        }
+        return {dim: limit for dim, limit in by_dimension.items() if limit is not None}
+
+
+class LimitsConfig(_Section):
+    """The whole limits file."""
+
+    queue: QueueLimits = Field(default_factory=QueueLimits)
+    headroom: Annotated[float, Field(ge=0, lt=1, strict=True)] = 0.02
+    groups: tuple[GroupLimits, ...] = ()
+    unmatched_models: Literal["reject", "pass"] = "reject"
+    redis_failure: Literal["fail_open", "fail_closed"] = "fail_open"
+    fail_open_share: Annotated[float, Field(gt=0, le=1, strict=True)] = 1.0
+
+    @field_validator("groups")
+    @classmethod
+    def _unique_names(cls, groups: tuple[GroupLimits, ...]) -> tuple[GroupLimits, ...]:
+        seen: set[str] = set()
+        for index, group in enumerate(groups):
+            if group.name in seen:
+                raise PydanticCustomError(
+                    "duplicate_group",
+                    "duplicate group name '{name}'",
+                    {"name": group.name, "index": index},
+                )
+            seen.add(group.name)
+        return groups
+
+    def group_for(self, model: str) -> GroupLimits | None:
+        """The first group whose patterns match `model`, or None."""
+        return next((group for group in self.groups if group.matches(model)), None)
+
+    def buckets_for(self, group: GroupLimits, scope: str) -> list[BucketSpec]:
+        """The buckets a request of `group` touches in `scope`, headroom taken off."""
+        return [
+            BucketSpec.create(scope, group.name, dimension, limit, headroom=self.headroom)
+            for dimension, limit in group.limits().items()
+        ]
+
+
+def load_limits(path: Path) -> LimitsConfig:
+    """Read and validate a limits file; an empty file means no limits."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LimitsFileError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LimitsFileError(_yaml_problem(path, exc)) from exc
+    if root is None:
+        return LimitsConfig()
+    duplicate = _duplicate_key(root, ())
+    if duplicate is not None:
+        line, loc = duplicate
+        raise LimitsFileError(f"{path}:{line}: {_path(loc)}: duplicate key")
+    try:
+        return LimitsConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = (_problem(path, root, error) for error in exc.errors(include_url=False))
+        raise LimitsFileError("\n".join(problems)) from exc
+
+
+def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        return f"{path}:{exc.problem_mark.line + 1}: invalid YAML: {exc.problem}"
+    return f"{path}: invalid YAML: {exc}"
+
+
+def _problem(path: Path, root: yaml.Node, error: ErrorDetails) -> str:
+    """One validation error as `file:line: where: what`."""
+    ctx = error.get("ctx", {})
+    loc = tuple(error["loc"])
+    if "index" in ctx:  # a duplicate group: point at the second one's name
+        loc = (*loc, ctx["index"], "name")
+    template = _MESSAGES.get(error["type"])
+    message = template.format(**ctx) if template else error["msg"]
+    return f"{path}:{_line(root, loc)}: {_path(loc)}: {message}"
+
+
+def _line(root: yaml.Node, loc: Sequence[int | str]) -> int:
+    """The 1-based line of the deepest node `loc` reaches (a mapping entry's key line)."""
+    node, line = root, root.start_mark.line
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            entry = next((e for e in node.value if e[0].value == part), None)
+            if entry is None:
+                break
+            line, node = entry[0].start_mark.line, entry[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line
+        else:
+            break
+    return line + 1
+
+
+def _duplicate_key(node: yaml.Node, loc: Loc) -> tuple[int, Loc] | None:
+    """The line and path of the first key repeated in one mapping (YAML keeps the last)."""
+    if isinstance(node, yaml.SequenceNode):
+        children: list[tuple[int | str, yaml.Node]] = list(enumerate(node.value))
+    elif isinstance(node, yaml.MappingNode):
+        children, seen = [], set()
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            if key.value in seen:
+                return key.start_mark.line + 1, (*loc, key.value)
+            seen.add(key.value)
+            children.append((key.value, value))
+    else:
+        return None
+    for part, child in children:
+        found = _duplicate_key(child, (*loc, part))
+        if found is not None:
+            return found
+    return None
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    """`('groups', 0, 'name')` as `groups[0].name`; the empty path as `(top level)`."""
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return text.lstrip(".") or "(top level)"

@@ -1,0 +1,102 @@
+"""structlog setup: JSON (or console) lines on stdout, request context, secret redaction.
+
+Every line passes `redact_secrets`, so an API key that slips into an event (a header dump,
+an exception message) is masked before it is rendered. Request-scoped fields (request id,
+method, path) are bound with contextvars by the middleware.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+SECRET_PATTERNS = (
+    re.compile(r"sk-ant-[A-Za-z0-9_\-]+"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/\-]+=*"),
+    re.compile(r"(?i)(x-api-key['\"]?\s*[:=]\s*['\"]?)[^'\",\s]+"),
+    re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",]+"),
+    re.compile(r"(redis(?:s)?://[^:/@\s]*:)[^@\s]+(@)"),
+)
+SECRET_KEYS = frozenset({"x-api-key", "authorization", "api_key", "password", "token"})
+REDACTED = "[REDACTED]"
+
+
+def _scrub(text: str) -> str:
+    for pattern in SECRET_PATTERNS:
+        if pattern.groups == 2:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
+        elif pattern.groups == 1:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        else:
+            text = pattern.sub(REDACTED, text)
+    return text
+
+
+def redact_secrets(
+    _logger: object, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask credentials in every string value (tracebacks included)."""
+    for key, value in event.items():
+        if key.lower() in SECRET_KEYS:
+            event[key] = REDACTED
+        elif isinstance(value, str):
+            event[key] = _scrub(value)
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Route structlog (and stdlib logging from aiohttp/redis) to one line per event."""
+    out = stream or sys.stdout
+    numeric = logging.getLevelName(level.upper())
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(_StdlibToStructlog())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING) if level != "debug" else logging.DEBUG)
+    # aiohttp's own access log is replaced by ours.
+    logging.getLogger("aiohttp.access").disabled = True
+
+
+class _StdlibToStructlog(logging.Formatter):
+    """Render stdlib records (aiohttp, asyncio) through the same redaction as a JSON line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "event": record.getMessage(),
+            "logger": record.name,
+            "level": record.levelname.lower(),
+        }
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        redact_secrets(None, "", event)
+        return json.dumps(event)
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A logger whose lines carry `component=<name>`."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(component=name)
+    return logger

@@ -1,0 +1,83 @@
+"""`RequestFacts`: just enough of a request body to route, limit and log it.
+
+Only the Messages-family endpoints are parsed (they carry a model and are limited); every
+other body is forwarded without being looked at. A body that is not a JSON object on those
+endpoints is refused here, before it costs an upstream round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import InvalidRequest
+
+MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+COMPLETE_PATH = "/v1/complete"
+PARSED_PATHS = frozenset({MESSAGES_PATH, COUNT_TOKENS_PATH, COMPLETE_PATH})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the gateway knows about one request before sending it."""
+
+    route: str
+    model: str | None = None
+    stream: bool = False
+    max_tokens: int | None = None
+    body: dict[str, Any] | None = None
+
+    @property
+    def is_generation(self) -> bool:
+        """True for calls that generate tokens and so draw on the Messages buckets."""
+        return self.route in (MESSAGES_PATH, COMPLETE_PATH)
+
+
+def route_of(path: str) -> str:
+    """A bounded route label: the path with ids folded (`/v1/models/{id}`)."""
+    if path in PARSED_PATHS:
+        return path
+    parts = path.split("/")
+    folded = [
+        part if index < 3 or not _looks_like_id(part) else "{id}"
+        for index, part in enumerate(parts)
+    ]
+    return "/".join(folded)
+
+
+def _looks_like_id(part: str) -> bool:
+    return any(ch.isdigit() for ch in part) or "_" in part or len(part) > 24
+
+
+def parse_facts(path: str, body: bytes) -> RequestFacts:
+    """Read model, stream and max_tokens from a Messages-family body; others are opaque."""
+    route = route_of(path)
+    if path not in PARSED_PATHS:
+        return RequestFacts(route=route)
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {_position(exc)}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    model = document.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("model: must be a string.")
+    max_tokens = document.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
+        raise InvalidRequest("max_tokens: must be an integer.")
+    return RequestFacts(
+        route=route,
+        model=model,
+        stream=document.get("stream") is True,
+        max_tokens=max_tokens,
+        body=document,
+    )
+
+
+def _position(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    return "not UTF-8"

@@ -1,0 +1,76 @@
+"""Shared fixtures: a scripted fake upstream and a real gateway in front of it."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.logs import configure_logging
+from tests.support.fake_upstream import FakeUpstream
+
+TEST_KEY = "sk-ant-api03-TESTKEY-do-not-log-0123456789"
+
+
+@dataclass
+class RunningGateway:
+    """A gateway served on 127.0.0.1 by the test's event loop."""
+
+    url: str
+    app: web.Application
+    registry: CollectorRegistry
+    logs: io.StringIO
+    server: TestServer
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """Every JSON log line written so far."""
+        return [json.loads(line) for line in self.logs.getvalue().splitlines() if line.strip()]
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        """The access-log lines (one per request)."""
+        return [line for line in self.log_lines() if line.get("component") == "gateway.access"]
+
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def fake_upstream() -> AsyncIterator[FakeUpstream]:
+    """A fresh scripted fake Anthropic API on a free port."""
+    async with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def make_gateway(
+    fake_upstream: FakeUpstream, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> GatewayFactory:
+    """Build and serve a gateway in front of the fake upstream, with settings overrides."""
+
+    async def build(**overrides: Any) -> RunningGateway:
+        fields: dict[str, Any] = {"upstream_url": fake_upstream.url, "log_level": "debug"}
+        fields.update(overrides)
+        settings = Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+        logs = io.StringIO()
+        configure_logging(settings.log_level, "json", stream=logs)
+        registry = CollectorRegistry()
+        app = create_app(settings, registry=registry)
+        server = await aiohttp_server(app)  # TestServer enables handler_cancellation
+        return RunningGateway(str(server.make_url("")).rstrip("/"), app, registry, logs, server)
+
+    return build
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> RunningGateway:
+    """A gateway with default settings in front of the fake upstream."""
+    return await make_gateway()

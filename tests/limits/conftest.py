@@ -1,0 +1,76 @@
+"""Fixtures for the limits tests: a fake clock, every backend, and a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import fakeredis
+import pytest
+import redis.asyncio
+
+from gateway.limits import BucketSpec, Dimension, LimitBackend, MemoryBackend
+from gateway.limits.redis_backend import RedisBackend
+from tests.support.fake_clock import FakeClock
+from tests.support.redis_server import RedisServer
+
+SCOPE = "k1"
+GROUP = "sonnet"
+ALL_BACKENDS = ["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+def bucket(
+    dimension: Dimension, limit: int, *, scope: str = SCOPE, headroom: float = 0.0
+) -> BucketSpec:
+    """A bucket of the test scope and group."""
+    return BucketSpec.create(scope, GROUP, dimension, limit, headroom=headroom)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fresh fake clock at t=1000 s."""
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole session (flushed by each test that uses it)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    """A client on the real server, after FLUSHALL."""
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@asynccontextmanager
+async def open_backend(
+    kind: str, clock: FakeClock, request: pytest.FixtureRequest
+) -> AsyncIterator[LimitBackend]:
+    """A fresh, empty backend of `kind`: memory, fakeredis or redis (the real server)."""
+    if kind == "memory":
+        opened: LimitBackend = MemoryBackend(clock)
+    elif kind == "fakeredis":
+        opened = RedisBackend(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()))
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        admin = redis.asyncio.Redis.from_url(server.url)
+        await admin.flushall()
+        await admin.aclose()
+        opened = RedisBackend.from_url(server.url)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+async def backend(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[LimitBackend]:
+    """Each backend in turn, empty, on the test's fake clock."""
+    async with open_backend(request.param, clock, request) as opened:
+        yield opened

@@ -1,0 +1,29 @@
+"""`FakeClock`: a `Clock` whose time moves only when a test (or a sleeper) moves it."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class FakeClock:
+    """Monotonic seconds under test control; `sleep()` advances time at once."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self._now = start
+        self.sleeps: list[float] = []
+        """Every duration passed to `sleep()`, in call order."""
+
+    def now(self) -> float:
+        """The current fake time."""
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by `seconds`."""
+        self._now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """Record the sleep, advance by it (if positive) and yield to the loop once."""
+        self.sleeps.append(seconds)
+        if seconds > 0:
+            self._now += seconds
+        await asyncio.sleep(0)

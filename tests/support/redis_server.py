@@ -1,0 +1,110 @@
+"""`RedisServer`: a real `redis-server` on a free local port, for tests.
+
+Started with persistence off (`--save "" --appendonly no`) in a temporary directory; `start()`
+returns once it answers PING (and, for a one-node cluster, once every slot is served).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+_SLOTS = 16_384
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RedisServer:
+    """One `redis-server` process; `cluster=True` makes it a one-node cluster owning all slots."""
+
+    cluster: bool = False
+    binary: str = "redis-server"
+    port: int = field(default_factory=_free_port)
+    _process: subprocess.Popen[bytes] | None = None
+    _dir: tempfile.TemporaryDirectory[str] | None = None
+    _slots_claimed: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server and wait until it serves commands; fails if it cannot start."""
+        executable = shutil.which(self.binary)
+        if executable is None:
+            raise RuntimeError(f"{self.binary} not found on PATH: install redis-server")
+        self._dir = tempfile.TemporaryDirectory(prefix="cgw-redis-")
+        args = [executable, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        log = Path(self._dir.name) / "redis.log"
+        args += ["--logfile", str(log)]
+        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._wait_ready(time.monotonic() + timeout)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory."""
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            if self._process.stderr is not None:
+                self._process.stderr.close()
+            self._process = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Poll PING (then cluster state) until ready or `deadline`."""
+        client = redis.Redis(port=self.port, socket_timeout=1.0)
+        try:
+            while not self._ready(client):
+                assert self._process is not None
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                time.sleep(0.01)
+        finally:
+            client.close()
+
+    def _ready(self, client: redis.Redis) -> bool:
+        """Whether the server answers (a cluster node: after claiming every slot, once ok)."""
+        try:
+            client.ping()
+            if not self.cluster:
+                return True
+            if not self._slots_claimed:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, _SLOTS - 1)
+                self._slots_claimed = True
+            info = client.execute_command("CLUSTER", "INFO")
+        except redis.ConnectionError:
+            return False
+        return b"cluster_state:ok" in info

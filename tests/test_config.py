@@ -1,0 +1,75 @@
+"""Settings: environment parsing, readable errors, masking."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, load_settings, mask_url, masked
+
+
+def test_defaults_need_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no GATEWAY_* variables the gateway listens on 8080 in front of the real API."""
+    for name in ("GATEWAY_PORT", "GATEWAY_UPSTREAM_URL", "GATEWAY_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(env_file=None)
+    assert (8080, "https://api.anthropic.com", None) == (
+        settings.port,
+        settings.upstream_base,
+        settings.redis_url,
+    )
+
+
+def test_bad_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value raises one readable line naming the variable and the value."""
+    monkeypatch.setenv("GATEWAY_PORT", "70000")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    assert "GATEWAY_PORT: Input should be less than or equal to 65535 (got '70000')" == str(
+        caught.value
+    )
+
+
+def test_bad_log_format_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only json and console are log formats."""
+    monkeypatch.setenv("GATEWAY_LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError, match="GATEWAY_LOG_FORMAT"):
+        load_settings(env_file=None)
+
+
+def test_redis_password_never_printed_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An invalid Redis URL is reported without echoing it (it may carry a password)."""
+    monkeypatch.setenv("GATEWAY_REDIS_URL", "redis://:hunter2@localhost")
+    monkeypatch.setenv("GATEWAY_PORT", "-1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_env_file_is_read(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values in a .env file apply when the environment has none."""
+    monkeypatch.delenv("GATEWAY_PORT", raising=False)
+    env_file = tmp_path / ".env"  # type: ignore[operator]
+    env_file.write_text("GATEWAY_PORT=9191\n")
+    assert 9191 == load_settings(env_file=env_file).port
+
+
+def test_masked_hides_redis_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check-config output shows the Redis user and host but not the password."""
+    monkeypatch.setenv("GATEWAY_REDIS_URL", "redis://app:s3cret@redis:6379/0")
+    shown = masked(load_settings(env_file=None))
+    assert "redis://app:***@redis:6379/0" == shown["GATEWAY_REDIS_URL"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("redis://:pw@h:1", "redis://:***@h:1"),
+        ("rediss://u:pw@h:1/2", "rediss://u:***@h:1/2"),
+    ],
+)
+def test_mask_url(url: str, expected: str) -> None:
+    """Passwords in URLs are replaced by ***."""
+    assert expected == mask_url(url)

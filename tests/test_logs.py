@@ -1,0 +1,108 @@
+"""Logs: one access line per request, and never a credential."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import aiohttp
+import anthropic
+
+from gateway.logs import REDACTED, configure_logging, get_logger, redact_secrets
+from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
+from tests.support.fake_upstream import FakeUpstream, Reply, Stream
+
+MODEL = "claude-sonnet-4-6"
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+async def test_api_keys_never_reach_any_log_line(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream
+) -> None:
+    """After success, errors and streams with both credential headers, no log line has the key."""
+    gateway = await make_gateway(log_level="debug")
+    fake_upstream.script(Reply(401), Reply(529), Stream())
+    async with anthropic.AsyncAnthropic(
+        base_url=gateway.url, api_key=TEST_KEY, max_retries=0
+    ) as client:
+        for _ in range(3):
+            try:
+                await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)  # type: ignore[arg-type]
+            except anthropic.APIStatusError:
+                pass
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gateway.url + "/v1/messages",
+            data=b"{broken",
+            headers={"authorization": f"Bearer {TEST_KEY}"},
+        ) as response,
+    ):
+        await response.read()
+    get_logger("test").error("oops", detail=f"header dump x-api-key: {TEST_KEY}")
+    captured = gateway.logs.getvalue()
+    assert 5 <= len(gateway.log_lines())
+    assert TEST_KEY not in captured
+    assert "TESTKEY" not in captured
+
+
+async def test_one_access_line_per_request_with_its_facts(
+    gateway: RunningGateway, fake_upstream: FakeUpstream
+) -> None:
+    """A streamed request yields exactly one access line with model, status and upstream id."""
+    fake_upstream.script(Stream(split_every=5))
+    async with anthropic.AsyncAnthropic(base_url=gateway.url, api_key=TEST_KEY) as client:
+        async with client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO) as stream:  # type: ignore[arg-type]
+            await stream.get_final_message()
+    (line,) = gateway.access_lines()
+    assert (MODEL, True, 200, "ok", "/v1/messages") == (
+        line["model"],
+        line["stream"],
+        line["status"],
+        line["outcome"],
+        line["path"],
+    )
+    assert line["upstream_request_id"].startswith("req_")
+    assert line["bytes_out"] > 0
+    assert line["request_id"].startswith("gw_")
+
+
+def test_redaction_masks_keys_tokens_and_redis_passwords() -> None:
+    """The redaction processor masks each credential shape, and secret-named fields whole."""
+    event = {
+        "a": "key sk-ant-api03-abcDEF_123 here",
+        "b": "Authorization: Bearer abc.def-ghi",
+        "c": "redis://user:pa55@redis:6379/0",
+        "x-api-key": "anything",
+    }
+    redacted = redact_secrets(None, "info", event)
+    assert {
+        "a": f"key {REDACTED} here",
+        "b": f"Authorization: {REDACTED}",
+        "c": f"redis://user:{REDACTED}@redis:6379/0",
+        "x-api-key": REDACTED,
+    } == redacted
+
+
+def test_console_format_renders_plain_text() -> None:
+    """GATEWAY_LOG_FORMAT=console writes human-readable lines instead of JSON."""
+    stream = io.StringIO()
+    configure_logging("info", "console", stream=stream)
+    get_logger("test").info("hello", n=1)
+    line = stream.getvalue().strip()
+    assert "hello" in line
+    assert not line.startswith("{")
+
+
+def test_json_format_renders_one_object_per_line() -> None:
+    """The default JSON format writes one parseable object per event."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    get_logger("test").info("hello", n=1)
+    document = json.loads(stream.getvalue())
+    assert ("hello", 1, "info", "test") == (
+        document["event"],
+        document["n"],
+        document["level"],
+        document["component"],
+    )
