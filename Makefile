@@ -1,14 +1,19 @@
 # claude-gateway: every developer and CI command. `make test` works on a fresh machine.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.installed-dev
+RUNTIME := $(VENV)/.installed-runtime
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-deps run test test-fast lint fmt typecheck imports check bench clean
 
-$(STAMP): pyproject.toml tests/ts/package-lock.json
+$(RUNTIME): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME) pyproject.toml tests/ts/package-lock.json
 	$(PY) -m pip install -q -e '.[dev]'
 	npm ci --silent --prefix tests/ts
 	touch $(STAMP)
@@ -23,7 +28,7 @@ system-deps:  ## redis-server and node from the distribution, when missing
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-run: $(STAMP)  ## the gateway on 127.0.0.1:8080, in-process limits, no Redis needed
+run: $(RUNTIME)  ## the gateway on 127.0.0.1:8080, in-process limits, no Redis needed
 	$(PY) -m gateway serve
 
 test: install  ## the whole suite (real redis-server, real SDKs)

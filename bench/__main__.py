@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from bench.procs import Processes
 from bench.report import Report, machine_info, to_markdown, write_json
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_settings(args: argparse.Namespace) -> BenchSettings:
     settings = preset(quick=args.quick)
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if args.targets:
         targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
         unknown = set(targets) - set(TARGETS)
@@ -69,7 +70,8 @@ def build_settings(args: argparse.Namespace) -> BenchSettings:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    """SIGTERM takes Ctrl-C's path: the running scenario is cancelled, then all is stopped."""
+    signal.raise_signal(signal.SIGINT)
 
 
 async def run(args: argparse.Namespace, settings: BenchSettings, procs: Processes) -> Report:
@@ -80,10 +82,7 @@ async def run(args: argparse.Namespace, settings: BenchSettings, procs: Processe
     command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
     report = Report(command, machine_info(version), settings, pinned.description)
     if version is None:
-        report.notes.append(
-            "- The gateway did not run (`python -m gateway --version` failed): gateway rows "
-            "are skipped."
-        )
+        report.notes.append("- claude-gateway is not installed: gateway rows are skipped.")
     scenario = args.scenario
     if scenario in ("default", "all"):
         _pin_self(pinned)
@@ -109,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = build_settings(args)
     raise_nofile_limit()  # children inherit it
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, _terminate)
     procs = Processes()  # before pinning: remembers every allowed CPU
     result: list[Report] = []

@@ -85,7 +85,7 @@ def sse_events(deltas: int) -> list[bytes]:
         "cache_read_input_tokens": 0,
         "output_tokens": 2,
     }
-    message = {
+    message: dict[str, object] = {
         "id": MESSAGE_ID,
         "type": "message",
         "role": "assistant",

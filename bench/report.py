@@ -53,7 +53,7 @@ def machine_info(gateway: str | None) -> dict[str, str]:
         "python": platform.python_version(),
         "aiohttp": metadata.version("aiohttp"),
         "uvloop": f"yes ({uv})" if uv else "no",
-        "gateway": gateway or "not runnable (python -m gateway --version failed)",
+        "claude-gateway": gateway or "not installed",
         "open files limit": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
     }
 
@@ -81,12 +81,32 @@ def _failures(name: str, failures: dict[str, int]) -> str | None:
     return f"- {name}: failures: {listed}"
 
 
-def proxy_section(rows: list[ProxyRow], settings: BenchSettings) -> list[str]:
+DISTURBED_PCT = 15.0  # other processes' CPU (% of a core) that makes a window unreliable
+SATURATED_PCT = 90.0
+
+
+def _cpu_warnings(row: ProxyRow) -> list[str]:
+    out = []
+    if row.other_cpu_pct is not None and row.other_cpu_pct > DISTURBED_PCT:
+        out.append(
+            f"- {row.target}: WARNING: other processes used {row.other_cpu_pct:.0f}% of a core "
+            "during the timed window; its numbers are disturbed (rerun on a quiet machine)"
+        )
+    load_core = (row.load_cpu_pct or 0) + (row.server_cpu_pct or 0 if row.target == "direct" else 0)
+    if load_core > SATURATED_PCT:
+        out.append(
+            f"- {row.target}: the load CPU was {load_core:.0f}% busy: req/s is bounded by the "
+            "load generator + mock, not by the server under test"
+        )
+    return out
+
+
+def proxy_section(rows: list[ProxyRow], s: BenchSettings, placement: str) -> list[str]:
     by_name = {row.target: row for row in rows}
     direct, floor = by_name.get("direct"), by_name.get("passthrough")
     header = [
         "target",
-        f"req/s @{settings.concurrency}",
+        f"req/s @{s.concurrency}",
         "% of passthrough",
         "server CPU %",
         "load CPU %",
@@ -122,9 +142,10 @@ def proxy_section(rows: list[ProxyRow], settings: BenchSettings) -> list[str]:
                 _diff(row.p99_ms, base.p99_ms) if base and row is not base else "-",
                 _num(row.ttfb_p50_ms, 3),
                 _num(row.rss_per_stream_kb, 1),
-                f"{row.streams_open}/{settings.streams}" if row.streams_open is not None else "-",
+                f"{row.streams_open}/{s.streams}" if row.streams_open is not None else "-",
             ]
         )
+        notes += _cpu_warnings(row)
         if row.rss_before_kb is not None:
             notes.append(
                 f"- {row.target}: RSS {row.rss_before_kb:,} KB before, {row.rss_during_kb:,} KB "
@@ -134,6 +155,11 @@ def proxy_section(rows: list[ProxyRow], settings: BenchSettings) -> list[str]:
     return [
         "## Proxy overhead (default scenario)",
         "",
+        f"{placement}. req/s: {s.warmup:g} s warm-up, then "
+        f"{s.duration:g} s at concurrency {s.concurrency}; latency: {s.latency_samples} "
+        f"sequential requests; TTFB: {s.ttfb_samples} sequential streams; RSS: {s.streams} "
+        f"streams held open ~{s.stream_seconds:g} s each.",
+        "",
         *_table(header, table),
         "",
         "The direct row's CPU, RSS and TTFB columns are the mock upstream's own.",
@@ -141,7 +167,7 @@ def proxy_section(rows: list[ProxyRow], settings: BenchSettings) -> list[str]:
     ]
 
 
-def errors_section(rows: list[ErrorsRow], settings: BenchSettings) -> list[str]:
+def errors_section(rows: list[ErrorsRow], settings: BenchSettings, placement: str) -> list[str]:
     direct = next((r for r in rows if r.target == "direct" and not r.skipped), None)
     header = ["target", "requests", "success %", "p50 (ms)", "p90 (ms)", "p99 (ms)"]
     header += ["added p50 (ms)", "added p99 (ms)", "upstream attempts/request"]
@@ -168,8 +194,9 @@ def errors_section(rows: list[ErrorsRow], settings: BenchSettings) -> list[str]:
     return [
         f"## Flaky upstream (`--scenario errors`, 529 rate {settings.error_rate:g})",
         "",
-        "anthropic.AsyncAnthropic(max_retries=2) at concurrency "
-        f"{settings.concurrency}; latency of successful calls, SDK backoff included.",
+        f"{placement}. {settings.error_requests} calls of "
+        f"anthropic.AsyncAnthropic(max_retries=2) at concurrency {settings.concurrency}; "
+        "latency of successful calls, SDK backoff included; attempts counted on the mock.",
         "",
         *_table(header, table),
         *[note for note in notes if note],
@@ -178,12 +205,17 @@ def errors_section(rows: list[ErrorsRow], settings: BenchSettings) -> list[str]:
 
 def redis_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
     header = ["backend", "instances", f"req/s @{settings.concurrency}", "p50 (ms)", "p99 (ms)"]
-    header += ["gateway CPU ms/req", "redis CPU ms/req", "EVALSHA/req", "redis cmds/req"]
+    header += [
+        "gateway CPU ms/req",
+        "redis CPU ms/req",
+        "EVALSHA/req",
+        "redis cmds/req (incl. in-script)",
+    ]
     table, notes = [], []
     for row in rows:
         if row.skipped:
-            name = [row.backend, str(row.instances), f"skipped: {row.skipped}"]
-            table.append([*name, *["-"] * (len(header) - 3)])
+            cells = [row.backend, str(row.instances), f"skipped: {row.skipped}"]
+            table.append([*cells, *["-"] * (len(header) - 3)])
             continue
         table.append(
             [
@@ -198,12 +230,18 @@ def redis_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
                 _num(row.redis_cmds_per_req, 2),
             ]
         )
-        notes.append(_failures(f"{row.backend} x{row.instances}", row.failures) or "")
+        name = f"{row.backend} x{row.instances}"
+        if row.per_command:
+            calls = ", ".join(f"{cmd} {rate:.2f}" for cmd, rate in row.per_command.items())
+            notes.append(f"- {name}: Redis calls per request: {calls}")
+        notes.append(_failures(name, row.failures) or "")
     return [
         "## Limiter backend (`--scenario redis`)",
         "",
-        "Not pinned: gateways, mock, Redis and the load generator share every CPU. Latency at "
-        f"concurrency {settings.concurrency}, load spread round-robin over the instances.",
+        "Not pinned: gateways, mock, Redis and the load generator share every CPU. "
+        f"{settings.warmup:g} s warm-up, then {settings.redis_duration:g} s at concurrency "
+        f"{settings.concurrency} spread round-robin over the instances; latency at that "
+        "concurrency. Redis calls from INFO commandstats deltas.",
         "",
         *_table(header, table),
         *[note for note in notes if note],
@@ -214,17 +252,11 @@ def to_markdown(report: Report) -> str:
     s = report.settings
     lines = ["# claude-gateway bench", "", f"Command: `{report.command}`", ""]
     lines += [f"- {key}: {value}" for key, value in report.machine.items()]
-    lines += [
-        f"- mode: {'quick' if s.quick else 'full'}; placement: {report.placement}",
-        f"- req/s: {s.warmup:g} s warm-up then {s.duration:g} s at concurrency {s.concurrency}; "
-        f"latency: {s.latency_samples} sequential requests; TTFB: {s.ttfb_samples} streams; "
-        f"RSS: {s.streams} streams held ~{s.stream_seconds:g} s",
-        "",
-    ]
+    lines += [f"- mode: {'quick' if s.quick else 'full'}", ""]
     if report.proxy is not None:
-        lines += [*proxy_section(report.proxy, s), ""]
+        lines += [*proxy_section(report.proxy, s, report.placement), ""]
     if report.errors is not None:
-        lines += [*errors_section(report.errors, s), ""]
+        lines += [*errors_section(report.errors, s, report.placement), ""]
     if report.redis is not None:
         lines += [*redis_section(report.redis, s), ""]
     lines += report.notes

@@ -32,7 +32,8 @@ class RedisRow:
     gateway_cpu_ms_per_req: float | None = None
     redis_cpu_ms_per_req: float | None = None
     evalsha_per_req: float | None = None
-    redis_cmds_per_req: float | None = None
+    redis_cmds_per_req: float | None = None  # includes redis.call()s inside the scripts
+    per_command: dict[str, float] = field(default_factory=dict)  # calls per request
     failures: dict[str, int] = field(default_factory=dict)
 
 
@@ -126,3 +127,4 @@ class RedisScenario:
         delta.pop("info", None)  # our own INFO calls
         row.evalsha_per_req = delta.get("evalsha", 0) / done
         row.redis_cmds_per_req = sum(delta.values()) / done
+        row.per_command = {k: v / done for k, v in sorted(delta.items()) if v}

@@ -11,6 +11,7 @@ import os
 import resource
 import signal
 from collections.abc import Coroutine
+from importlib import metadata
 from typing import Any
 
 from aiohttp import web
@@ -35,10 +36,10 @@ def raise_nofile_limit() -> int:
 def uvloop_version() -> str | None:
     """The uvloop version if it is importable, else None."""
     try:
-        import uvloop
+        import uvloop  # noqa: F401
     except ImportError:
         return None
-    return str(uvloop.__version__)
+    return metadata.version("uvloop")
 
 
 def run_main(coro: Coroutine[Any, Any, None]) -> None:

@@ -13,9 +13,10 @@ import subprocess
 import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
-from bench.procs import ROOT, Child, NotReadyError, Processes, free_port, wait_http, wait_tcp
+from bench.procs import Child, NotReadyError, Processes, free_port, wait_http, wait_tcp
 
 NEVER_HIT_LIMITS = """\
 # Written by bench: limits that are never hit, so only the backend's cost is measured.
@@ -38,9 +39,9 @@ class Placement:
     @property
     def description(self) -> str:
         if self.server is None:
-            return "not pinned: every process may run on any CPU"
+            return "Not pinned: every process may run on any CPU"
         return (
-            f"server under test pinned to CPU {_cpus(self.server)}; load generator and mock "
+            f"Server under test pinned to CPU {_cpus(self.server)}; load generator and mock "
             f"upstream on CPU {_cpus(self.load)}"
         )
 
@@ -159,17 +160,8 @@ async def redis_commandstats(port: int) -> dict[str, int]:
 
 
 def gateway_version() -> str | None:
-    """`python -m gateway --version`, or None while the gateway can't run."""
+    """The installed claude-gateway version (whether it serves is checked by /healthz)."""
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "gateway", "--version"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        return metadata.version("claude-gateway")
+    except metadata.PackageNotFoundError:
         return None
-    text = (done.stdout or done.stderr).strip().splitlines()
-    return text[-1] if done.returncode == 0 and text else None

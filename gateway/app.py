@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -16,6 +16,15 @@ from prometheus_client import CollectorRegistry
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.handler import handle_v1
+from gateway.limits import (
+    LimitBackend,
+    LimitBackendError,
+    Limiter,
+    LimitsConfig,
+    MemoryBackend,
+    load_limits,
+)
+from gateway.limits.redis_backend import RedisBackend
 from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import gateway_middleware
@@ -52,13 +61,67 @@ def upstream_ctx(
     return ctx
 
 
+def load_limits_file(settings: Settings) -> LimitsConfig | None:
+    """The validated limits file, or None when none is configured."""
+    return None if settings.limits_file is None else load_limits(settings.limits_file)
+
+
+def limiter_ctx(
+    settings: Settings, limits: LimitsConfig | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Open the limiter's backend (Redis when configured, else in-process) for the app."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        services = app[SERVICES]
+        if limits is None:
+            log.info("limits_disabled", reason="no GATEWAY_LIMITS_FILE: plain pass-through")
+            yield
+            return
+        backend: LimitBackend
+        if settings.redis_url is not None:
+            backend = RedisBackend.from_url(
+                settings.redis_url.get_secret_value(),
+                cluster=settings.redis_cluster,
+                timeout=settings.redis_timeout_seconds,
+            )
+            app[READINESS_CHECKS]["redis"] = _pinger(backend)
+        else:
+            backend = MemoryBackend(services.clock)
+        services.limiter = Limiter(backend, limits, services.clock)
+        log.info(
+            "limits_enabled",
+            backend="redis" if settings.redis_url is not None else "memory",
+            groups=[group.name for group in limits.groups],
+        )
+        try:
+            yield
+        finally:
+            await backend.aclose()
+
+    return ctx
+
+
+def _pinger(backend: LimitBackend) -> Callable[[], Awaitable[bool]]:
+    async def ping() -> bool:
+        try:
+            await backend.ping()
+        except LimitBackendError:
+            return False
+        return True
+
+    return ping
+
+
 def create_app(
     settings: Settings,
     *,
+    limits: LimitsConfig | None = None,
     clock: Clock | None = None,
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
-    """Build the gateway application from validated settings."""
+    """Build the gateway application from validated settings (and the parsed limits file)."""
+    if limits is None:
+        limits = load_limits_file(settings)
     services = Services(
         clock=clock or SystemClock(),
         metrics=GatewayMetrics(registry),
@@ -74,6 +137,7 @@ def create_app(
     app[SERVICES] = services
     app[READINESS_CHECKS] = {}
     app.cleanup_ctx.append(upstream_ctx(upstream_settings(settings)))
+    app.cleanup_ctx.append(limiter_ctx(settings, limits))
     add_ops_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
     return app

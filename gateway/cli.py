@@ -12,9 +12,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gateway import __version__
-from gateway.app import create_app
+from gateway.app import create_app, load_limits_file
 from gateway.app import serve as serve_app
 from gateway.config import ConfigError, Settings, load_settings, masked
+from gateway.limits import LimitsConfig, LimitsFileError
 from gateway.logs import configure_logging, get_logger
 
 EXIT_OK = 0
@@ -43,29 +44,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        check_limits_file(settings)
+        limits = check_limits_file(settings)
     except ConfigError as exc:
         print(f"claude-gateway: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
-        return check_config(settings)
-    return serve(settings)
+        return check_config(settings, limits)
+    return serve(settings, limits)
 
 
-def check_limits_file(settings: Settings) -> None:
+def check_limits_file(settings: Settings) -> LimitsConfig | None:
     """Validate the limits file, if any, so a bad one fails before the port opens."""
-    del settings  # the limits package validates its file here once it lands
+    try:
+        return load_limits_file(settings)
+    except LimitsFileError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"GATEWAY_LIMITS_FILE: cannot read {settings.limits_file}: {exc.strerror}"
+        ) from None
 
 
-def check_config(settings: Settings) -> int:
-    """Print the effective configuration with secrets masked."""
+def check_config(settings: Settings, limits: LimitsConfig | None) -> int:
+    """Print the effective configuration with secrets masked, and the limits in force."""
     print(f"claude-gateway {__version__}: configuration is valid")
     for name, value in masked(settings).items():
         print(f"  {name}={value}")
+    if limits is None:
+        print("limits: none (plain pass-through)")
+        return EXIT_OK
+    print(f"limits: {len(limits.groups)} group(s), unmatched models: {limits.unmatched_models}")
+    for group in limits.groups:
+        shown = ", ".join(f"{dim.value}={value}" for dim, value in group.limits().items())
+        print(f"  {group.name} [{', '.join(group.models)}]: {shown}")
     return EXIT_OK
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, limits: LimitsConfig | None = None) -> int:
     """Configure logging, pick the event loop and serve until a signal."""
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("gateway.cli")
@@ -73,7 +88,7 @@ def serve(settings: Settings) -> int:
     log.info("starting", version=__version__, event_loop=loop_name)
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve_app(settings, create_app(settings)))
+            runner.run(serve_app(settings, create_app(settings, limits=limits)))
     except OSError as exc:
         log.error("cannot_listen", host=settings.host, port=settings.port, error=str(exc))
         return EXIT_FAILURE

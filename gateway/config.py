@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(
         None, description="Redis URL for shared limits; unset = in-process backend."
     )
+    redis_cluster: bool = Field(
+        False, description="Treat GATEWAY_REDIS_URL as a seed node of a Redis Cluster."
+    )
+    redis_timeout_seconds: float = Field(
+        0.5, gt=0, description="Bound on connecting to Redis and on every Redis call."
+    )
     limits_file: Path | None = Field(None, description="YAML limits file; unset = no limits.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["json", "console"] = Field("json")

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 
-
 def new_request_id() -> str:
     """The gateway's own request id: plainly not an upstream `req_...` id."""
     return "gw_" + secrets.token_hex(12)

@@ -1,23 +1,30 @@
-"""`/v1/*`: one request's story: body -> facts -> upstream -> relay.
+"""`/v1/*`: one request's story: body -> facts -> admit -> upstream -> relay.
 
-The limiter and settlement slot in between facts and upstream, and after relay; they live
-in their own modules so this function stays a readable list of steps.
+Each step lives in its own module so this one stays a readable list of steps. Only
+generating calls (`/v1/messages`, `/v1/complete`) with a model are admitted by the limiter;
+every other endpoint passes straight through.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.admission import decision_labels, refusal, requested_max_wait
 from gateway.errors import Overloaded, RequestTooLarge
 from gateway.exchange import exchange_of
-from gateway.headers import REQUEST_ID, credential_of, upstream_request_headers
-from gateway.messages import PARSED_PATHS, parse_facts, route_of
+from gateway.headers import REQUEST_ID, Credential, credential_of, upstream_request_headers
+from gateway.limits import Admission, Admitted
+from gateway.messages import PARSED_PATHS, RequestFacts, parse_facts, route_of
 from gateway.relay import Ending, relay
 from gateway.services import SERVICES, BodyLimits
+from gateway.tokens import estimate_cost
 
 STREAM_CHUNK = 64 * 1024
+QUEUE_WAIT_HEADER = "x-gateway-queue-wait-ms"
+ANONYMOUS_SCOPE = "anonymous"
 
 
 async def handle_v1(request: web.Request) -> web.StreamResponse:
@@ -35,19 +42,26 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     headers = upstream_request_headers(request.headers)
     if body is not None and not isinstance(body, bytes) and request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)
-    services.credentials.apply(headers, credential_of(request.headers))
-    upstream_response = await upstream.open(request.method, request.raw_path, headers, body)
+    credential = credential_of(request.headers)
+    services.credentials.apply(headers, credential)
+    decision = await admit(request, facts, credential)
+    try:
+        upstream_response = await upstream.open(request.method, request.raw_path, headers, body)
+    except BaseException:
+        if isinstance(decision, Admitted) and services.limiter is not None:
+            await asyncio.shield(services.limiter.refund(decision))
+        raise
     exchange.status = upstream_response.status
     exchange.upstream_request_id = upstream_response.headers.get("request-id")
     is_stream = upstream_response.content_type == "text/event-stream"
     if is_stream:
         services.metrics.stream_opened()
+    extra_headers = {REQUEST_ID: exchange.request_id}
+    if isinstance(decision, Admitted) and decision.waited_seconds > 0:
+        extra_headers[QUEUE_WAIT_HEADER] = str(round(decision.waited_seconds * 1000))
     try:
         response, result = await relay(
-            request,
-            upstream_response,
-            {REQUEST_ID: exchange.request_id},
-            services.clock.now,
+            request, upstream_response, extra_headers, services.clock.now
         )
     finally:
         if is_stream:
@@ -57,6 +71,32 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     if result.ending is not Ending.COMPLETE:
         exchange.outcome = result.ending.value
     return response
+
+
+async def admit(
+    request: web.Request, facts: RequestFacts | None, credential: Credential | None
+) -> Admission | None:
+    """Ask the limiter whether a generating call may go now, after a wait, or not at all."""
+    limiter = request.app[SERVICES].limiter
+    if limiter is None or facts is None or not facts.is_generation or facts.body is None:
+        return None
+    if not facts.model:
+        return None  # the API answers this one itself (400: model is required)
+    max_wait = requested_max_wait(request.headers)
+    decision = await limiter.admit(
+        scope=credential.scope if credential else ANONYMOUS_SCOPE,
+        model=facts.model,
+        cost=estimate_cost(facts.body),
+        max_wait=max_wait,
+    )
+    group, label = decision_labels(decision)
+    waited = decision.waited_seconds if isinstance(decision, Admitted) else None
+    request.app[SERVICES].metrics.admission(group=group, decision=label, waited=waited)
+    error = refusal(decision)
+    if error is not None:
+        exchange_of(request).outcome = error.outcome
+        raise error
+    return decision
 
 
 async def request_body(

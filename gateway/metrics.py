@@ -72,6 +72,19 @@ class GatewayMetrics:
             ["route"],
             registry=self.registry,
         )
+        self._admissions = Counter(
+            "gateway_limiter_admissions",
+            "Limiter decisions: now, queued, rejected, never_fits, unknown_model, unavailable.",
+            ["group", "decision"],
+            registry=self.registry,
+        )
+        self._queue_wait = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time admitted requests waited for capacity (0 when sent at once).",
+            ["group"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
         Info("gateway_build", "Build information.", registry=self.registry).info(
             {"version": __version__}
         )
@@ -109,6 +122,12 @@ class GatewayMetrics:
             self._ttfb.labels(route).observe(ttfb)
         if bytes_out:
             self._bytes_out.labels(route).inc(bytes_out)
+
+    def admission(self, *, group: str, decision: str, waited: float | None) -> None:
+        """Count one limiter decision; `waited` is set for admitted requests."""
+        self._admissions.labels(group, decision).inc()
+        if waited is not None:
+            self._queue_wait.labels(group).observe(waited)
 
     def stream_opened(self) -> None:
         self._open_streams.inc()

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.clock import Clock
 from gateway.headers import CredentialPolicy
+from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import Upstream
 
@@ -42,6 +43,7 @@ class Services:
     credentials: CredentialPolicy = field(default_factory=CredentialPolicy)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     upstream: Upstream | None = None
+    limiter: Limiter | None = None
 
 
 SERVICES = web.AppKey("services", Services)

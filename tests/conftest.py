@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
+from gateway.clock import Clock
 from gateway.config import Settings
 from gateway.logs import configure_logging
 from tests.support.fake_upstream import FakeUpstream
@@ -56,14 +57,14 @@ async def make_gateway(
 ) -> GatewayFactory:
     """Build and serve a gateway in front of the fake upstream, with settings overrides."""
 
-    async def build(**overrides: Any) -> RunningGateway:
+    async def build(*, clock: Clock | None = None, **overrides: Any) -> RunningGateway:
         fields: dict[str, Any] = {"upstream_url": fake_upstream.url, "log_level": "debug"}
         fields.update(overrides)
         settings = Settings(_env_file=None, **fields)  # type: ignore[call-arg]
         logs = io.StringIO()
         configure_logging(settings.log_level, "json", stream=logs)
         registry = CollectorRegistry()
-        app = create_app(settings, registry=registry)
+        app = create_app(settings, registry=registry, clock=clock)
         server = await aiohttp_server(app)  # TestServer enables handler_cancellation
         return RunningGateway(str(server.make_url("")).rstrip("/"), app, registry, logs, server)
 

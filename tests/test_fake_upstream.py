@@ -16,6 +16,7 @@ import aiohttp
 import anthropic
 import httpx2
 import pytest
+from anthropic.types import MessageParam
 
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import (
@@ -32,7 +33,7 @@ from tests.support.fake_upstream import (
 ROOT = Path(__file__).resolve().parent.parent
 HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
 MODEL = "claude-sonnet-4-6"
-USER = [{"role": "user", "content": "Hello"}]
+USER: list[MessageParam] = [{"role": "user", "content": "Hello"}]
 REFERENCE_BODY = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 64, "messages": USER}
 REFERENCE_ID = "msg_01XgVYxVqyQjXq9Lh3zF7bKz"
 
@@ -94,9 +95,17 @@ def with_reference_id(text: str) -> str:
     return re.sub(r"msg_01[0-9A-Za-z]{22}", REFERENCE_ID, text)
 
 
+async def collect_event_types(sdk: anthropic.AsyncAnthropic, into: list[str]) -> None:
+    """Stream a message through the SDK helper, appending each event's type as it arrives."""
+    async with sdk.messages.stream(model=MODEL, max_tokens=64, messages=USER) as stream:
+        async for event in stream:
+            into.append(event.type)
+
+
 async def read_http_chunks(response: aiohttp.ClientResponse) -> list[bytes]:
     """The body split at HTTP chunk boundaries (not TCP reads)."""
-    chunks, current = [], b""
+    chunks: list[bytes] = []
+    current = b""
     while True:
         data, end_of_chunk = await response.content.readchunk()
         if not data and not end_of_chunk:
@@ -222,8 +231,8 @@ async def test_sdk_stream_true_yields_every_event_type(
     fake_upstream: FakeUpstream, sdk: anthropic.AsyncAnthropic
 ) -> None:
     """`stream=True` gives the SDK the documented event order (pings are swallowed by it)."""
-    stream = await sdk.messages.create(model=MODEL, max_tokens=64, messages=USER, stream=True)
-    types = [event.type async for event in stream]
+    events = await sdk.messages.create(model=MODEL, max_tokens=64, messages=USER, stream=True)
+    types = [event.type async for event in events]
     expected = [
         *("message_start", "content_block_start", "content_block_delta"),
         *("content_block_delta", "content_block_stop", "message_delta", "message_stop"),
@@ -360,9 +369,7 @@ async def test_drop_mid_stream_makes_the_sdk_raise(
     fake_upstream.script(DropMidStream(after_events=3))
     seen: list[str] = []
     with pytest.raises(httpx2.RemoteProtocolError, match="incomplete chunked read"):
-        async with sdk.messages.stream(model=MODEL, max_tokens=64, messages=USER) as stream:
-            async for event in stream:
-                seen.append(event.type)
+        await collect_event_types(sdk, seen)
     expected = ["message_start", "content_block_start"]
     assert expected == seen
 

@@ -158,7 +158,8 @@ def _problem(path: Path, root: yaml.Node, error: ErrorDetails) -> str:
     if "index" in ctx:  # a duplicate group: point at the second one's name
         loc = (*loc, ctx["index"], "name")
     template = _MESSAGES.get(error["type"])
-    message = template.format(**ctx) if template else error["msg"]
+    plain = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
+    message = template.format(**plain) if template else error["msg"]
     return f"{path}:{_line(root, loc)}: {_path(loc)}: {message}"
 
 

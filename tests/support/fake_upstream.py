@@ -41,7 +41,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True, slots=True)
 class RecordedRequest:
-    """One API request the fake received, body included."""
+    """One API request the fake received: decoded path, query string as sent, body bytes."""
 
     method: str
     path: str
@@ -280,8 +280,9 @@ class FakeUpstream:
         request[REQUEST_ID] = p.new_id("req")
         body = await request.read()
         headers = CIMultiDict(request.headers)
+        raw_query = request.raw_path.partition("?")[2]
         self.requests.append(
-            RecordedRequest(request.method, request.path, request.query_string, headers, body)
+            RecordedRequest(request.method, request.path, raw_query, headers, body)
         )
         self._notify()
         if "x-api-key" not in headers and "authorization" not in headers:

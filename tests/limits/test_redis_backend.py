@@ -1,0 +1,148 @@
+"""`RedisBackend` beyond the shared contract: keys, expiry, scripts, round trips, errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio
+from redis.exceptions import RedisError
+
+from gateway.limits import BucketSpec, Cost, Dimension, LimitBackendError, Refused, Reservation
+from gateway.limits.redis_backend import RedisBackend
+from tests.limits.conftest import bucket
+from tests.support.redis_server import RedisServer
+
+ONE_REQUEST = Cost(requests=1)
+RPM = bucket(Dimension.REQUESTS, 60)
+ITPM = bucket(Dimension.INPUT_TOKENS, 6_000)
+
+
+@pytest.fixture
+async def backend(
+    redis_client: redis.asyncio.Redis, redis_server: RedisServer
+) -> AsyncIterator[RedisBackend]:
+    """A backend on the flushed real server."""
+    opened = RedisBackend.from_url(redis_server.url)
+    yield opened
+    await opened.aclose()
+
+
+@pytest.fixture(scope="module")
+def cluster_server() -> Iterator[RedisServer]:
+    """A one-node Redis Cluster owning every slot."""
+    with RedisServer(cluster=True) as server:
+        yield server
+
+
+async def command_counts(client: redis.asyncio.Redis) -> dict[str, int]:
+    """Calls per command since the server started, from INFO commandstats."""
+    stats = await client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+
+
+@pytest.mark.redis
+async def test_keys_share_one_hash_tag_and_name_the_scope(
+    backend: RedisBackend, redis_client: redis.asyncio.Redis
+) -> None:
+    """Every key of an admission is `cgw:{scope:group}:dimension`: one slot, no bare names."""
+    tpd = bucket(Dimension.TOKENS_PER_DAY, 1_000_000, scope="3f2a9c")
+    rpm = bucket(Dimension.REQUESTS, 60, scope="3f2a9c")
+    await backend.reserve([rpm, tpd], Cost(1, 100, 100), max_wait=0)
+    expected = [b"cgw:{3f2a9c:sonnet}:requests", b"cgw:{3f2a9c:sonnet}:tokens_per_day"]
+    assert expected == sorted(await redis_client.keys("*"))
+
+
+@pytest.mark.redis
+async def test_keys_expire_once_the_bucket_would_be_full(
+    backend: RedisBackend, redis_client: redis.asyncio.Redis
+) -> None:
+    """Each key's TTL is the time to refill fully plus a 1 s margin: no unbounded key growth."""
+    tpd = bucket(Dimension.TOKENS_PER_DAY, 86_400)
+    await backend.reserve([RPM], ONE_REQUEST, max_wait=0)  # full again in 1 s
+    await backend.reserve([tpd], Cost(0, 43_200), max_wait=0)  # full again in 12 h
+    rpm_ttl, tpd_ttl = await redis_client.pttl(RPM.key), await redis_client.pttl(tpd.key)
+    assert 1_900 < rpm_ttl <= 2_000
+    assert 43_200_900 < tpd_ttl <= 43_201_000
+
+
+@pytest.mark.redis
+async def test_reserve_survives_a_script_flush(
+    backend: RedisBackend, redis_client: redis.asyncio.Redis
+) -> None:
+    """After SCRIPT FLUSH (restart, failover) the NOSCRIPT reply reloads the script once."""
+    await backend.reserve([RPM], ONE_REQUEST, max_wait=0, now=1_000.0)
+    await redis_client.script_flush()
+    reservation = await backend.reserve([RPM], ONE_REQUEST, max_wait=0, now=1_000.0)
+    assert isinstance(reservation, Reservation)
+    await redis_client.script_flush()
+    await backend.adjust(reservation, Cost(requests=-1), now=1_000.0)
+    expected = b"59 1000"  # level after two requests and one refund, written at t=1000
+    assert expected == await redis_client.get(RPM.key)
+
+
+SCENARIOS = [
+    pytest.param("admit", {"evalsha": 1, "time": 1, "get": 2, "set": 2}, id="admit"),
+    pytest.param("refuse", {"evalsha": 1, "time": 1, "get": 2}, id="refuse-writes-nothing"),
+    pytest.param("adjust", {"evalsha": 1, "time": 1, "get": 2, "set": 2}, id="adjust"),
+]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(("step", "expected"), SCENARIOS)
+async def test_each_call_is_one_evalsha_of_o_buckets_commands(
+    backend: RedisBackend, redis_client: redis.asyncio.Redis, step: str, expected: dict[str, int]
+) -> None:
+    """A call is one EVALSHA round trip; inside it, one TIME and a GET (and SET) per bucket."""
+    reservation = await backend.reserve([RPM, ITPM], Cost(1, 6_000), max_wait=0)
+    assert isinstance(reservation, Reservation)
+    before = await command_counts(redis_client)
+    if step == "admit":
+        await backend.reserve([RPM, ITPM], Cost(1, 0), max_wait=0)
+    elif step == "refuse":
+        await backend.reserve([RPM, ITPM], Cost(1, 6_000), max_wait=0)
+    else:
+        await backend.adjust(reservation, Cost(-1, -10))
+    after = await command_counts(redis_client)
+    delta = {name: calls - before.get(name, 0) for name, calls in after.items()}
+    assert expected == {name: n for name, n in delta.items() if n and name != "info"}
+
+
+async def test_unreachable_redis_raises_limit_backend_error() -> None:
+    """Connection failures leave the backend as LimitBackendError, the redis error chained."""
+    dead = RedisServer()  # a free port with nothing listening
+    backend = RedisBackend.from_url(dead.url, timeout=0.5)
+    with pytest.raises(LimitBackendError) as reserving:
+        await backend.reserve([RPM], ONE_REQUEST, max_wait=0)
+    with pytest.raises(LimitBackendError) as pinging:
+        await backend.ping()
+    await backend.aclose()
+    expected = (True, True)
+    assert expected == (
+        isinstance(reserving.value.__cause__, RedisError),
+        isinstance(pinging.value.__cause__, RedisError),
+    )
+
+
+@pytest.mark.redis
+async def test_cluster_reserves_in_one_slot_and_reloads_scripts(
+    cluster_server: RedisServer,
+) -> None:
+    """On Redis Cluster the hash-tagged keys run in one slot, and NOSCRIPT still recovers."""
+    backend = RedisBackend.from_url(cluster_server.url, cluster=True)
+    admin = redis.asyncio.Redis.from_url(cluster_server.url)
+    buckets: list[BucketSpec] = [RPM, ITPM]
+    try:
+        await admin.flushall()
+        first = await backend.reserve(buckets, Cost(1, 6_000), max_wait=0, now=1_000.0)
+        await admin.script_flush()
+        second = await backend.reserve(buckets, Cost(1, 10), max_wait=0, now=1_000.0)
+        await backend.ping()
+    finally:
+        await admin.aclose()
+        await backend.aclose()
+    expected = (
+        Reservation(tuple(buckets), Cost(1, 6_000), 0.0, (59.0, 0.0)),
+        Refused(ITPM, retry_after=0.1, remaining=0.0),
+    )
+    assert expected == (first, second)

@@ -1,0 +1,203 @@
+"""The limiter on the wire: queue, 429 with honest retry-after, never-fits, scopes, Redis gone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from tests.conftest import TEST_KEY, GatewayFactory
+from tests.support.fake_clock import FakeClock
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.processes import free_port
+
+MODEL = "claude-sonnet-4-6"
+
+
+def limits_file(tmp_path: Path, group: str, **top: Any) -> Path:
+    """Write a limits file with one `sonnet` group whose body is `group` (YAML lines)."""
+    extra = "".join(f"{key}: {value}\n" for key, value in top.items())
+    text = (
+        "queue:\n  max_wait_seconds: 60\nheadroom: 0\n"
+        f"{extra}groups:\n  - name: sonnet\n    models: ['claude-sonnet-*']\n{group}"
+    )
+    path = tmp_path / "limits.yaml"
+    path.write_text(text)
+    return path
+
+
+async def send(
+    url: str,
+    *,
+    key: str = TEST_KEY,
+    model: str = MODEL,
+    max_tokens: int = 10,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any], CIMultiDict[str]]:
+    """POST one small Messages request; return status, JSON body and headers."""
+    body = {
+        "model": model,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    all_headers = {"x-api-key": key, "anthropic-version": "2023-06-01", **(headers or {})}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/v1/messages", json=body, headers=all_headers) as response,
+    ):
+        return response.status, json.loads(await response.read()), CIMultiDict(response.headers)
+
+
+async def test_over_the_limit_without_waiting_is_429_with_honest_headers(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Past 2 RPM a request that may not wait gets a 429 naming the bucket, retry-after 30 s."""
+    clock = FakeClock()
+    path = limits_file(tmp_path, "    requests_per_minute: 2\n")
+    gateway = await make_gateway(limits_file=str(path), clock=clock)
+    assert [200, 200] == [(await send(gateway.url))[0] for _ in range(2)]
+    status, body, headers = await send(gateway.url, headers={"x-gateway-max-wait": "0"})
+    assert (429, "rate_limit_error") == (status, body["error"]["type"])
+    assert {
+        "retry-after": "30",
+        "x-gateway-ratelimit-group": "sonnet",
+        "x-gateway-ratelimit-bucket": "requests",
+        "x-gateway-ratelimit-limit": "2",
+        "x-gateway-ratelimit-remaining": "0",
+    } == {name: headers[name] for name in (
+        "retry-after", "x-gateway-ratelimit-group", "x-gateway-ratelimit-bucket",
+        "x-gateway-ratelimit-limit", "x-gateway-ratelimit-remaining")}  # fmt: skip
+    assert 2 == len(fake_upstream.requests)
+    clock.advance(30)
+    assert 200 == (await send(gateway.url, headers={"x-gateway-max-wait": "0"}))[0]
+
+
+async def test_request_that_fits_after_a_wait_is_queued_then_sent(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A request over the limit within the queue cap waits its turn, then goes."""
+    clock = FakeClock()
+    path = limits_file(tmp_path, "    requests_per_minute: 2\n")
+    gateway = await make_gateway(limits_file=str(path), clock=clock)
+    for _ in range(2):
+        await send(gateway.url)
+    status, _, headers = await send(gateway.url)
+    assert (200, "30000") == (status, headers["x-gateway-queue-wait-ms"])
+    assert 3 == len(fake_upstream.requests)
+    assert [30.0] == [round(s, 3) for s in clock.sleeps if s > 0]
+
+
+async def test_wait_past_the_queue_cap_is_rejected_without_debit(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """With max_wait 10 s a 30 s wait is refused, and the refusal took nothing from the bucket."""
+    clock = FakeClock()
+    path = limits_file(tmp_path, "    requests_per_minute: 2\n")
+    gateway = await make_gateway(limits_file=str(path), clock=clock)
+    for _ in range(2):
+        await send(gateway.url)
+    refused = [(await send(gateway.url, headers={"x-gateway-max-wait": "10"}))[0] for _ in range(3)]
+    clock.advance(30)
+    assert ([429, 429, 429], 200) == (
+        refused,
+        (await send(gateway.url, headers={"x-gateway-max-wait": "0"}))[0],
+    )
+
+
+async def test_request_larger_than_a_bucket_never_fits(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """max_tokens above the OTPM capacity is refused at once with 413 naming the limit."""
+    path = limits_file(tmp_path, "    output_tokens_per_minute: 1000\n")
+    gateway = await make_gateway(limits_file=str(path))
+    status, body, headers = await send(gateway.url, max_tokens=5000)
+    assert (413, "request_too_large", "false") == (
+        status,
+        body["error"]["type"],
+        headers["x-should-retry"],
+    )
+    assert "'sonnet' limit is 1000 output_tokens per minute" in body["error"]["message"]
+    assert [] == fake_upstream.requests
+
+
+async def test_unknown_model_is_rejected_when_configured(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """A model no group matches gets a 400 naming it when unmatched_models is reject."""
+    path = limits_file(tmp_path, "    requests_per_minute: 2\n", unmatched_models="reject")
+    gateway = await make_gateway(limits_file=str(path))
+    status, body, _ = await send(gateway.url, model="claude-opus-4-1")
+    assert (400, "invalid_request_error") == (status, body["error"]["type"])
+    assert "'claude-opus-4-1'" in body["error"]["message"]
+
+
+async def test_unknown_model_passes_when_configured(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """With unmatched_models pass, an unlisted model is forwarded without limits."""
+    path = limits_file(tmp_path, "    requests_per_minute: 1\n", unmatched_models="pass")
+    gateway = await make_gateway(limits_file=str(path))
+    statuses = [(await send(gateway.url, model="claude-opus-4-1"))[0] for _ in range(3)]
+    assert [200, 200, 200] == statuses
+
+
+async def test_each_api_key_has_its_own_buckets(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """One key exhausting its limit does not touch another key's budget."""
+    path = limits_file(tmp_path, "    requests_per_minute: 1\n")
+    gateway = await make_gateway(limits_file=str(path))
+    no_wait = {"x-gateway-max-wait": "0"}
+    first = (await send(gateway.url, headers=no_wait))[0]
+    same_key = (await send(gateway.url, headers=no_wait))[0]
+    other_key = (await send(gateway.url, key="sk-ant-other-key", headers=no_wait))[0]
+    assert (200, 429, 200) == (first, same_key, other_key)
+
+
+async def test_bad_max_wait_header_is_a_clear_400(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """x-gateway-max-wait must be a non-negative number of seconds."""
+    path = limits_file(tmp_path, "    requests_per_minute: 10\n")
+    gateway = await make_gateway(limits_file=str(path))
+    status, body, _ = await send(gateway.url, headers={"x-gateway-max-wait": "soon"})
+    assert (400, "x-gateway-max-wait: must be a number of seconds >= 0, got 'soon'.") == (
+        status,
+        body["error"]["message"],
+    )
+
+
+async def test_upstream_failure_gives_the_reservation_back(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """A request whose upstream is unreachable gets 502 and its RPM slot back."""
+    path = limits_file(tmp_path, "    requests_per_minute: 1\n")
+    gateway = await make_gateway(limits_file=str(path), upstream_url="http://127.0.0.1:1")
+    no_wait = {"x-gateway-max-wait": "0"}
+    statuses = [(await send(gateway.url, headers=no_wait))[0] for _ in range(3)]
+    assert [502, 502, 502] == statuses
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("fail_open", 200), ("fail_closed", 503)])
+async def test_redis_gone_follows_the_failure_policy(
+    make_gateway: GatewayFactory, tmp_path: Path, policy: str, expected: int
+) -> None:
+    """With Redis unreachable, fail_open admits locally and fail_closed answers 503; not ready."""
+    path = limits_file(tmp_path, "    requests_per_minute: 100\n", redis_failure=policy)
+    gateway = await make_gateway(
+        limits_file=str(path), redis_url=f"redis://127.0.0.1:{free_port()}/0"
+    )
+    status, body, _ = await send(gateway.url)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gateway.url + "/readyz") as ready,
+    ):
+        readiness = await ready.json()
+    assert expected == status
+    if expected == 503:
+        assert "overloaded_error" == body["error"]["type"]
+    assert (503, False) == (ready.status, readiness["redis"])
