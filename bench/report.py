@@ -87,11 +87,12 @@ SATURATED_PCT = 90.0
 
 def _cpu_warnings(row: ProxyRow) -> list[str]:
     out = []
-    if row.other_cpu_pct is not None and row.other_cpu_pct > DISTURBED_PCT:
-        out.append(
-            f"- {row.target}: WARNING: other processes used {row.other_cpu_pct:.0f}% of a core "
-            "during the timed window; its numbers are disturbed (rerun on a quiet machine)"
-        )
+    for phase, pct in (("req/s", row.other_cpu_pct), ("latency", row.latency_other_cpu_pct)):
+        if pct is not None and pct > DISTURBED_PCT:
+            out.append(
+                f"- {row.target}: WARNING: other processes used {pct:.0f}% of a core during the "
+                f"{phase} measurement; those numbers are disturbed (rerun on a quiet machine)"
+            )
     load_core = (row.load_cpu_pct or 0) + (row.server_cpu_pct or 0 if row.target == "direct" else 0)
     if load_core > SATURATED_PCT:
         out.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 
@@ -26,10 +27,8 @@ async def test_api_keys_never_reach_any_log_line(
         base_url=gateway.url, api_key=TEST_KEY, max_retries=0
     ) as client:
         for _ in range(3):
-            try:
+            with contextlib.suppress(anthropic.APIStatusError):
                 await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)  # type: ignore[arg-type]
-            except anthropic.APIStatusError:
-                pass
     async with (
         aiohttp.ClientSession() as session,
         session.post(
@@ -51,9 +50,11 @@ async def test_one_access_line_per_request_with_its_facts(
 ) -> None:
     """A streamed request yields exactly one access line with model, status and upstream id."""
     fake_upstream.script(Stream(split_every=5))
-    async with anthropic.AsyncAnthropic(base_url=gateway.url, api_key=TEST_KEY) as client:
-        async with client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO) as stream:  # type: ignore[arg-type]
-            await stream.get_final_message()
+    async with (
+        anthropic.AsyncAnthropic(base_url=gateway.url, api_key=TEST_KEY) as client,
+        client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO) as stream,  # type: ignore[arg-type]
+    ):
+        await stream.get_final_message()
     (line,) = gateway.access_lines()
     assert (MODEL, True, 200, "ok", "/v1/messages") == (
         line["model"],

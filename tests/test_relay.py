@@ -9,6 +9,7 @@ import json
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from tests.conftest import TEST_KEY, RunningGateway
 from tests.support.fake_upstream import FakeUpstream, Hang, Reply, Stream
@@ -46,11 +47,12 @@ def _without_ids(stream: bytes) -> bytes:
     """The fake mints a fresh message id per response; compare everything else exactly."""
     out = []
     for line in stream.split(b"\n"):
+        kept = line
         if line.startswith(b"data: ") and b'"message_start"' in line:
             document = json.loads(line[6:])
             document["message"]["id"] = "msg_X"
-            line = b"data: " + json.dumps(document, separators=(",", ":")).encode()
-        out.append(line)
+            kept = b"data: " + json.dumps(document, separators=(",", ":")).encode()
+        out.append(kept)
     return b"\n".join(out)
 
 
@@ -103,7 +105,9 @@ async def test_query_string_and_body_bytes_forwarded_unchanged(
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            gateway.url + "/v1/messages?beta=true&x=%2Fa%20b", data=raw, headers=HEADERS
+            URL(gateway.url + "/v1/messages?beta=true&x=%2Fa%20b", encoded=True),
+            data=raw,
+            headers=HEADERS,
         ) as response,
     ):
         await response.read()

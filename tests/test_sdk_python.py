@@ -169,6 +169,13 @@ async def test_upstream_errors_map_to_sdk_exceptions(
     assert ("req_upstream_42", status) == (caught.value.request_id, caught.value.status_code)
 
 
+async def _consume_stream(client: anthropic.AsyncAnthropic) -> None:
+    async with client.messages.stream(model=MODEL, max_tokens=64, messages=HELLO) as stream:  # type: ignore[arg-type]
+        async for _ in stream.text_stream:
+            pass
+        await stream.get_final_message()
+
+
 async def test_upstream_drop_mid_stream_raises_in_sdk(
     gateway: RunningGateway, fake_upstream: FakeUpstream
 ) -> None:
@@ -176,8 +183,5 @@ async def test_upstream_drop_mid_stream_raises_in_sdk(
     fake_upstream.script(DropMidStream(after_events=3))
     async with async_client(gateway, max_retries=0) as client:
         with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
-            async with client.messages.stream(model=MODEL, max_tokens=64, messages=HELLO) as stream:  # type: ignore[arg-type]
-                async for _ in stream.text_stream:
-                    pass
-                await stream.get_final_message()
+            await _consume_stream(client)
     assert "upstream_dropped" == gateway.access_lines()[-1]["outcome"]

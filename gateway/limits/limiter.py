@@ -103,10 +103,12 @@ class CircuitBreaker:
         return True
 
     def succeeded(self) -> None:
+        """Record a good call: close the breaker."""
         self._failures = 0
         self._opened_at = None
 
     def failed(self) -> None:
+        """Record an error: open (or re-open) after `threshold` in a row."""
         self._failures += 1
         if self._failures >= self._threshold:
             self._opened_at = self._clock.now()

@@ -127,11 +127,14 @@ def load_limits(path: Path) -> LimitsConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise LimitsFileError(f"{path}: cannot read: {exc.strerror}") from exc
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+    loader = yaml.SafeLoader(text)
+    try:  # what yaml.safe_load does, keeping the node tree for line numbers
+        root = loader.get_single_node()
+        data = None if root is None else loader.construct_document(root)
     except yaml.YAMLError as exc:
         raise LimitsFileError(_yaml_problem(path, exc)) from exc
+    finally:
+        loader.dispose()
     if root is None:
         return LimitsConfig()
     duplicate = _duplicate_key(root, ())

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
@@ -58,21 +58,32 @@ class RedisBackend:
 
     @classmethod
     def from_url(
-        cls, url: str, *, cluster: bool = False, timeout: float = 1.0, **options: Any
+        cls,
+        url: str,
+        *,
+        cluster: bool = False,
+        timeout: float = 1.0,
+        max_connections: int = 16,
+        **options: Any,
     ) -> RedisBackend:
         """A backend on `url` (`redis://`, `rediss://`; a seed node's URL when `cluster`).
 
         `cluster=True` uses the Cluster client, which discovers the other nodes; `timeout`
-        bounds connecting and every command, so a hung server fails fast.
+        bounds connecting and every command, so a hung server fails fast. Connections are
+        pooled and bounded (`max_connections` per node): a burst of admissions waits briefly
+        for a free connection instead of opening one connection per request, which under
+        load turns into a storm of slow connects and spurious timeouts.
         """
         settings: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
+            "max_connections": max_connections,
             **options,
         }
         if cluster:
             return cls(RedisCluster.from_url(url, **settings))
-        return cls(Redis.from_url(url, **settings))
+        pool = BlockingConnectionPool.from_url(url, timeout=timeout, **settings)
+        return cls(Redis.from_pool(pool))
 
     async def reserve(
         self,

@@ -78,8 +78,7 @@ async def test_refill_is_continuous_not_windowed(backend: LimitBackend, clock: F
         await backend.reserve([rpm], ONE_REQUEST, max_wait=0, now=clock.now()), Reservation
     ):
         admitted += 1
-    expected = 30
-    assert expected == admitted
+    assert 30 == admitted
 
 
 async def test_partial_refill_shows_as_remaining(backend: LimitBackend, clock: FakeClock) -> None:
@@ -98,8 +97,7 @@ async def test_refusal_debits_no_bucket(backend: LimitBackend, clock: FakeClock)
     refused = await backend.reserve([rpm, itpm], Cost(1, 10), max_wait=0, now=clock.now())
     after = await reserved(backend, [rpm], ONE_REQUEST, clock)
     assert Refused(itpm, retry_after=0.1, remaining=0.0) == refused
-    expected = (58.0,)
-    assert expected == after.levels
+    assert (58.0,) == after.levels
 
 
 async def test_refusal_names_the_bucket_needing_longest(
@@ -147,8 +145,7 @@ async def test_retry_after_is_honest(
     assert Refused(itpm, retry_after=retry_after, remaining=0.0) == refused
     clock.advance(retry_after)
     admitted = await reserved(backend, [itpm], cost, clock)
-    expected = 0.0
-    assert expected == admitted.wait
+    assert 0.0 == admitted.wait
 
 
 async def test_cost_above_capacity_never_fits(backend: LimitBackend, clock: FakeClock) -> None:
@@ -158,8 +155,7 @@ async def test_cost_above_capacity_never_fits(backend: LimitBackend, clock: Fake
     never = await backend.reserve([rpm, itpm], Cost(1, 3_001), max_wait=60, now=clock.now())
     after = await reserved(backend, [rpm], ONE_REQUEST, clock)
     assert NeverFits(itpm, 3_001) == never
-    expected = (59.0,)
-    assert expected == after.levels
+    assert (59.0,) == after.levels
 
 
 async def test_refund_gives_capacity_back(backend: LimitBackend, clock: FakeClock) -> None:
@@ -169,8 +165,7 @@ async def test_refund_gives_capacity_back(backend: LimitBackend, clock: FakeCloc
     reservation = await reserved(backend, [rpm, itpm], cost, clock)
     await backend.adjust(reservation, Cost().minus(cost), now=clock.now())
     again = await reserved(backend, [rpm, itpm], cost, clock)
-    expected = (59.0, 5_400.0)
-    assert expected == again.levels
+    assert (59.0, 5_400.0) == again.levels
 
 
 async def test_refund_never_fills_past_capacity(backend: LimitBackend, clock: FakeClock) -> None:
@@ -180,8 +175,7 @@ async def test_refund_never_fills_past_capacity(backend: LimitBackend, clock: Fa
     clock.advance(60.0)
     await backend.adjust(reservation, Cost(requests=-1), now=clock.now())
     again = await reserved(backend, [rpm], ONE_REQUEST, clock)
-    expected = (59.0,)
-    assert expected == again.levels
+    assert (59.0,) == again.levels
 
 
 async def test_charge_puts_bucket_into_debt(backend: LimitBackend, clock: FakeClock) -> None:
@@ -200,8 +194,7 @@ async def test_tokens_bucket_counts_input_and_output(
     """A combined tokens-per-minute bucket takes input plus output tokens."""
     tpm = bucket(Dimension.TOKENS, 6_000)
     reservation = await reserved(backend, [tpm], Cost(1, 1_000, 2_000), clock)
-    expected = (3_000.0,)
-    assert expected == reservation.levels
+    assert (3_000.0,) == reservation.levels
 
 
 async def test_tokens_per_day_refills_over_a_simulated_day(

@@ -31,8 +31,7 @@ async def test_idle_buckets_are_dropped_once_full_again(clock: FakeClock) -> Non
     before = len(backend)
     clock.advance(61.0)
     await backend.reserve([bucket(Dimension.REQUESTS, 60, scope="d")], ONE_REQUEST, max_wait=0)
-    expected = (3, 1)
-    assert expected == (before, len(backend))
+    assert (3, 1) == (before, len(backend))
 
 
 async def test_bucket_still_refilling_survives_the_sweep(clock: FakeClock) -> None:
@@ -43,8 +42,7 @@ async def test_bucket_still_refilling_survives_the_sweep(clock: FakeClock) -> No
     clock.advance(3_600.0)
     await backend.reserve([bucket(Dimension.REQUESTS, 60, scope="other")], ONE_REQUEST, max_wait=0)
     refused = await backend.reserve([tpd], Cost(0, 7_200), max_wait=0)
-    expected = (2, Refused(tpd, retry_after=3_600.0, remaining=3_600.0))
-    assert expected == (len(backend), refused)
+    assert (2, Refused(tpd, retry_after=3_600.0, remaining=3_600.0)) == (len(backend), refused)
 
 
 async def test_aclose_forgets_every_bucket(clock: FakeClock) -> None:
@@ -53,4 +51,4 @@ async def test_aclose_forgets_every_bucket(clock: FakeClock) -> None:
     await backend.ping()
     await backend.reserve([bucket(Dimension.REQUESTS, 60)], ONE_REQUEST, max_wait=0)
     await backend.aclose()
-    assert len(backend) == 0
+    assert 0 == len(backend)

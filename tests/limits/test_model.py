@@ -32,28 +32,24 @@ def test_cost_minus_subtracts_each_field() -> None:
 def test_cost_maps_onto_each_dimension() -> None:
     """Requests, input and output map one to one; tokens and tokens per day are in + out."""
     cost = Cost(1, 300, 200)
-    expected = [1, 300, 200, 500, 500]
-    assert expected == [cost.on(dimension) for dimension in Dimension]
+    assert [1, 300, 200, 500, 500] == [cost.on(dimension) for dimension in Dimension]
 
 
 def test_bucket_key_carries_scope_and_group_in_one_hash_tag() -> None:
     """The key is `cgw:{scope:group}:dimension`, so one admission's keys share a slot."""
-    expected = "cgw:{k1:sonnet}:input_tokens"
-    assert expected == ITPM.key
+    assert "cgw:{k1:sonnet}:input_tokens" == ITPM.key
 
 
 def test_headroom_and_share_reduce_capacity_not_limit() -> None:
     """Headroom and the fail-open share shrink what a bucket holds; `limit` stays as configured."""
     spec = BucketSpec.create("k1", "sonnet", Dimension.REQUESTS, 4_000, headroom=0.5).scaled(0.25)
-    expected = (4_000, 500.0)
-    assert expected == (spec.limit, spec.capacity)
+    assert (4_000, 500.0) == (spec.limit, spec.capacity)
 
 
 def test_rate_is_capacity_per_period() -> None:
     """Minute buckets refill capacity/60 per second, the day bucket capacity/86400."""
     tpd = BucketSpec.create("k1", "sonnet", Dimension.TOKENS_PER_DAY, 86_400)
-    expected = (1.0, 100.0, 1.0)
-    assert expected == (RPM.rate, ITPM.rate, tpd.rate)
+    assert (1.0, 100.0, 1.0) == (RPM.rate, ITPM.rate, tpd.rate)
 
 
 @pytest.mark.parametrize(("scope", "group"), [("", "sonnet"), ("a}b", "sonnet"), ("k1", "a:b")])
@@ -77,28 +73,24 @@ def test_check_request_refuses_a_negative_cost() -> None:
 def test_refilled_is_continuous_and_capped() -> None:
     """Refill is linear in elapsed time, capped at capacity; no state means full."""
     actual = [refilled(RPM, (0.0, 10.0), now) for now in (10.5, 40.0, 500.0)]
-    expected = [0.5, 30.0, 60.0, 60.0]
-    assert expected == [*actual, refilled(RPM, None, 0.0)]
+    assert [0.5, 30.0, 60.0, 60.0] == [*actual, refilled(RPM, None, 0.0)]
 
 
 def test_refilled_ignores_time_running_backwards() -> None:
     """A `now` before the last write refills nothing (never drains)."""
-    expected = -3.0
-    assert expected == refilled(RPM, (-3.0, 10.0), 9.0)
+    assert -3.0 == refilled(RPM, (-3.0, 10.0), 9.0)
 
 
 def test_need_ms_rounds_up_to_whole_milliseconds() -> None:
     """The wait is rounded up, so sleeping it always repays the debt."""
     rpm7 = BucketSpec.create("k1", "sonnet", Dimension.REQUESTS, 7)
-    expected = [0, 1_000, 8_572]
-    assert expected == [need_ms(RPM, 1.0, 1), need_ms(RPM, 0.0, 1), need_ms(rpm7, 0.0, 1)]
+    assert [0, 1_000, 8_572] == [need_ms(RPM, 1.0, 1), need_ms(RPM, 0.0, 1), need_ms(rpm7, 0.0, 1)]
 
 
 def test_decide_admits_within_max_wait_and_refuses_beyond() -> None:
     """The wait is the longest any bucket needs; beyond max_wait it names that bucket."""
     buckets, amounts, levels = [RPM, ITPM], [1, 500], [0.0, 0.0]
-    expected = 5_000
-    assert expected == decide(buckets, amounts, levels, max_wait=5.0)
+    assert 5_000 == decide(buckets, amounts, levels, max_wait=5.0)
     assert Refused(ITPM, 5.0, 0.0) == decide(buckets, amounts, levels, max_wait=4.999)
 
 
@@ -110,12 +102,10 @@ def test_ttl_lasts_until_full_plus_margin() -> None:
 
 def test_adjusted_caps_refunds_at_capacity() -> None:
     """A refund fills up to capacity and no further; a charge may go into debt."""
-    expected = [60.0, -10.0]
-    assert expected == [adjusted(RPM, 59.5, -3), adjusted(RPM, 0.0, 10)]
+    assert [60.0, -10.0] == [adjusted(RPM, 59.5, -3), adjusted(RPM, 0.0, 10)]
 
 
 def test_changes_skip_zero_amounts_and_empty_buckets() -> None:
     """An adjustment touches only buckets it moves and that can hold anything."""
     blocked = BucketSpec.create("k1", "sonnet", Dimension.OUTPUT_TOKENS, 0)
-    expected = [(ITPM, -200)]
-    assert expected == changes([RPM, ITPM, blocked], Cost(0, -200, 50))
+    assert [(ITPM, -200)] == changes([RPM, ITPM, blocked], Cost(0, -200, 50))

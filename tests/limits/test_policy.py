@@ -109,8 +109,7 @@ def test_defaults_match_the_documented_ones() -> None:
         config.redis_failure,
         config.fail_open_share,
     )
-    expected = (30.0, 0.02, "reject", "fail_open", 1.0)
-    assert expected == actual
+    assert (30.0, 0.02, "reject", "fail_open", 1.0) == actual
 
 
 def test_first_matching_group_wins() -> None:
@@ -125,8 +124,7 @@ def test_first_matching_group_wins() -> None:
         getattr(config.group_for(model), "name", None)
         for model in ("claude-sonnet-4-5", "claude-sonnet-4-0", "claude-3-7-sonnet-latest", "gpt")
     ]
-    expected = ["sonnet-45", "sonnet", "sonnet", None]
-    assert expected == names
+    assert ["sonnet-45", "sonnet", "sonnet", None] == names
 
 
 def test_buckets_for_takes_headroom_off_each_limit() -> None:
@@ -146,4 +144,4 @@ def test_config_is_frozen() -> None:
     """A loaded config cannot be changed in place."""
     config = LimitsConfig()
     with pytest.raises(ValueError, match="frozen"):
-        config.headroom = 0.5  # type: ignore[misc]
+        config.headroom = 0.5

@@ -117,8 +117,7 @@ async def test_unreachable_redis_raises_limit_backend_error() -> None:
     with pytest.raises(LimitBackendError) as pinging:
         await backend.ping()
     await backend.aclose()
-    expected = (True, True)
-    assert expected == (
+    assert (True, True) == (
         isinstance(reserving.value.__cause__, RedisError),
         isinstance(pinging.value.__cause__, RedisError),
     )

@@ -160,7 +160,14 @@ class _Closing(Exception):
 
 
 class FakeUpstream:
-    """The fake API server; its state lives on this object, its handlers are its methods."""
+    """The fake API server; its state lives on this object, its handlers are its methods.
+
+    Read: `url`, `requests`, `disconnects` (clients gone before the fake finished answering),
+    `rejected_429`, `admitted` ((clock time, input charged, output) per admitted call).
+    Set: `reply_text`, `usage` (reported per reply; requests may override input and output
+    with `x-fake-input-tokens` / `x-fake-output-tokens`), `input_tokens_from_body` (input =
+    len(body) // 4), `rate_limit_headers` (added to every API reply unless already set).
+    """
 
     def __init__(self, *, clock: Clock | None = None, host: str = "127.0.0.1", port: int = 0):
         self.clock: Clock = clock or SystemClock()

@@ -40,7 +40,14 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        """The server's URL, database 0."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def _log(self) -> Path:
+        """The server's output (its log), kept in its temporary directory."""
+        assert self._dir is not None
+        return Path(self._dir.name) / "redis.log"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and wait until it serves commands; fails if it cannot start."""
@@ -52,9 +59,9 @@ class RedisServer:
         args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        log = Path(self._dir.name) / "redis.log"
-        args += ["--logfile", str(log)]
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            args += ["--cluster-port", str(_free_port())]  # default port+10000 may not exist
+        with self._log.open("wb") as log:
+            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready(time.monotonic() + timeout)
         return self
 
@@ -67,8 +74,6 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-            if self._process.stderr is not None:
-                self._process.stderr.close()
             self._process = None
         if self._dir is not None:
             self._dir.cleanup()
@@ -84,13 +89,14 @@ class RedisServer:
 
     def _wait_ready(self, deadline: float) -> None:
         """Poll PING (then cluster state) until ready or `deadline`."""
-        client = redis.Redis(port=self.port, socket_timeout=1.0)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1.0)
         try:
             while not self._ready(client):
                 assert self._process is not None
                 if self._process.poll() is not None or time.monotonic() > deadline:
+                    output = self._log.read_text(errors="replace")[-2_000:]
                     self.stop()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                    raise RuntimeError(f"redis-server did not start on {self.port}:\n{output}")
                 time.sleep(0.01)
         finally:
             client.close()
@@ -102,9 +108,9 @@ class RedisServer:
             if not self.cluster:
                 return True
             if not self._slots_claimed:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, _SLOTS - 1)
+                client.cluster("ADDSLOTSRANGE", 0, _SLOTS - 1)
                 self._slots_claimed = True
-            info = client.execute_command("CLUSTER", "INFO")
+            info = client.cluster("INFO")
         except redis.ConnectionError:
             return False
-        return b"cluster_state:ok" in info
+        return bool(info.get("cluster_state") == "ok")
