@@ -87,7 +87,14 @@ def limiter_ctx(
             app[READINESS_CHECKS]["redis"] = _pinger(backend)
         else:
             backend = MemoryBackend(services.clock)
-        services.limiter = Limiter(backend, limits, services.clock)
+        services.limiter = Limiter(
+            backend, limits, services.clock, on_backend_call=services.metrics.backend_call
+        )
+        limiter = services.limiter
+        services.metrics.watch_limiter(
+            lambda: {(g, d.value): ratio for (g, d), ratio in limiter.bucket_fill().items()},
+            lambda: limiter.breaker_open,
+        )
         log.info(
             "limits_enabled",
             backend="redis" if settings.redis_url is not None else "memory",

@@ -24,6 +24,7 @@ class Exchange:
     request_id: str
     started_at: float
     route: str = ""
+    model_group: str = "none"
     model: str | None = None
     stream: bool = False
     status: int = 0
@@ -31,6 +32,15 @@ class Exchange:
     upstream_request_id: str | None = None
     bytes_out: int = 0
     first_byte_at: float | None = None
+    queue_wait: float = 0.0
+    upstream_sent_at: float | None = None
+
+    @property
+    def overhead(self) -> float | None:
+        """Seconds the gateway spent before sending upstream, queue wait excluded."""
+        if self.upstream_sent_at is None:
+            return None
+        return self.upstream_sent_at - self.started_at - self.queue_wait
 
 
 EXCHANGE_KEY = web.RequestKey("exchange", Exchange)

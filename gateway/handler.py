@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.admission import decision_labels, refusal, requested_max_wait
-from gateway.errors import Overloaded, RequestTooLarge
+from gateway.errors import Overloaded, RequestTooLarge, UpstreamTimeout
 from gateway.exchange import exchange_of
 from gateway.headers import REQUEST_ID, Credential, credential_of, upstream_request_headers
 from gateway.limits import Admission, Admitted
@@ -45,12 +45,17 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     credential = credential_of(request.headers)
     services.credentials.apply(headers, credential)
     decision = await admit(request, facts, credential)
+    exchange.upstream_sent_at = services.clock.now()
     try:
         upstream_response = await upstream.open(request.method, request.raw_path, headers, body)
-    except BaseException:
+    except BaseException as exc:
+        services.metrics.upstream_attempt(_failure_label(exc))
         if isinstance(decision, Admitted) and services.limiter is not None:
             await asyncio.shield(services.limiter.refund(decision))
         raise
+    services.metrics.upstream_attempt(str(upstream_response.status))
+    if upstream_response.status == 429:
+        services.metrics.upstream_rate_limited(exchange.model_group)
     exchange.status = upstream_response.status
     exchange.upstream_request_id = upstream_response.headers.get("request-id")
     is_stream = upstream_response.content_type == "text/event-stream"
@@ -83,20 +88,38 @@ async def admit(
     if not facts.model:
         return None  # the API answers this one itself (400: model is required)
     max_wait = requested_max_wait(request.headers)
-    decision = await limiter.admit(
-        scope=credential.scope if credential else ANONYMOUS_SCOPE,
-        model=facts.model,
-        cost=estimate_cost(facts.body),
-        max_wait=max_wait,
-    )
+    metrics, exchange = request.app[SERVICES].metrics, exchange_of(request)
+    metrics.queue_entered()
+    try:
+        decision = await limiter.admit(
+            scope=credential.scope if credential else ANONYMOUS_SCOPE,
+            model=facts.model,
+            cost=estimate_cost(facts.body),
+            max_wait=max_wait,
+        )
+    finally:
+        metrics.queue_left()
     group, label = decision_labels(decision)
+    exchange.model_group = group
     waited = decision.waited_seconds if isinstance(decision, Admitted) else None
-    request.app[SERVICES].metrics.admission(group=group, decision=label, waited=waited)
+    if isinstance(decision, Admitted):
+        exchange.queue_wait = decision.waited_seconds
+        if decision.fallback:
+            metrics.fail_open_used()
+    metrics.admission(group=group, decision=label, waited=waited)
     error = refusal(decision)
     if error is not None:
-        exchange_of(request).outcome = error.outcome
+        exchange.outcome = "never_fits" if label == "never_fits" else error.outcome
         raise error
     return decision
+
+
+def _failure_label(exc: BaseException) -> str:
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "connect_error"
 
 
 async def request_body(

@@ -1,11 +1,19 @@
 """Every Prometheus metric of the gateway, on an injected registry, behind named methods.
 
-Callers never touch a metric object: they call `observe_request(...)` and friends, so label
-sets stay consistent and bounded in one place. `model` labels are normalised: the first
-`MAX_MODELS` distinct model names keep their name, later ones fold into `other`.
+Callers never touch a metric object: they call `request_finished(...)`, `upstream_attempt(...)`
+and friends, so label sets stay consistent and bounded in one place. Cardinality bounds:
+`model` keeps the first `MAX_MODELS` distinct names and folds the rest into `other`;
+`model_group` is a configured group name (or `none`); `route` folds ids into `{id}`;
+`status` is an HTTP status; every other label is from a fixed set named in its help text.
+No request ids, keys or tenants without a configured name ever become labels.
+
+Gauges that describe shared state (bucket fill) are read at scrape time from a callback that
+returns the limiter's last known levels: a scrape costs no Redis call.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -17,7 +25,9 @@ from prometheus_client import (
     Histogram,
     Info,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from gateway import __version__
 
@@ -25,9 +35,29 @@ MAX_MODELS = 50
 OTHER = "other"
 # Sub-millisecond to minutes: overhead lives at the bottom, long generations at the top.
 DURATION_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
+RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 4.0)
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_creation")
+FillReader = Callable[[], Mapping[tuple[str, str], float]]
+
+
+class _BucketFillCollector(Collector):
+    """`gateway_limiter_bucket_fill_ratio`, read from the limiter's in-memory snapshot."""
+
+    def __init__(self) -> None:
+        self.read: FillReader = dict
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "gateway_limiter_bucket_fill_ratio",
+            "Last seen bucket level / capacity per group and dimension (below 0: queued debt).",
+            labels=["model_group", "dimension"],
+        )
+        for (group, dimension), ratio in sorted(self.read().items()):
+            family.add_metric([group, dimension], ratio)
+        yield family
 
 
 class GatewayMetrics:
@@ -40,53 +70,152 @@ class GatewayMetrics:
                 registry.register(collector)
         self.registry = registry
         self._models: set[str] = set()
+        self._define_requests(registry)
+        self._define_limiter(registry)
+        self._define_upstream(registry)
+        self._define_tokens(registry)
+        self._fill = _BucketFillCollector()
+        registry.register(self._fill)
+        Info("gateway_build", "Build information.", registry=registry).info(
+            {"version": __version__}
+        )
+
+    def _define_requests(self, registry: CollectorRegistry) -> None:
         self._requests = Counter(
             "gateway_requests",
-            "Requests answered, by route, model, status and outcome.",
-            ["route", "model", "status", "outcome"],
-            registry=self.registry,
+            "Requests answered, by outcome: ok, queued_ok, rejected, never_fits, "
+            "invalid_request, upstream_error, upstream_unavailable, upstream_timeout, "
+            "upstream_dropped, client_disconnect, gateway_error, internal_error.",
+            ["model_group", "model", "route", "status", "outcome"],
+            registry=registry,
         )
         self._duration = Histogram(
             "gateway_request_duration_seconds",
             "Time from request received to last byte sent.",
             ["route"],
             buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
         self._ttfb = Histogram(
             "gateway_time_to_first_byte_seconds",
             "Time from request received to the first response body byte relayed.",
             ["route"],
             buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            registry=registry,
+        )
+        self._overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time the gateway itself spent before sending upstream, queue wait excluded.",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
         )
         self._in_flight = Gauge(
-            "gateway_in_flight_requests", "Requests being handled.", registry=self.registry
+            "gateway_in_flight_requests", "Requests being handled.", registry=registry
         )
         self._open_streams = Gauge(
-            "gateway_open_streams", "SSE responses being relayed.", registry=self.registry
+            "gateway_open_streams", "SSE responses being relayed.", registry=registry
         )
         self._bytes_out = Counter(
             "gateway_response_bytes",
             "Response body bytes relayed to clients.",
             ["route"],
-            registry=self.registry,
+            registry=registry,
         )
+
+    def _define_limiter(self, registry: CollectorRegistry) -> None:
         self._admissions = Counter(
             "gateway_limiter_admissions",
             "Limiter decisions: now, queued, rejected, never_fits, unknown_model, unavailable.",
-            ["group", "decision"],
-            registry=self.registry,
+            ["model_group", "decision"],
+            registry=registry,
         )
         self._queue_wait = Histogram(
             "gateway_queue_wait_seconds",
             "Time admitted requests waited for capacity (0 when sent at once).",
-            ["group"],
+            ["model_group"],
             buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
-        Info("gateway_build", "Build information.", registry=self.registry).info(
-            {"version": __version__}
+        self._queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Requests of this instance waiting for admission (limiter call and queue wait).",
+            registry=registry,
+        )
+        self._backend_latency = Histogram(
+            "gateway_limiter_backend_seconds",
+            "Latency of one limiter backend call (Redis round trip), by operation.",
+            ["operation"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._backend_errors = Counter(
+            "gateway_limiter_backend_errors",
+            "Limiter backend calls that failed (Redis errors, timeouts), by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        self._fail_open = Counter(
+            "gateway_limiter_fail_open",
+            "Admissions decided on local buckets because the shared backend failed.",
+            registry=registry,
+        )
+        self._breaker_open = Gauge(
+            "gateway_limiter_breaker_open",
+            "1 while the circuit breaker skips the shared backend.",
+            registry=registry,
+        )
+
+    def _define_upstream(self, registry: CollectorRegistry) -> None:
+        self._attempts = Counter(
+            "gateway_upstream_attempts",
+            "Upstream attempts by status (or connect_error, timeout).",
+            ["status"],
+            registry=registry,
+        )
+        self._retries = Counter(
+            "gateway_upstream_retries",
+            "Retries by cause: status code, connect_error, timeout.",
+            ["cause"],
+            registry=registry,
+        )
+        self._retry_budget_exhausted = Counter(
+            "gateway_upstream_retry_budget_exhausted",
+            "Retries skipped because the retry budget was spent.",
+            registry=registry,
+        )
+        self._upstream_429 = Counter(
+            "gateway_upstream_rate_limited",
+            "Upstream 429 responses (should stay at zero: the gateway's promise).",
+            ["model_group"],
+            registry=registry,
+        )
+        self._api_remaining = Gauge(
+            "gateway_upstream_ratelimit_remaining",
+            "The API's own anthropic-ratelimit-*-remaining, last seen, per group and axis.",
+            ["model_group", "axis"],
+            registry=registry,
+        )
+
+    def _define_tokens(self, registry: CollectorRegistry) -> None:
+        self._tokens = Counter(
+            "gateway_tokens",
+            "Tokens used, from settled usage, by kind: input, output, cache_read, cache_creation.",
+            ["model_group", "kind"],
+            registry=registry,
+        )
+        self._estimate_ratio = Histogram(
+            "gateway_token_estimate_ratio",
+            "Actual / estimated input tokens per settled request (1.0 = exact).",
+            ["model_group"],
+            buckets=RATIO_BUCKETS,
+            registry=registry,
+        )
+        self._missing_usage = Counter(
+            "gateway_usage_missing",
+            "Responses that ended without usage; the reservation was charged as is.",
+            ["model_group"],
+            registry=registry,
         )
 
     def model_label(self, model: str | None) -> str:
@@ -100,6 +229,8 @@ class GatewayMetrics:
             return model
         return OTHER
 
+    # Requests -------------------------------------------------------------------------
+
     def request_started(self) -> None:
         self._in_flight.inc()
 
@@ -107,21 +238,34 @@ class GatewayMetrics:
         self,
         *,
         route: str,
+        model_group: str,
         model: str | None,
         status: int,
         outcome: str,
         duration: float,
         ttfb: float | None,
+        overhead: float | None,
         bytes_out: int,
     ) -> None:
         """Count one answered request and its timings."""
         self._in_flight.dec()
-        self._requests.labels(route, self.model_label(model), str(status), outcome).inc()
+        labels = (model_group, self.model_label(model), route, str(status), outcome)
+        self._requests.labels(*labels).inc()
         self._duration.labels(route).observe(duration)
         if ttfb is not None:
             self._ttfb.labels(route).observe(ttfb)
+        if overhead is not None:
+            self._overhead.labels(route).observe(max(0.0, overhead))
         if bytes_out:
             self._bytes_out.labels(route).inc(bytes_out)
+
+    def stream_opened(self) -> None:
+        self._open_streams.inc()
+
+    def stream_closed(self) -> None:
+        self._open_streams.dec()
+
+    # Limiter --------------------------------------------------------------------------
 
     def admission(self, *, group: str, decision: str, waited: float | None) -> None:
         """Count one limiter decision; `waited` is set for admitted requests."""
@@ -129,11 +273,61 @@ class GatewayMetrics:
         if waited is not None:
             self._queue_wait.labels(group).observe(waited)
 
-    def stream_opened(self) -> None:
-        self._open_streams.inc()
+    def queue_entered(self) -> None:
+        self._queue_depth.inc()
 
-    def stream_closed(self) -> None:
-        self._open_streams.dec()
+    def queue_left(self) -> None:
+        self._queue_depth.dec()
+
+    def backend_call(self, operation: str, seconds: float, ok: bool) -> None:
+        """One limiter backend round trip (`reserve` or `adjust`) and whether it failed."""
+        self._backend_latency.labels(operation).observe(seconds)
+        if not ok:
+            self._backend_errors.labels(operation).inc()
+
+    def fail_open_used(self) -> None:
+        self._fail_open.inc()
+
+    def watch_limiter(self, read_fill: FillReader, breaker_open: Callable[[], bool]) -> None:
+        """Read bucket fill and breaker state from the limiter at scrape time."""
+        self._fill.read = read_fill
+        self._breaker_open.set_function(lambda: 1.0 if breaker_open() else 0.0)
+
+    # Upstream -------------------------------------------------------------------------
+
+    def upstream_attempt(self, status: str) -> None:
+        """One attempt upstream: its HTTP status, or `connect_error` / `timeout`."""
+        self._attempts.labels(status).inc()
+
+    def upstream_retry(self, cause: str) -> None:
+        self._retries.labels(cause).inc()
+
+    def retry_budget_exhausted(self) -> None:
+        self._retry_budget_exhausted.inc()
+
+    def upstream_rate_limited(self, group: str) -> None:
+        self._upstream_429.labels(group).inc()
+
+    def api_remaining(self, group: str, axis: str, remaining: float) -> None:
+        """The API's `anthropic-ratelimit-<axis>-remaining` for a group."""
+        self._api_remaining.labels(group, axis).set(remaining)
+
+    # Tokens ---------------------------------------------------------------------------
+
+    def tokens_used(self, group: str, usage: Mapping[str, int]) -> None:
+        """Settled usage by kind (`input`, `output`, `cache_read`, `cache_creation`)."""
+        for kind in TOKEN_KINDS:
+            amount = usage.get(kind, 0)
+            if amount:
+                self._tokens.labels(group, kind).inc(amount)
+
+    def estimate_observed(self, group: str, estimated: int, actual: int) -> None:
+        """The estimator's error on one request, as actual / estimated input tokens."""
+        if estimated > 0:
+            self._estimate_ratio.labels(group).observe(actual / estimated)
+
+    def usage_missing(self, group: str) -> None:
+        self._missing_usage.labels(group).inc()
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

@@ -90,6 +90,8 @@ async def _answer(request: web.Request, handler: Handler, exchange: Exchange) ->
         response.headers.setdefault(REQUEST_ID, rid)
         if exchange.outcome == "ok" and response.status >= 400:
             exchange.outcome = "upstream_error"
+        elif exchange.outcome == "ok" and exchange.queue_wait > 0:
+            exchange.outcome = "queued_ok"
     exchange.status = response.status
     return response
 
@@ -109,11 +111,13 @@ def _record(request: web.Request, services: Services, exchange: Exchange) -> Non
     route = exchange.route or ("ops" if request.path in OPS_PATHS else "unmatched")
     services.metrics.request_finished(
         route=route,
+        model_group=exchange.model_group,
         model=exchange.model,
         status=exchange.status,
         outcome=exchange.outcome,
         duration=duration,
         ttfb=ttfb,
+        overhead=exchange.overhead,
         bytes_out=exchange.bytes_out,
     )
     if request.path in OPS_PATHS and exchange.status < 400:
@@ -129,6 +133,8 @@ def _record(request: web.Request, services: Services, exchange: Exchange) -> Non
         outcome=exchange.outcome,
         duration_ms=round(duration * 1000, 3),
         ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3),
+        model_group=exchange.model_group,
+        queue_wait_ms=round(exchange.queue_wait * 1000, 3),
         upstream_request_id=exchange.upstream_request_id,
         bytes_out=exchange.bytes_out,
     )

@@ -10,7 +10,7 @@ cooldown, so a dead Redis costs no latency per request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -114,6 +114,14 @@ class CircuitBreaker:
             self._opened_at = self._clock.now()
 
 
+BackendObserver = Callable[[str, float, bool], None]
+"""Told of every backend call: operation (`reserve`, `adjust`), seconds, success."""
+
+
+def _ignore(operation: str, seconds: float, ok: bool) -> None:
+    """The default observer: metrics are optional."""
+
+
 class Limiter:
     """Admission control for one gateway instance on a (usually shared) backend."""
 
@@ -125,7 +133,9 @@ class Limiter:
         *,
         breaker_threshold: int = 3,
         breaker_cooldown: float = 5.0,
+        on_backend_call: BackendObserver | None = None,
     ) -> None:
+        self._observe = on_backend_call or _ignore
         self._backend = backend
         self._config = config
         self._clock = clock
@@ -199,12 +209,15 @@ class Limiter:
         if self._breaker.is_open:
             log.warning("limits.settle_skipped", group=admission.group, reason="breaker open")
             return
+        started = self._clock.now()
         try:
             await self._backend.adjust(admission.reservation, delta)
         except LimitBackendError as exc:
+            self._observe("adjust", self._clock.now() - started, False)
             self._breaker.failed()
             log.warning("limits.settle_failed", group=admission.group, error=str(exc))
         else:
+            self._observe("adjust", self._clock.now() - started, True)
             self._breaker.succeeded()
 
     async def refund(self, admission: Admission) -> None:
@@ -216,12 +229,15 @@ class Limiter:
     ) -> tuple[Reservation | Refused | NeverFits | BackendUnavailable, bool]:
         """Reserve on the backend, or per policy on the local fallback; True = fallback."""
         if self._breaker.allow():
+            started = self._clock.now()
             try:
                 outcome = await self._backend.reserve(buckets, cost, max_wait=max_wait)
             except LimitBackendError as exc:
+                self._observe("reserve", self._clock.now() - started, False)
                 self._breaker.failed()
                 log.warning("limits.backend_failed", error=str(exc), policy=self._policy)
             else:
+                self._observe("reserve", self._clock.now() - started, True)
                 self._breaker.succeeded()
                 return outcome, False
         if self._policy == "fail_closed":
