@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-dev
 RUNTIME := $(VENV)/.installed-runtime
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps run test test-fast lint fmt typecheck imports check bench clean
+.PHONY: install system-deps run test test-fast lint fmt typecheck imports check bench stack clean
 
 $(RUNTIME): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,10 +20,13 @@ $(STAMP): $(RUNTIME) pyproject.toml tests/ts/package-lock.json
 
 install: system-deps $(STAMP)  ## venv with the package and dev tools, TS SDK, redis-server
 
-system-deps:  ## redis-server and node from the distribution, when missing
+system-deps:  ## redis-server, node and prometheus (+promtool) from the distribution, when missing
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v node >/dev/null || missing="$$missing nodejs npm"; \
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	if [ -n "$$missing" ]; then \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
@@ -38,8 +41,13 @@ test-fast: $(STAMP)  ## everything that needs no redis-server or node
 	$(PY) -m pytest -m "not redis and not node"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway tests bench
-	$(VENV)/bin/ruff format --check gateway tests bench
+	$(VENV)/bin/ruff check gateway tests bench deploy
+	$(VENV)/bin/ruff format --check gateway tests bench deploy
+	$(VENV)/bin/hadolint Dockerfile
+	shellcheck deploy/local-stack.sh
+
+stack: $(STAMP)  ## the docker-compose topology as local processes (see docs/deploy.md)
+	deploy/local-stack.sh
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix gateway tests bench

@@ -11,20 +11,22 @@ import contextlib
 import dataclasses
 import os
 import shlex
+import shutil
 import signal
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.procs import Processes
+from bench.procs import Processes, wait_quiet
 from bench.report import Report, machine_info, to_markdown, write_json
 from bench.scenario_errors import ErrorsScenario
 from bench.scenario_proxy import ProxyScenario
 from bench.scenario_redis import RedisScenario
 from bench.serving import raise_nofile_limit, run_main
 from bench.settings import TARGETS, BenchSettings, preset
-from bench.targets import Launcher, Placement, gateway_version, pinned_placement
+from bench.targets import Launcher, gateway_version, pinned_placement
 
 SCENARIOS = ("default", "errors", "redis", "all")
 
@@ -45,12 +47,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="seed of the mock's error draws")
     parser.add_argument(
         "--gateway-env",
+        type=_env_item,
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="extra environment for the gateway processes (repeatable)",
     )
     parser.add_argument("--gateway-timeout", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the machine to be idle (shared machines)",
+    )
     return parser.parse_args(argv)
 
 
@@ -75,33 +85,51 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 async def run(args: argparse.Namespace, settings: BenchSettings, procs: Processes) -> Report:
-    gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
+    gateway_env = dict(args.gateway_env)
     launcher = Launcher(procs, gateway_env=gateway_env, gateway_timeout=args.gateway_timeout)
     version = gateway_version()
     pinned = pinned_placement()
-    command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
-    report = Report(command, machine_info(version), settings, pinned.description)
+    report = Report(
+        _command_line(), args.scenario, machine_info(version), settings, pinned.description
+    )
     if version is None:
         report.notes.append("- claude-gateway is not installed: gateway rows are skipped.")
+    if args.wait_quiet > 0:
+        print(f"[bench] waiting up to {args.wait_quiet:g} s for an idle machine", file=sys.stderr)
+        if not await wait_quiet(args.wait_quiet):
+            report.notes.append(f"- The machine was not idle within {args.wait_quiet:g} s.")
     scenario = args.scenario
     if scenario in ("default", "all"):
-        _pin_self(pinned)
+        _pin_self(pinned.load or procs.all_cpus)
         report.proxy = await ProxyScenario(launcher, settings, pinned).run()
     if scenario in ("errors", "all"):
-        _pin_self(pinned)
+        _pin_self(pinned.load or procs.all_cpus)
         report.errors = await ErrorsScenario(launcher, settings, pinned).run()
     if scenario in ("redis", "all"):
-        _pin_self(Placement(None, None), procs.all_cpus)
+        _pin_self(procs.all_cpus)
         report.redis = await RedisScenario(launcher, settings).run()
     return report
 
 
-def _pin_self(placement: Placement, every: frozenset[int] | None = None) -> None:
-    """Move the harness (the load generator) to the load CPU, or back to every CPU."""
-    cpus = placement.load or every
-    if cpus:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, cpus)
+def _pin_self(cpus: Collection[int]) -> None:
+    """Move the harness (the load generator) to `cpus`."""
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, cpus)
+
+
+def _command_line() -> str:
+    """This run's command line, the interpreter relative to the working directory if inside."""
+    python = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        python = python.relative_to(Path.cwd())
+    return shlex.join([str(python), "-m", "bench", *sys.argv[1:]])
+
+
+def _env_item(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,11 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_main(go())
     except KeyboardInterrupt:
-        print("[bench] interrupted; stopping every process started", file=sys.stderr)
+        print(f"[bench] interrupted; stopping everything (logs: {procs.logdir})", file=sys.stderr)
         return 130
     finally:
         procs.stop_all()
     report = result[0]
+    if report.has_skips:
+        report.notes.append(f"- Process logs kept in {procs.logdir}")
+    else:
+        shutil.rmtree(procs.logdir, ignore_errors=True)
     print(to_markdown(report))
     if args.json:
         write_json(report, args.json)

@@ -135,11 +135,16 @@ async def closed_loop(
     return result
 
 
-async def stream_ttfb(session: aiohttp.ClientSession, url: str, count: int) -> LoopResult:
-    """`count` sequential streamed requests; `latencies` holds time to first body byte."""
+async def stream_ttfb(
+    session: aiohttp.ClientSession, url: str, count: int, *, duration: float = 120.0
+) -> LoopResult:
+    """Sequential streamed requests until `count` or `duration`; `latencies` holds TTFB."""
     result = LoopResult()
     start = time.perf_counter()
+    deadline = start + duration
     for _ in range(count):
+        if time.perf_counter() >= deadline:
+            break
         sent = time.perf_counter()
         try:
             async with session.post(url + PATH, data=STREAM_BODY, headers=HEADERS) as response:
@@ -215,16 +220,19 @@ class StreamHolder:
             self._all_opened.set()
 
     async def _one(self) -> None:
-        is_open = False
+        is_open = ramping = False
         try:
-            async with self._ramp:
-                response = await self._session.post(self._url, data=STREAM_BODY, headers=HEADERS)
+            await self._ramp.acquire()
+            ramping = True
+            async with self._session.post(self._url, data=STREAM_BODY, headers=HEADERS) as response:
+                first = b""
                 if response.status == 200:
-                    await response.content.readany()
+                    first = await response.content.readany()
                     is_open = True
                     self._resolve(opened=True)
-            async with response:
-                body = await response.read()
+                self._ramp.release()
+                ramping = False
+                body = first + await response.read()
             if response.status != 200 or b"event: message_stop" not in body:
                 self.failures[f"HTTP {response.status}"] += 1
             else:
@@ -232,6 +240,8 @@ class StreamHolder:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self.failures[type(exc).__name__] += 1
         finally:
+            if ramping:
+                self._ramp.release()
             if is_open:
                 self.open_now -= 1
             else:

@@ -17,8 +17,9 @@ import argparse
 import asyncio
 import json
 import random
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -38,12 +39,14 @@ TEXT = (
 )
 INPUT_TOKENS = 312
 OUTPUT_TOKENS = 96
+# Far above any bench load (and above bench's never-hit limits file): a gateway that pulls its
+# buckets down to the API's advertised `remaining` must never be throttled by the mock.
 LIMITS = {
-    "requests": 4000,
-    "input-tokens": 2_000_000,
-    "output-tokens": 400_000,
-    "tokens": 2_400_000,
+    "requests": 1_000_000_000,
+    "input-tokens": 1_000_000_000_000,
+    "output-tokens": 1_000_000_000_000,
 }
+COST = {"requests": 1, "input-tokens": INPUT_TOKENS, "output-tokens": OUTPUT_TOKENS}
 OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 
 
@@ -127,6 +130,45 @@ def sse_events(deltas: int) -> list[bytes]:
     return events
 
 
+class RateLimits:
+    """The API's per-minute buckets, refilled continuously, as `anthropic-ratelimit-*`."""
+
+    def __init__(self) -> None:
+        self._levels = {dim: float(limit) for dim, limit in LIMITS.items()}
+        self._last = time.monotonic()
+        self._reset_key = -1
+        self._reset_text = ""
+
+    def _rfc3339(self, epoch: float) -> str:
+        key = int(epoch)
+        if key != self._reset_key:
+            self._reset_key = key
+            self._reset_text = datetime.fromtimestamp(key, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return self._reset_text
+
+    def debit(self, out: dict[str, str]) -> None:
+        """Take one request's cost and add the headers: token `remaining` to the nearest
+        1,000, `reset` when the bucket is full again, `tokens` = input + output."""
+        now = time.monotonic()
+        elapsed, self._last = now - self._last, now
+        wall = time.time()
+        for dim, limit in LIMITS.items():
+            level = min(limit, self._levels[dim] + elapsed * limit / 60) - COST[dim]
+            self._levels[dim] = level
+            remaining = max(0, int(level) if dim == "requests" else round(level, -3))
+            out[f"anthropic-ratelimit-{dim}-limit"] = str(limit)
+            out[f"anthropic-ratelimit-{dim}-remaining"] = str(int(remaining))
+            out[f"anthropic-ratelimit-{dim}-reset"] = self._rfc3339(
+                wall + (limit - level) / limit * 60
+            )
+        tokens = ("input-tokens", "output-tokens")
+        out["anthropic-ratelimit-tokens-limit"] = str(sum(LIMITS[d] for d in tokens))
+        out["anthropic-ratelimit-tokens-remaining"] = str(
+            sum(int(out[f"anthropic-ratelimit-{d}-remaining"]) for d in tokens)
+        )
+        out["anthropic-ratelimit-tokens-reset"] = out["anthropic-ratelimit-input-tokens-reset"]
+
+
 @dataclass(slots=True)
 class MockState:
     """Mock configuration, counters and pre-encoded bodies."""
@@ -136,12 +178,11 @@ class MockState:
     rng: random.Random
     message: bytes
     events: list[bytes]
+    limits: RateLimits = field(default_factory=RateLimits)
     requests: int = 0
     errors: int = 0
     streams: int = 0
     open_streams: int = 0
-    _reset_second: int = -1
-    _resets: dict[str, str] = field(default_factory=dict)
 
     def next_request_id(self) -> str:
         self.requests += 1
@@ -149,18 +190,8 @@ class MockState:
 
     def headers(self, request_id: str) -> dict[str, str]:
         """`request-id`, organisation and rate-limit headers as the real API sends them."""
-        now = datetime.now(UTC)
-        if int(now.timestamp()) != self._reset_second:
-            self._reset_second = int(now.timestamp())
-            reset = (now + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            self._resets = dict.fromkeys(LIMITS, reset)
-        used = self.requests % LIMITS["requests"]
         out = {"request-id": request_id, "anthropic-organization-id": ORG_ID}
-        for dim, limit in LIMITS.items():
-            remaining = limit - used if dim == "requests" else round(limit - used * 400, -3)
-            out[f"anthropic-ratelimit-{dim}-limit"] = str(limit)
-            out[f"anthropic-ratelimit-{dim}-remaining"] = str(max(remaining, 0))
-            out[f"anthropic-ratelimit-{dim}-reset"] = self._resets[dim]
+        self.limits.debit(out)
         return out
 
 

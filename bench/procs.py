@@ -115,21 +115,40 @@ class Processes:
         return self.start(name, [sys.executable, "-m", *module_args], port, cpus=cpus, env=env)
 
     def stop(self, child: Child) -> None:
-        """SIGTERM the child's process group, then SIGKILL after a grace period."""
+        """SIGTERM the child's process group, then SIGKILL after a grace period.
+
+        The leader is reaped only after the group has been signalled: until then its pid
+        (the group's id) cannot be reused, so the signals reach only what we started.
+        """
         if child in self.children:
             self.children.remove(child)
-        _signal_group(child.popen, signal.SIGTERM)
-        try:
-            child.popen.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            _signal_group(child.popen, signal.SIGKILL)
-            child.popen.wait(STOP_GRACE_SECONDS)
-        _signal_group(child.popen, signal.SIGKILL)  # stragglers the child left in its group
+        popen = child.popen
+        if popen.returncode is None:  # not reaped yet: the group id is still ours
+            _signal_group(popen, signal.SIGTERM)
+            if not _exited(popen, STOP_GRACE_SECONDS):
+                _signal_group(popen, signal.SIGKILL)
+                _exited(popen, STOP_GRACE_SECONDS)
+            _signal_group(popen, signal.SIGKILL)  # stragglers the child left in its group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(STOP_GRACE_SECONDS)
 
     def stop_all(self) -> None:
         for child in reversed(list(self.children)):
             with contextlib.suppress(Exception):
                 self.stop(child)
+
+
+def _exited(popen: subprocess.Popen[bytes], within: float) -> bool:
+    """Wait for the child to exit without reaping it (WNOWAIT); False on timeout."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG):
+                return True
+        except ChildProcessError:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def _signal_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -217,40 +236,57 @@ def busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+async def wait_quiet(within: float, *, window: float = 3.0, threshold_pct: float = 15.0) -> bool:
+    """Wait until the machine used at most `threshold_pct` of a core over `window` s.
+
+    Bounded by `within` seconds; False if it never got that quiet.
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        before = busy_seconds()
+        await asyncio.sleep(window)
+        if 100 * (busy_seconds() - before) / window <= threshold_pct:
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class CpuSample:
-    """Wall clock and CPU seconds of the server, the load side and the whole machine."""
+    """Wall clock, CPU seconds per named group of processes, and the whole machine's."""
 
     wall: float
-    server: float
-    load: float
+    groups: dict[str, float]
     busy: float
 
 
 @dataclass(frozen=True, slots=True)
 class CpuUse:
-    """CPU used over a window, as % of one core: server, load side, everything else."""
+    """CPU used over a window: seconds per group; `other_pct` is everything else."""
 
     wall: float
-    server_s: float
-    server_pct: float
-    load_pct: float
-    other_pct: float
+    seconds: dict[str, float]
+    other_pct: float  # % of one core used by processes in no group (other users, tests)
+
+    def pct(self, group: str) -> float:
+        """CPU of `group` as % of one core."""
+        return 100 * self.seconds[group] / self.wall
 
 
-def sample_cpu(server: int, load: Sequence[int]) -> CpuSample:
-    """Snapshot for `cpu_use`; `load` is the harness and the mock (not the server)."""
+def sample_cpu(groups: Mapping[str, Sequence[int]]) -> CpuSample:
+    """Snapshot for `cpu_use`; the harness's own pid counts without its children."""
     harness = os.getpid()
-    load_s = sum(cpu_seconds(pid, tree=pid != harness) for pid in load)
-    return CpuSample(time.perf_counter(), cpu_seconds(server), load_s, busy_seconds())
+    seconds = {
+        name: sum(cpu_seconds(pid, tree=pid != harness) for pid in pids)
+        for name, pids in groups.items()
+    }
+    return CpuSample(time.perf_counter(), seconds, busy_seconds())
 
 
 def cpu_use(before: CpuSample, after: CpuSample) -> CpuUse:
     wall = after.wall - before.wall
-    server = after.server - before.server
-    load = after.load - before.load
-    other = max(0.0, after.busy - before.busy - server - load)
-    return CpuUse(wall, server, 100 * server / wall, 100 * load / wall, 100 * other / wall)
+    seconds = {name: after.groups[name] - before.groups[name] for name in before.groups}
+    other = max(0.0, after.busy - before.busy - sum(seconds.values()))
+    return CpuUse(wall, seconds, 100 * other / wall)
 
 
 def rss_kb(pid: int) -> int:

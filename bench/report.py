@@ -17,7 +17,7 @@ from bench.scenario_errors import ErrorsRow
 from bench.scenario_proxy import ProxyRow
 from bench.scenario_redis import RedisRow
 from bench.serving import uvloop_version
-from bench.settings import BenchSettings
+from bench.settings import DISTURBED_PCT, BenchSettings
 
 
 @dataclass(slots=True)
@@ -25,6 +25,7 @@ class Report:
     """Everything one run measured."""
 
     command: str
+    scenario: str
     machine: dict[str, str]
     settings: BenchSettings
     placement: str
@@ -32,6 +33,15 @@ class Report:
     errors: list[ErrorsRow] | None = None
     redis: list[RedisRow] | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_skips(self) -> bool:
+        rows: list[ProxyRow | ErrorsRow | RedisRow] = [
+            *(self.proxy or []),
+            *(self.errors or []),
+            *(self.redis or []),
+        ]
+        return any(row.skipped for row in rows)
 
 
 def machine_info(gateway: str | None) -> dict[str, str]:
@@ -68,6 +78,10 @@ def _diff(value: float | None, base: float | None) -> str:
     return f"{value - base:+,.2f}"
 
 
+def _rate(value: float) -> str:
+    return f"{value:.2f}" if value >= 0.005 else "<0.01"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -81,7 +95,6 @@ def _failures(name: str, failures: dict[str, int]) -> str | None:
     return f"- {name}: failures: {listed}"
 
 
-DISTURBED_PCT = 15.0  # other processes' CPU (% of a core) that makes a window unreliable
 SATURATED_PCT = 90.0
 
 
@@ -207,6 +220,7 @@ def errors_section(rows: list[ErrorsRow], settings: BenchSettings, placement: st
 def redis_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
     header = ["backend", "instances", f"req/s @{settings.concurrency}", "p50 (ms)", "p99 (ms)"]
     header += [
+        "other CPU %",
         "gateway CPU ms/req",
         "redis CPU ms/req",
         "EVALSHA/req",
@@ -225,6 +239,7 @@ def redis_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
                 _num(row.rps, 0),
                 _num(row.p50_ms, 2),
                 _num(row.p99_ms, 2),
+                _num(row.other_cpu_pct, 0),
                 _num(row.gateway_cpu_ms_per_req, 3),
                 _num(row.redis_cpu_ms_per_req, 3),
                 _num(row.evalsha_per_req, 2),
@@ -232,8 +247,13 @@ def redis_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
             ]
         )
         name = f"{row.backend} x{row.instances}"
+        if row.other_cpu_pct is not None and row.other_cpu_pct > DISTURBED_PCT:
+            notes.append(
+                f"- {name}: WARNING: other processes used {row.other_cpu_pct:.0f}% of a core; "
+                "this row is disturbed"
+            )
         if row.per_command:
-            calls = ", ".join(f"{cmd} {rate:.2f}" for cmd, rate in row.per_command.items())
+            calls = ", ".join(f"{cmd} {_rate(rate)}" for cmd, rate in row.per_command.items())
             notes.append(f"- {name}: Redis calls per request: {calls}")
         notes.append(_failures(name, row.failures) or "")
     return [
@@ -253,7 +273,7 @@ def to_markdown(report: Report) -> str:
     s = report.settings
     lines = ["# claude-gateway bench", "", f"Command: `{report.command}`", ""]
     lines += [f"- {key}: {value}" for key, value in report.machine.items()]
-    lines += [f"- mode: {'quick' if s.quick else 'full'}", ""]
+    lines += [f"- mode: {'quick' if s.quick else 'full'}; scenario: {report.scenario}", ""]
     if report.proxy is not None:
         lines += [*proxy_section(report.proxy, s, report.placement), ""]
     if report.errors is not None:

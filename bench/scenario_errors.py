@@ -33,15 +33,9 @@ class ErrorsRow:
     p90_ms: float | None = None
     p99_ms: float | None = None
     upstream_attempts: int = 0
+    success_pct: float | None = None
+    attempts_per_request: float | None = None
     failures: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def success_pct(self) -> float | None:
-        return 100 * self.ok / self.requests if self.requests else None
-
-    @property
-    def attempts_per_request(self) -> float | None:
-        return self.upstream_attempts / self.requests if self.requests else None
 
 
 async def mock_requests(mock: Child) -> int:
@@ -96,6 +90,9 @@ class ErrorsScenario:
             procs.stop(mock)
         row.requests = result.requests + sum(result.failures.values())
         row.ok = result.requests
+        if row.requests:
+            row.success_pct = 100 * row.ok / row.requests
+            row.attempts_per_request = row.upstream_attempts / row.requests
         row.failures = dict(result.failures)
         lat = result.latencies
         row.p50_ms, row.p90_ms, row.p99_ms = (ms(percentile(lat, pct)) for pct in (50, 90, 99))

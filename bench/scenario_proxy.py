@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -24,9 +24,10 @@ from bench.load import (
     percentile,
     stream_ttfb,
 )
-from bench.procs import Child, CpuUse, NotReadyError, cpu_use, rss_kb, sample_cpu
+from bench.procs import Child, NotReadyError, rss_kb
 from bench.settings import BenchSettings
 from bench.targets import Launcher, Placement
+from bench.window import CHUNK_SECONDS, quiet_samples, quietest_window
 
 LATENCY_WARMUP = 20
 MAX_SEQUENTIAL_SECONDS = 120.0  # bound on the concurrency-1 loops
@@ -53,6 +54,14 @@ class ProxyRow:
     streams_completed: int | None = None
     rss_per_stream_kb: float | None = None
     failures: dict[str, int] = field(default_factory=dict)
+
+
+Groups = Mapping[str, Sequence[int]]
+
+
+def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
+    for kind, count in more.items():
+        into[kind] = into.get(kind, 0) + count
 
 
 class ProxyScenario:
@@ -119,65 +128,62 @@ class ProxyScenario:
 
     async def _fast_phase(self, row: ProxyRow, upstream: Child) -> None:
         async with self._server(row.target, upstream) as server, client_session() as session:
-            load_pids = [os.getpid()] + ([upstream.pid] if server is not upstream else [])
-            await self._throughput(row, server, session, load_pids)
-            await self._latency(row, server, session, load_pids)
+            load = [os.getpid()] + ([upstream.pid] if server is not upstream else [])
+            groups = {"server": [server.pid], "load": load}
+            await self._throughput(row, server, session, groups)
+            await self._latency(row, server, session, groups)
 
     async def _throughput(
-        self, row: ProxyRow, server: Child, session: ClientSession, load_pids: list[int]
+        self, row: ProxyRow, server: Child, session: ClientSession, groups: Groups
     ) -> None:
-        """req/s and CPU at concurrency 16: the quietest of `windows` sub-windows."""
+        """req/s and CPU at concurrency 16, from the quietest window."""
         s = self.settings
         urls = [server.url]
         c = s.concurrency
         await closed_loop(
             session, urls, concurrency=c, duration=s.warmup, max_requests=s.max_requests
         )
-        best: tuple[CpuUse, LoopResult] | None = None
-        for _ in range(s.windows):
-            before = sample_cpu(server.pid, load_pids)
-            loop = await closed_loop(
-                session,
-                urls,
-                concurrency=c,
-                duration=s.duration / s.windows,
-                max_requests=s.max_requests,
-            )
-            use = cpu_use(before, sample_cpu(server.pid, load_pids))
-            for kind, count in loop.failures.items():
-                row.failures[kind] = row.failures.get(kind, 0) + count
-            if best is None or (use.other_pct, -loop.rps) < (best[0].other_pct, -best[1].rps):
-                best = (use, loop)
-        if best is None:  # windows == 0
-            return
-        use, loop = best
-        row.rps = loop.rps
-        row.server_cpu_pct, row.load_cpu_pct = use.server_pct, use.load_pct
+        window = await quietest_window(
+            session,
+            urls,
+            groups,
+            concurrency=c,
+            windows=s.windows,
+            extra=s.extra_windows,
+            duration=s.duration,
+            max_requests=s.max_requests,
+        )
+        use, done = window.use, window.loop.requests
+        row.rps = window.loop.rps
+        row.server_cpu_pct, row.load_cpu_pct = use.pct("server"), use.pct("load")
         row.other_cpu_pct = use.other_pct
-        row.cpu_ms_per_req = 1000 * use.server_s / loop.requests if loop.requests else None
+        row.cpu_ms_per_req = 1000 * use.seconds["server"] / done if done else None
+        _add(row.failures, window.failures)
 
     async def _latency(
-        self, row: ProxyRow, server: Child, session: ClientSession, load_pids: list[int]
+        self, row: ProxyRow, server: Child, session: ClientSession, groups: Groups
     ) -> None:
-        """Latency at concurrency 1 and stream TTFB, sequential."""
+        """Latency at concurrency 1 and stream TTFB, sequential, from quiet chunks."""
         s = self.settings
         urls = [server.url]
         await closed_loop(session, urls, concurrency=1, duration=10, max_requests=LATENCY_WARMUP)
-        before = sample_cpu(server.pid, load_pids)
-        seq = await closed_loop(
-            session,
-            urls,
-            concurrency=1,
-            duration=MAX_SEQUENTIAL_SECONDS,
-            max_requests=s.latency_samples,
-        )
-        ttfb = await stream_ttfb(session, server.url, s.ttfb_samples)
-        row.latency_other_cpu_pct = cpu_use(before, sample_cpu(server.pid, load_pids)).other_pct
+
+        async def sequential(remaining: int) -> LoopResult:
+            return await closed_loop(
+                session, urls, concurrency=1, duration=CHUNK_SECONDS, max_requests=remaining
+            )
+
+        async def streams(remaining: int) -> LoopResult:
+            return await stream_ttfb(session, server.url, remaining, duration=CHUNK_SECONDS)
+
+        budget = s.latency_budget
+        seq = await quiet_samples(sequential, groups, samples=s.latency_samples, budget=budget)
+        ttfb = await quiet_samples(streams, groups, samples=s.ttfb_samples, budget=budget / 2)
+        row.latency_other_cpu_pct = max(seq.other_pct, ttfb.other_pct)
         row.p50_ms = ms(percentile(seq.latencies, 50))
         row.p99_ms = ms(percentile(seq.latencies, 99))
         row.ttfb_p50_ms = ms(percentile(ttfb.latencies, 50))
-        for kind, count in (seq.failures + ttfb.failures).items():
-            row.failures[kind] = row.failures.get(kind, 0) + count
+        _add(row.failures, seq.failures + ttfb.failures)
 
     async def _streams_phase(self, row: ProxyRow, upstream: Child) -> None:
         """Hold `streams` slow streams open; RSS delta / concurrently open streams."""
@@ -203,5 +209,4 @@ class ProxyScenario:
             row.streams_open, row.streams_completed = open_now, holder.completed
             if open_now:
                 row.rss_per_stream_kb = (during - before) / open_now
-            for kind, count in holder.failures.items():
-                row.failures[f"stream {kind}"] = count
+            _add(row.failures, {f"stream {kind}": n for kind, n in holder.failures.items()})

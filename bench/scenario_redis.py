@@ -8,13 +8,15 @@ bench concurrency. Redis commands per request come from `INFO commandstats` delt
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from dataclasses import dataclass, field
 
 from bench.load import client_session, closed_loop, ms, percentile
-from bench.procs import Child, NotReadyError, cpu_seconds
+from bench.procs import Child, NotReadyError
 from bench.settings import BenchSettings
 from bench.targets import UNPINNED, Launcher, redis_commandstats
+from bench.window import quietest_window
 
 CONFIGS = (("in-process", 1), ("in-process", 3), ("redis", 1), ("redis", 3))
 
@@ -29,6 +31,7 @@ class RedisRow:
     rps: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
+    other_cpu_pct: float | None = None
     gateway_cpu_ms_per_req: float | None = None
     redis_cpu_ms_per_req: float | None = None
     evalsha_per_req: float | None = None
@@ -98,33 +101,40 @@ class RedisScenario:
                     max_requests=s.max_requests,
                 )
                 await asyncio.sleep(0.1)
+                groups = {
+                    "gateways": [g.pid for g in gateways],
+                    "redis": [redis.pid],
+                    "load": [os.getpid(), mock.pid],
+                }
                 stats_before = await redis_commandstats(redis.port)
-                cpu_before = sum(cpu_seconds(g.pid) for g in gateways)
-                redis_cpu_before = cpu_seconds(redis.pid)
-                loop = await closed_loop(
+                window = await quietest_window(
                     session,
                     urls,
+                    groups,
                     concurrency=s.concurrency,
+                    windows=s.windows,
+                    extra=s.extra_windows,
                     duration=s.redis_duration,
                     max_requests=s.max_requests,
                 )
-                cpu = sum(cpu_seconds(g.pid) for g in gateways) - cpu_before
-                redis_cpu = cpu_seconds(redis.pid) - redis_cpu_before
                 stats_after = await redis_commandstats(redis.port)
         finally:
             for child in gateways:
                 self.launcher.procs.stop(child)
-        done = loop.requests
+        use, loop, done = window.use, window.loop, window.loop.requests
         row.rps = loop.rps
         row.p50_ms = ms(percentile(loop.latencies, 50))
         row.p99_ms = ms(percentile(loop.latencies, 99))
-        row.failures = dict(loop.failures)
+        row.other_cpu_pct = use.other_pct
+        row.failures = dict(window.failures)
         if not done:
             return
-        row.gateway_cpu_ms_per_req = 1000 * cpu / done
-        row.redis_cpu_ms_per_req = 1000 * redis_cpu / done
+        row.gateway_cpu_ms_per_req = 1000 * use.seconds["gateways"] / done
+        row.redis_cpu_ms_per_req = 1000 * use.seconds["redis"] / done
+        # command counts span every window (INFO can't be read per window without skewing it)
         delta = {k: v - stats_before.get(k, 0) for k, v in stats_after.items()}
         delta.pop("info", None)  # our own INFO calls
-        row.evalsha_per_req = delta.get("evalsha", 0) / done
-        row.redis_cmds_per_req = sum(delta.values()) / done
-        row.per_command = {k: v / done for k, v in sorted(delta.items()) if v}
+        total = window.total_requests
+        row.evalsha_per_req = delta.get("evalsha", 0) / total
+        row.redis_cmds_per_req = sum(delta.values()) / total
+        row.per_command = {k: v / total for k, v in sorted(delta.items()) if v}

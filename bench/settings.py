@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TARGETS = ("direct", "passthrough", "gateway", "gateway+redis")
+DISTURBED_PCT = 15.0  # foreign CPU (% of one core) above which a measurement is disturbed
 SSE_FIXED_EVENTS = 6  # message_start, content_block_start, ping, block_stop, delta, stop
 
 
@@ -18,8 +19,10 @@ class BenchSettings:
     warmup: float  # seconds of untimed load before each timed window
     duration: float  # seconds of the timed req/s window
     windows: int  # sub-windows of `duration`; the one with the least foreign CPU is reported
+    extra_windows: int  # more sub-windows, run only while every one so far was disturbed
     max_requests: int  # hard cap on any closed loop
     latency_samples: int  # sequential requests at concurrency 1
+    latency_budget: float  # seconds to gather them from quiet chunks before giving up
     ttfb_samples: int  # sequential streamed requests
     streams: int  # slow streams held open at once
     stream_chunk_delay: float  # seconds between SSE events in the open-streams phase
@@ -45,8 +48,10 @@ def preset(*, quick: bool) -> BenchSettings:
             warmup=0.5,
             duration=1.5,
             windows=1,
+            extra_windows=0,
             max_requests=200_000,
             latency_samples=200,
+            latency_budget=1.0,
             ttfb_samples=50,
             streams=200,
             stream_chunk_delay=0.16,
@@ -63,8 +68,10 @@ def preset(*, quick: bool) -> BenchSettings:
         warmup=1.0,
         duration=8.0,
         windows=4,
+        extra_windows=4,
         max_requests=1_000_000,
         latency_samples=1000,
+        latency_budget=15.0,
         ttfb_samples=200,
         streams=1000,
         stream_chunk_delay=0.8,

@@ -120,10 +120,12 @@ class Launcher:
         child = self.procs.start("gateway", argv, port, cpus=placement.server, env=env)
         try:
             await wait_http(child, "/healthz", within=self.gateway_timeout)
-        except NotReadyError as exc:
+        except NotReadyError:
             tail = child.log_tail()
             self.procs.stop(child)
-            raise NotReadyError(f"{exc}" + (f"; log tail:\n{tail}" if tail else "")) from exc
+            if tail:
+                print(f"[bench] gateway log tail ({child.log}):\n{tail}", file=sys.stderr)
+            raise
         return child
 
     async def redis(self, cpus: Collection[int] | None = None) -> Child:

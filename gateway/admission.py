@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from gateway.errors import GatewayError, InvalidRequest, Overloaded, RateLimited, RequestTooLarge
+from gateway.errors import GatewayError, InvalidRequest, NeverFits, Overloaded, RateLimited
 from gateway.limits import (
     Admission,
     Admitted,
@@ -60,7 +60,7 @@ def refusal(decision: Admission) -> GatewayError | None:
         return _rate_limited(decision)
     if isinstance(decision, NeverFitsRejection):
         dimension = decision.bucket.dimension.value
-        return RequestTooLarge(
+        return NeverFits(
             f"This request needs {decision.cost} {dimension} but the gateway's "
             f"'{decision.group}' limit is {decision.limit} {dimension}"
             f"{_per(decision.bucket.dimension.value)}: it can never be admitted. "

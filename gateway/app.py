@@ -7,6 +7,7 @@ module globals. `run()` serves an app with graceful SIGTERM/SIGINT draining.
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -29,6 +30,7 @@ from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import gateway_middleware
 from gateway.ops import READINESS_CHECKS, add_ops_routes
+from gateway.retry import RetryPolicy
 from gateway.services import SERVICES, BodyLimits, Services
 from gateway.upstream import Upstream, UpstreamSettings, open_session
 
@@ -42,17 +44,30 @@ def upstream_settings(settings: Settings) -> UpstreamSettings:
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
         connection_limit=settings.upstream_connection_limit,
+        retry=RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            base_seconds=settings.retry_base_seconds,
+            cap_seconds=settings.retry_cap_seconds,
+            budget_seconds=settings.retry_budget_seconds,
+            budget_ratio=settings.retry_budget_ratio,
+            budget_min_per_second=settings.retry_budget_min_per_second,
+            budget_burst=settings.retry_budget_burst,
+            charge_rpm=settings.retry_charge_rpm,
+        ),
+        jitter_seed=settings.retry_seed,
     )
 
 
 def upstream_ctx(
     cfg: UpstreamSettings,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Open the pooled upstream session for the app's lifetime."""
+    """Open the pooled upstream session (and its retry loop) for the app's lifetime."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         session = open_session(cfg)
-        app[SERVICES].upstream = Upstream(session, cfg)
+        services = app[SERVICES]
+        rng = random.Random(cfg.jitter_seed)
+        services.upstream = Upstream(session, cfg, services.clock, rng, services.metrics)
         try:
             yield
         finally:
@@ -91,6 +106,9 @@ def limiter_ctx(
             backend, limits, services.clock, on_backend_call=services.metrics.backend_call
         )
         limiter = services.limiter
+        services.metrics.limits_configured(
+            {(g.name, d.value): n for g in limits.groups for d, n in g.limits().items()}
+        )
         services.metrics.watch_limiter(
             lambda: {(g, d.value): ratio for (g, d), ratio in limiter.bucket_fill().items()},
             lambda: limiter.breaker_open,

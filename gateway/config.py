@@ -73,6 +73,34 @@ class Settings(BaseSettings):
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="auto = uvloop when installed."
     )
+    # Upstream retries (docs/retries.md) ------------------------------------------------
+    retry_max_attempts: int = Field(
+        3, ge=1, le=10, description="Upstream attempts per request, the first included (1 = off)."
+    )
+    retry_base_seconds: float = Field(
+        0.5, gt=0, description="Backoff before the first retry is uniform in [0, this]."
+    )
+    retry_cap_seconds: float = Field(
+        8.0, gt=0, description="Upper bound of one jittered backoff delay."
+    )
+    retry_budget_seconds: float = Field(
+        30.0, ge=0, description="Per request: no retry may start later than this after the first."
+    )
+    retry_budget_ratio: float = Field(
+        0.2, ge=0, le=1, description="Retries may add at most this share of first attempts."
+    )
+    retry_budget_min_per_second: float = Field(
+        2.0, ge=0, description="Retries per second allowed whatever the traffic (a floor)."
+    )
+    retry_budget_burst: float = Field(
+        10.0, ge=1, description="Most retries the budget can save up."
+    )
+    retry_charge_rpm: bool = Field(
+        True, description="Charge one RPM request per extra attempt the API answered."
+    )
+    retry_seed: int | None = Field(
+        None, description="Seed for the backoff jitter (tests); unset = random."
+    )
 
     @field_validator("redis_url", mode="before")
     @classmethod

@@ -5,8 +5,8 @@ Exception tree::
     GatewayError                     status, error type and a client-safe message
     ├── InvalidRequest               400 invalid_request_error  (malformed JSON, bad header value)
     ├── NotFound                     404 not_found_error        (a path outside /v1 and ops)
-    ├── RequestTooLarge              413 request_too_large      (body over the configured limit,
-    │                                                            or a cost no bucket can ever hold)
+    ├── RequestTooLarge              413 request_too_large      (body over the configured limit)
+    │   └── NeverFits                413 request_too_large      (a cost no bucket can ever hold)
     ├── RateLimited                  429 rate_limit_error       (queue wait would exceed the cap)
     ├── InternalError                500 api_error              (a bug; details only in the log)
     ├── UpstreamUnavailable          502 api_error              (connect failed, connection dropped)
@@ -52,6 +52,12 @@ class RequestTooLarge(GatewayError):
     status = 413
     error_type = "request_too_large"
     outcome = "invalid_request"
+
+
+class NeverFits(RequestTooLarge):
+    """A request costing more than a bucket's capacity: no wait can admit it."""
+
+    outcome = "never_fits"
 
 
 class RateLimited(GatewayError):

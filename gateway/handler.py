@@ -1,4 +1,4 @@
-"""`/v1/*`: one request's story: body -> facts -> admit -> upstream -> relay.
+"""`/v1/*`: one request's story: body -> facts -> admit -> upstream -> relay -> settle.
 
 Each step lives in its own module so this one stays a readable list of steps. Only
 generating calls (`/v1/messages`, `/v1/complete`) with a model are admitted by the limiter;
@@ -13,14 +13,17 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.admission import decision_labels, refusal, requested_max_wait
-from gateway.errors import Overloaded, RequestTooLarge, UpstreamTimeout
+from gateway.errors import Overloaded, RequestTooLarge
 from gateway.exchange import exchange_of
 from gateway.headers import REQUEST_ID, Credential, credential_of, upstream_request_headers
 from gateway.limits import Admission, Admitted
 from gateway.messages import PARSED_PATHS, RequestFacts, parse_facts, route_of
 from gateway.relay import Ending, relay
+from gateway.retry import MAX_RETRIES_HEADER, requested_retries
 from gateway.services import SERVICES, BodyLimits
-from gateway.tokens import estimate_cost
+from gateway.settlement import Outcome, settle
+from gateway.tokens import UsageTap, estimate_input_tokens, max_output_tokens
+from gateway.upstream import Opened
 
 STREAM_CHUNK = 64 * 1024
 QUEUE_WAIT_HEADER = "x-gateway-queue-wait-ms"
@@ -44,33 +47,75 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
         headers["Content-Length"] = str(request.content_length)
     credential = credential_of(request.headers)
     services.credentials.apply(headers, credential)
+    max_retries = requested_retries(request.headers.get(MAX_RETRIES_HEADER), upstream.policy)
     decision = await admit(request, facts, credential)
     exchange.upstream_sent_at = services.clock.now()
-    try:
-        upstream_response = await upstream.open(request.method, request.raw_path, headers, body)
-    except BaseException as exc:
-        services.metrics.upstream_attempt(_failure_label(exc))
+    try:  # one admission covers every attempt; upstream.py retries, counts attempts and 429s
+        opened = await upstream.open(
+            request.method,
+            request.raw_path,
+            headers,
+            body,
+            max_retries=max_retries,
+            group=exchange.model_group,
+        )
+    except BaseException:
         if isinstance(decision, Admitted) and services.limiter is not None:
             await asyncio.shield(services.limiter.refund(decision))
         raise
-    services.metrics.upstream_attempt(str(upstream_response.status))
-    if upstream_response.status == 429:
-        services.metrics.upstream_rate_limited(exchange.model_group)
+    # Settlement charges `opened.charged_requests` RPM: each attempt the API answered.
+    upstream_response = opened.response
     exchange.status = upstream_response.status
     exchange.upstream_request_id = upstream_response.headers.get("request-id")
     is_stream = upstream_response.content_type == "text/event-stream"
     if is_stream:
         services.metrics.stream_opened()
-    extra_headers = {REQUEST_ID: exchange.request_id}
+    return await _relay_and_settle(request, decision, facts, opened, is_stream)
+
+
+async def _relay_and_settle(
+    request: web.Request,
+    decision: Admission | None,
+    facts: RequestFacts | None,
+    opened: Opened,
+    is_stream: bool,
+) -> web.StreamResponse:
+    """Relay the response with a usage tap, then settle the admission, whatever happened."""
+    services, exchange = request.app[SERVICES], exchange_of(request)
+    upstream_response = opened.response
+    extra_headers = {REQUEST_ID: exchange.request_id, **opened.client_headers()}
     if isinstance(decision, Admitted) and decision.waited_seconds > 0:
         extra_headers[QUEUE_WAIT_HEADER] = str(round(decision.waited_seconds * 1000))
+    encoding = upstream_response.headers.get("content-encoding")
+    tap = UsageTap(stream=is_stream, encoding=encoding) if isinstance(decision, Admitted) else None
+    outcome = Outcome(
+        upstream_response.status,
+        upstream_response.headers,
+        services.clock.now(),
+        requests=opened.charged_requests,
+        client_left=True,  # until relay() returns
+    )
     try:
         response, result = await relay(
-            request, upstream_response, extra_headers, services.clock.now
+            request, upstream_response, extra_headers, services.clock.now, tap
         )
+        outcome.client_left = result.ending is Ending.CLIENT_DISCONNECT
+        outcome.dropped = result.ending is Ending.UPSTREAM_DROPPED
     finally:
         if is_stream:
             services.metrics.stream_closed()
+        if tap is not None and facts is not None:
+            # Every byte has reached the client; shielded, so a disconnect cannot skip it.
+            await asyncio.shield(
+                settle(
+                    services.limiter,
+                    services.metrics,
+                    decision,
+                    body=facts.body,
+                    tap=tap,
+                    outcome=outcome,
+                )
+            )
     exchange.bytes_out = result.bytes_out
     exchange.first_byte_at = result.first_byte_at
     if result.ending is not Ending.COMPLETE:
@@ -94,7 +139,9 @@ async def admit(
         decision = await limiter.admit(
             scope=credential.scope if credential else ANONYMOUS_SCOPE,
             model=facts.model,
-            cost=estimate_cost(facts.body),
+            cost=limiter.cost_for(
+                facts.model, estimate_input_tokens(facts.body), max_output_tokens(facts.body)
+            ),
             max_wait=max_wait,
         )
     finally:
@@ -109,17 +156,9 @@ async def admit(
     metrics.admission(group=group, decision=label, waited=waited)
     error = refusal(decision)
     if error is not None:
-        exchange.outcome = "never_fits" if label == "never_fits" else error.outcome
+        exchange.outcome = error.outcome
         raise error
     return decision
-
-
-def _failure_label(exc: BaseException) -> str:
-    if isinstance(exc, UpstreamTimeout):
-        return "timeout"
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    return "connect_error"
 
 
 async def request_body(

@@ -35,16 +35,45 @@ class RequestFacts:
         return self.route in (MESSAGES_PATH, COMPLETE_PATH)
 
 
+KNOWN_ROUTES = frozenset(
+    {
+        MESSAGES_PATH,
+        COUNT_TOKENS_PATH,
+        COMPLETE_PATH,
+        "/v1/models",
+        "/v1/models/{id}",
+        "/v1/messages/batches",
+        "/v1/messages/batches/{id}",
+        "/v1/messages/batches/{id}/cancel",
+        "/v1/messages/batches/{id}/results",
+        "/v1/files",
+        "/v1/files/{id}",
+        "/v1/files/{id}/content",
+    }
+)
+KNOWN_FAMILIES = frozenset(
+    {"messages", "models", "files", "organizations", "skills", "agents", "sessions"}
+)
+
+
 def route_of(path: str) -> str:
-    """A bounded route label: the path with ids folded (`/v1/models/{id}`)."""
+    """A bounded route label: ids folded (`/v1/models/{id}`), unknown shapes grouped.
+
+    Exact known routes keep their shape; any other path under a known family becomes
+    `/v1/<family>/other`, and everything else `/v1/other`, so invented paths cannot grow
+    the label set (about 20 values in all).
+    """
     if path in PARSED_PATHS:
         return path
     parts = path.split("/")
-    folded = [
+    folded = "/".join(
         part if index < 3 or not _looks_like_id(part) else "{id}"
         for index, part in enumerate(parts)
-    ]
-    return "/".join(folded)
+    )
+    if folded in KNOWN_ROUTES:
+        return folded
+    family = parts[2] if len(parts) > 2 else ""
+    return f"/v1/{family}/other" if family in KNOWN_FAMILIES else "/v1/other"
 
 
 def _looks_like_id(part: str) -> bool:

@@ -165,6 +165,13 @@ class GatewayMetrics:
             "1 while the circuit breaker skips the shared backend.",
             registry=registry,
         )
+        self._limit = Gauge(
+            "gateway_limiter_limit",
+            "Configured limit per group and dimension, from the limits file (per minute; "
+            "per day for tokens_per_day), before headroom.",
+            ["model_group", "dimension"],
+            registry=registry,
+        )
 
     def _define_upstream(self, registry: CollectorRegistry) -> None:
         self._attempts = Counter(
@@ -218,13 +225,17 @@ class GatewayMetrics:
             registry=registry,
         )
 
-    def model_label(self, model: str | None) -> str:
-        """The bounded label for `model`: known names, `none`, or `other` past the cap."""
+    def model_label(self, model: str | None, *, register: bool = True) -> str:
+        """The bounded label for `model`: known names, `none`, or `other` past the cap.
+
+        A name joins the known set only from a successful answer (`register`), so clients
+        sending made-up model names (which the API refuses) cannot use up the cap.
+        """
         if not model:
             return "none"
         if model in self._models:
             return model
-        if len(self._models) < MAX_MODELS:
+        if register and len(self._models) < MAX_MODELS:
             self._models.add(model)
             return model
         return OTHER
@@ -249,7 +260,8 @@ class GatewayMetrics:
     ) -> None:
         """Count one answered request and its timings."""
         self._in_flight.dec()
-        labels = (model_group, self.model_label(model), route, str(status), outcome)
+        name = self.model_label(model, register=status < 400)
+        labels = (model_group, name, route, str(status), outcome)
         self._requests.labels(*labels).inc()
         self._duration.labels(route).observe(duration)
         if ttfb is not None:
@@ -287,6 +299,11 @@ class GatewayMetrics:
 
     def fail_open_used(self) -> None:
         self._fail_open.inc()
+
+    def limits_configured(self, limits: Mapping[tuple[str, str], int]) -> None:
+        """The limits file's limit per (group, dimension), for utilisation panels."""
+        for (group, dimension), limit in limits.items():
+            self._limit.labels(group, dimension).set(limit)
 
     def watch_limiter(self, read_fill: FillReader, breaker_open: Callable[[], bool]) -> None:
         """Read bucket fill and breaker state from the limiter at scrape time."""

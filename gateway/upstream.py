@@ -1,36 +1,112 @@
-"""Open one upstream response; nothing has reached the client yet.
+"""Open one upstream response, retrying per `RetryPolicy` while nothing has reached the client.
 
 This is the retry boundary: everything here happens before the first byte is relayed, so a
-failed attempt can still become a clean gateway error (or, with a retry policy, another
-attempt). aiohttp's errors are mapped to the gateway's own here and nowhere else::
+failed attempt can still become another attempt or a clean gateway error; `relay.py` never
+retries. A retryable error answer's body is read and dropped so the connection is reused; the
+answer that is kept goes back with its body unread (or, if it was read, put back byte for byte).
+Request bodies held in memory are replayed byte for byte; streamed bodies are never retried.
 
-    connect refused / DNS / reset before a response   -> UpstreamUnavailable (502 api_error)
-    connect or read timeout before the headers        -> UpstreamTimeout     (504 timeout_error)
+aiohttp's errors are mapped to the gateway's own here and nowhere else::
+
+    connect refused / DNS              -> UpstreamUnavailable (502 api_error)      retried
+    reset or closed before a response  -> UpstreamUnavailable (502 api_error)      retried
+    connect timeout                    -> UpstreamTimeout     (504 timeout_error)  retried
+    read timeout before the headers    -> UpstreamTimeout     (504 timeout_error)
+    any other client error             -> UpstreamUnavailable (502 api_error)
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
+from aiohttp.base_protocol import BaseProtocol
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.clock import Clock, SystemClock, wall_time
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from gateway.logs import get_logger
+from gateway.retry import (
+    CONNECT_ERROR,
+    CONNECT_TIMEOUT,
+    SHOULD_RETRY,
+    RetryBudget,
+    RetryPlan,
+    RetryPolicy,
+    client_should_retry,
+    is_retryable,
+    retry_after,
+)
 
 log = get_logger("gateway.upstream")
+ATTEMPTS_HEADER = "x-gateway-upstream-attempts"
+Body = bytes | AsyncIterable[bytes] | None
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamSettings:
-    """Where the API lives and how long to wait for it."""
+    """Where the API lives, how long to wait for it, and how to retry it."""
 
     base_url: str
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
     connection_limit: int = 0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    jitter_seed: int | None = None  # tests pin the backoff jitter; None = random
+
+
+class AttemptObserver(Protocol):
+    """Protocol: what the attempt loop reports; `GatewayMetrics` satisfies it."""
+
+    def upstream_attempt(self, status: str) -> None: ...
+    def upstream_retry(self, cause: str) -> None: ...
+    def retry_budget_exhausted(self) -> None: ...
+    def upstream_rate_limited(self, group: str) -> None: ...
+
+
+class _Unobserved:
+    """The default observer: metrics are optional."""
+
+    def upstream_attempt(self, status: str) -> None: ...
+    def upstream_retry(self, cause: str) -> None: ...
+    def retry_budget_exhausted(self) -> None: ...
+    def upstream_rate_limited(self, group: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The kept upstream response (body unread), and what it took to get it."""
+
+    response: aiohttp.ClientResponse
+    attempts: int
+    answered: int  # attempts that got an HTTP answer: each one counted toward the API's RPM
+    should_retry: str | None = None  # the `x-should-retry` the client sees; None = upstream's
+    charge_rpm: bool = True
+
+    @property
+    def charged_requests(self) -> int:
+        """RPM to settle: every attempt the API answered, or 1 without GATEWAY_RETRY_CHARGE_RPM."""
+        return max(1, self.answered) if self.charge_rpm else 1
+
+    def client_headers(self) -> dict[str, str]:
+        """Headers the gateway adds to the relayed response."""
+        headers = {ATTEMPTS_HEADER: str(self.attempts)}
+        if self.should_retry is not None:
+            headers[SHOULD_RETRY] = self.should_retry
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """An attempt that got no response; `cause` is None when it must not be retried."""
+
+    error: GatewayError
+    cause: str | None
 
 
 def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
@@ -55,11 +131,28 @@ def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
 
 
 class Upstream:
-    """Sends a request upstream and returns its response with the body still unread."""
+    """Sends a request upstream, retrying per policy; returns a response with its body unread."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: UpstreamSettings,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        observer: AttemptObserver | None = None,
+    ) -> None:
         self._session = session
         self._base = settings.base_url.rstrip("/")
+        self._policy = settings.retry
+        self._clock: Clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._observer: AttemptObserver = observer or _Unobserved()
+        self.budget = RetryBudget.of(self._policy, self._clock)
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry policy (the handler caps `x-gateway-max-retries` with it)."""
+        return self._policy
 
     @property
     def is_open(self) -> bool:
@@ -71,24 +164,140 @@ class Upstream:
         method: str,
         path_qs: str,
         headers: CIMultiDict[str],
-        body: bytes | AsyncIterable[bytes] | None,
-    ) -> aiohttp.ClientResponse:
-        """One attempt; the caller owns the response and must release or close it."""
+        body: Body,
+        *,
+        max_retries: int | None = None,
+        group: str = "none",
+    ) -> Opened:
+        """Attempt until an answer is kept; the caller owns `Opened.response` and must release it.
+
+        `max_retries` is the client's cap (None = the policy's); `group` labels upstream 429s.
+        A final failure raises its `GatewayError` carrying the attempts header.
+        """
         url = URL(self._base + path_qs, encoded=True)
+        plan = self._plan(max_retries, replayable=body is None or isinstance(body, bytes))
+        while True:
+            plan.attempt_started()
+            outcome = await self._send(method, url, headers, body)
+            if isinstance(outcome, _Failed):
+                cause = outcome.cause
+                delay = None if cause is None else self._next_delay(plan, None)
+                if cause is None or delay is None:
+                    raise _final(outcome.error, plan)
+            else:
+                plan.answered += 1
+                verdict = await self._verdict(outcome, plan, group)
+                if verdict is None:
+                    return self._kept(outcome, plan)
+                delay, cause = verdict
+            self._observer.upstream_retry(cause)
+            log.info("upstream_retry", attempt=plan.made, cause=cause, delay=round(delay, 3))
+            await self._clock.sleep(delay)
+
+    def _kept(self, response: aiohttp.ClientResponse, plan: RetryPlan) -> Opened:
+        hint = client_should_retry(
+            response.status,
+            response.headers,
+            gateway_retried=plan.gateway_retried,
+            hopeless=plan.stopped == "hopeless",
+        )
+        return Opened(response, plan.made, plan.answered, hint, self._policy.charge_rpm)
+
+    def _plan(self, max_retries: int | None, *, replayable: bool) -> RetryPlan:
+        allowed = self._policy.attempts_for(max_retries, replayable=replayable)
+        deadline = self._clock.now() + self._policy.budget_seconds
+        return RetryPlan(self._policy, self.budget, self._rng, allowed, deadline)
+
+    def _next_delay(self, plan: RetryPlan, hint: float | None) -> float | None:
+        delay = plan.next_delay(hint, self._clock.now())
+        if delay is None and plan.stopped == "budget":
+            self._observer.retry_budget_exhausted()
+            log.warning("retry_budget_exhausted", attempt=plan.made)
+        return delay
+
+    async def _verdict(
+        self, response: aiohttp.ClientResponse, plan: RetryPlan, group: str
+    ) -> tuple[float, str] | None:
+        """(delay, cause) to retry after this answer, or None to keep it (body intact)."""
+        status, headers = response.status, response.headers
+        self._observer.upstream_attempt(str(status))
+        if status == 429:
+            self._observer.upstream_rate_limited(group)
+        if plan.allowed <= 1 or is_retryable(status, headers) is None:
+            return None
+        try:
+            body = await response.read()
+        except asyncio.CancelledError:
+            response.close()
+            raise
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            response.close()
+            retry_delay = self._next_delay(plan, None)
+            if retry_delay is None:
+                message = "The upstream API closed the connection."
+                raise _final(UpstreamUnavailable(message), plan) from exc
+            return retry_delay, CONNECT_ERROR
+        cause = is_retryable(status, headers, body)
+        if cause is None:
+            plan.stopped = "hopeless"
+        delay = None if cause is None else self._next_delay(plan, retry_after(headers, wall_time()))
+        if cause is None or delay is None:
+            _put_back(response, body)
+            return None
+        response.release()
+        return delay, cause
+
+    async def _send(
+        self, method: str, url: URL, headers: CIMultiDict[str], body: Body
+    ) -> aiohttp.ClientResponse | _Failed:
+        """One attempt: the response, or the mapped failure and whether it may be retried."""
         try:
             return await self._session.request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                compress=None,
+                method, url, headers=headers, data=body, allow_redirects=False, compress=None
             )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout("The upstream API did not answer in time.") from exc
-        except aiohttp.ClientConnectorError as exc:
-            log.warning("upstream_connect_failed", error=type(exc).__name__, detail=str(exc))
-            raise UpstreamUnavailable("Could not connect to the upstream API.") from exc
-        except aiohttp.ClientError as exc:
-            log.warning("upstream_request_failed", error=type(exc).__name__, detail=str(exc))
-            raise UpstreamUnavailable("The upstream API closed the connection.") from exc
+        except asyncio.CancelledError:
+            self._observer.upstream_attempt("cancelled")
+            raise
+        except Exception as exc:
+            failed = _mapped(exc)
+            if failed is None:
+                raise
+            failed.error.__cause__ = exc
+            label = CONNECT_TIMEOUT if isinstance(failed.error, UpstreamTimeout) else CONNECT_ERROR
+            self._observer.upstream_attempt(label)
+            return failed
+
+
+def _mapped(exc: Exception) -> _Failed | None:
+    """The gateway error for an aiohttp failure (None: not ours to map), retryable or not."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return _Failed(UpstreamTimeout("The upstream API did not answer in time."), CONNECT_TIMEOUT)
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return _Failed(UpstreamTimeout("The upstream API did not answer in time."), None)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        log.warning("upstream_connect_failed", error=type(exc).__name__, detail=str(exc))
+        return _Failed(UpstreamUnavailable("Could not connect to the upstream API."), CONNECT_ERROR)
+    if isinstance(exc, aiohttp.ClientError):
+        log.warning("upstream_request_failed", error=type(exc).__name__, detail=str(exc))
+        retryable = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+        message = "The upstream API closed the connection."
+        return _Failed(UpstreamUnavailable(message), CONNECT_ERROR if retryable else None)
+    return None
+
+
+def _final(error: GatewayError, plan: RetryPlan) -> GatewayError:
+    """`error`, carrying the attempts header (and `x-should-retry: false` after retries)."""
+    error.headers[ATTEMPTS_HEADER] = str(plan.made)
+    if plan.gateway_retried:
+        error.headers[SHOULD_RETRY] = "false"
+    return error
+
+
+def _put_back(response: aiohttp.ClientResponse, body: bytes) -> None:
+    """Refill a response whose body was read, so the relay streams it like any other."""
+    loop = asyncio.get_running_loop()
+    reader = aiohttp.StreamReader(BaseProtocol(loop), max(len(body), 2**16), loop=loop)
+    if body:
+        reader.feed_data(body)
+    reader.feed_eof()
+    response.content = reader

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from gateway.clock import Clock
 from gateway.config import Settings
 from gateway.logs import configure_logging
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.redis_server import RedisServer
 
 TEST_KEY = "sk-ant-api03-TESTKEY-do-not-log-0123456789"
 
@@ -42,6 +43,13 @@ class RunningGateway:
 
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole session (tests flush what they use)."""
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture

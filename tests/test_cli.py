@@ -55,3 +55,35 @@ def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
     assert 1 == result.returncode
     assert "cannot_listen" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_check_config_lists_the_limits_in_force(tmp_path: Path) -> None:
+    """With the example limits file, check-config prints each group and its limits."""
+    example = Path(__file__).resolve().parents[1] / "config" / "limits.example.yaml"
+    result = run_cli("check-config", cwd=tmp_path, limits_file=str(example))
+    assert 0 == result.returncode
+    assert "limits: 3 group(s), unmatched models: reject" in result.stdout.splitlines()
+    assert any(
+        line.startswith("  sonnet [claude-sonnet-4*]") for line in result.stdout.splitlines()
+    )
+
+
+def test_bad_limits_file_names_the_line_and_exits_2(tmp_path: Path) -> None:
+    """A limits file with a negative limit fails check-config and serve with the line number."""
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(
+        "groups:\n  - name: sonnet\n    models: ['claude-*']\n    requests_per_minute: -5\n"
+    )
+    for command in ("check-config", "serve"):
+        result = run_cli(command, cwd=tmp_path, limits_file=str(limits))
+        assert 2 == result.returncode
+        assert f"{limits}:4: groups[0].requests_per_minute:" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_missing_limits_file_is_a_config_error(tmp_path: Path) -> None:
+    """A limits file that does not exist is one readable line and exit code 2."""
+    result = run_cli("check-config", cwd=tmp_path, limits_file=str(tmp_path / "nope.yaml"))
+    assert 2 == result.returncode
+    assert "nope.yaml" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -46,6 +46,9 @@ def test_malformed_bodies_get_a_clear_error(body: bytes, message: str) -> None:
         ("/v1/messages/batches/msgbatch_013Zva2/results", "/v1/messages/batches/{id}/results"),
         ("/v1/files/file_011CNha8iCJcU1wXNR6q4V8w/content", "/v1/files/{id}/content"),
         ("/v1/models", "/v1/models"),
+        ("/v1/invented/path", "/v1/other"),
+        ("/v1/files/file_1/weird/extra", "/v1/files/other"),
+        ("/v1/skills/skill_01/versions", "/v1/skills/other"),
     ],
 )
 def test_route_label_folds_ids(path: str, route: str) -> None:

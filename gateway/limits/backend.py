@@ -55,6 +55,13 @@ class LimitBackend(Protocol):
         atomic step; a refund never fills a bucket past capacity."""
         ...
 
+    async def cap(
+        self, buckets: Sequence[BucketSpec], ceilings: Sequence[float], *, now: float | None = None
+    ) -> None:
+        """Lower each bucket to at most its ceiling (a level; negative is debt), in one atomic
+        step; a bucket already at or below its ceiling is left alone, never raised."""
+        ...
+
     async def ping(self) -> None:
         """Return when the backend answers; raise LimitBackendError when it does not."""
         ...

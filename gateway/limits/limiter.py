@@ -10,16 +10,17 @@ cooldown, so a dead Redis costs no latency per request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
 from gateway.clock import Clock
 from gateway.limits.backend import LimitBackend, LimitBackendError
+from gateway.limits.learning import Learning
 from gateway.limits.memory_backend import MemoryBackend
 from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
-from gateway.limits.policy import LimitsConfig
+from gateway.limits.policy import GroupLimits, LimitsConfig
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,8 @@ class Admitted:
     fallback: bool = False
     """Held by the local fail-open backend, not the shared one."""
     settled: bool = field(default=False, compare=False, repr=False)
+    reserved_at: float = field(default=0.0, compare=False, repr=False)
+    """This instance's clock when the buckets were debited (before any queue wait)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +118,7 @@ class CircuitBreaker:
 
 
 BackendObserver = Callable[[str, float, bool], None]
-"""Told of every backend call: operation (`reserve`, `adjust`), seconds, success."""
+"""Told of every backend call: operation (`reserve`, `adjust`, `cap`), seconds, success."""
 
 
 def _ignore(operation: str, seconds: float, ok: bool) -> None:
@@ -144,6 +147,8 @@ class Limiter:
         )
         self._fallback = MemoryBackend(clock)
         self._fill: dict[tuple[str, Dimension], float] = {}
+        self.learning = Learning()
+        """What settled usage taught each group (input ratio, expected output)."""
 
     @property
     def breaker_open(self) -> bool:
@@ -158,6 +163,20 @@ class Limiter:
         """The longest wait allowed: the config's, or a requested one capped by it."""
         cap = self._config.queue.max_wait_seconds
         return cap if requested is None else max(0.0, min(requested, cap))
+
+    def group(self, name: str) -> GroupLimits | None:
+        """The configured group called `name`, or None."""
+        return next((group for group in self._config.groups if group.name == name), None)
+
+    def cost_for(self, model: str, input_estimate: int, max_tokens: int) -> Cost:
+        """What to reserve: the input estimate scaled by the group's learned ratio and the
+        output its `output_reservation` asks for (raw figures for unmatched models)."""
+        group = self._config.group_for(model)
+        if group is None:
+            return Cost(1, input_estimate, max_tokens)
+        expected = self.learning.expected_output(group.name)
+        output = group.output_reservation.amount(max_tokens, expected)
+        return Cost(1, self.learning.scaled(group.name, input_estimate), output)
 
     async def admit(
         self, *, scope: str, model: str, cost: Cost, max_wait: float | None
@@ -178,6 +197,7 @@ class Limiter:
         if isinstance(outcome, Reservation):
             self._remember(outcome)
             admitted = Admitted(outcome, outcome.wait, group.name, fallback)
+            admitted.reserved_at = self._clock.now()
             await self._queue(admitted)
             return admitted
         if isinstance(outcome, Refused):
@@ -219,6 +239,29 @@ class Limiter:
         else:
             self._observe("adjust", self._clock.now() - started, True)
             self._breaker.succeeded()
+
+    async def pull_down(
+        self, admission: Admitted, ceilings: Mapping[Dimension, float], *, at: float
+    ) -> None:
+        """Lower buckets of an admission's group to at most what upstream reported left at
+        clock time `at` (refilled since), in one backend call; never raises a bucket."""
+        buckets = [b for b in admission.reservation.buckets if b.dimension in ceilings]
+        if not buckets or admission.fallback or self._breaker.is_open:
+            return
+        started = self._clock.now()
+        elapsed = max(0.0, started - at)
+        levels = [ceilings[b.dimension] + elapsed * b.rate for b in buckets]
+        try:
+            await self._backend.cap(buckets, levels)
+        except LimitBackendError as exc:
+            self._observe("cap", self._clock.now() - started, False)
+            self._breaker.failed()
+            log.warning("limits.pull_down_failed", group=admission.group, error=str(exc))
+        else:
+            self._observe("cap", self._clock.now() - started, True)
+            log.info("limits.pulled_down", group=admission.group, **{
+                str(b.dimension): round(level) for b, level in zip(buckets, levels, strict=True)
+            })  # fmt: skip
 
     async def refund(self, admission: Admission) -> None:
         """Give back everything an admission reserved (nothing was used)."""

@@ -78,6 +78,15 @@ class MemoryBackend:
         for bucket, amount in changes(reservation.buckets, delta):
             self._store(bucket, adjusted(bucket, self._level(bucket, at), amount), at)
 
+    async def cap(
+        self, buckets: Sequence[BucketSpec], ceilings: Sequence[float], *, now: float | None = None
+    ) -> None:
+        """Lower each bucket to at most its ceiling; see `LimitBackend.cap`."""
+        at = self._now(now)
+        for bucket, ceiling in zip(buckets, ceilings, strict=True):
+            if ceiling < self._level(bucket, at):
+                self._store(bucket, ceiling, at)
+
     async def ping(self) -> None:
         """Always answers: the state is in this process."""
 

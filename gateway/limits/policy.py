@@ -11,13 +11,22 @@ that tree to the node it names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from gateway.limits.model import BucketSpec, Dimension
@@ -58,6 +67,47 @@ class QueueLimits(_Section):
     max_wait_seconds: Annotated[float, Field(ge=0, strict=True)] = 30.0
 
 
+@dataclass(frozen=True, slots=True)
+class OutputReservation:
+    """How many output tokens a request reserves at admission; settlement corrects it.
+
+    `max_tokens` (safe, wasteful), `expected` (the group's learned mean output, bounded by
+    `max_tokens`; `max_tokens` until one response settled), a fraction of `max_tokens`, or
+    `fixed N` (at most `max_tokens`).
+    """
+
+    mode: Literal["max_tokens", "expected", "fraction", "fixed"] = "max_tokens"
+    value: float = 0.0
+
+    def amount(self, max_tokens: int, expected: float | None) -> int:
+        """Tokens to reserve for a request asking for `max_tokens`."""
+        if self.mode == "fraction":
+            return math.ceil(self.value * max_tokens)
+        if self.mode == "fixed":
+            return min(int(self.value), max_tokens)
+        if self.mode == "expected" and expected is not None:
+            return min(max_tokens, max(1, math.ceil(expected)))
+        return max_tokens
+
+
+def _output_reservation(value: object) -> OutputReservation:
+    """Parse `max_tokens`, `expected`, a number in [0, 1] or `fixed N`."""
+    if isinstance(value, OutputReservation):
+        return value
+    if value in ("max_tokens", "expected"):
+        return OutputReservation(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return OutputReservation("fraction", float(value))
+    if isinstance(value, str):
+        word, _, number = value.partition(" ")
+        if word == "fixed" and number.strip().isdigit():
+            return OutputReservation("fixed", int(number))
+    raise PydanticCustomError(
+        "output_reservation",
+        "must be max_tokens, expected, a fraction from 0 to 1, or 'fixed N'",
+    )
+
+
 class GroupLimits(_Section):
     """Models sharing one set of limits (an upstream model class or a local policy)."""
 
@@ -68,6 +118,11 @@ class GroupLimits(_Section):
     output_tokens_per_minute: NonNegativeInt | None = None
     tokens_per_minute: NonNegativeInt | None = None
     tokens_per_day: NonNegativeInt | None = None
+    output_reservation: Annotated[OutputReservation, BeforeValidator(_output_reservation)] = (
+        OutputReservation()
+    )
+    cache_reads_count: Annotated[bool, Field(strict=True)] = False
+    """Cache reads count toward ITPM (the models marked with a dagger in the rate-limit docs)."""
 
     def matches(self, model: str) -> bool:
         """Whether `model` matches one of this group's glob patterns."""

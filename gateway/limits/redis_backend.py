@@ -1,4 +1,4 @@
-"""`RedisBackend`: the fleet-wide `LimitBackend`, one EVALSHA per reserve or adjust.
+"""`RedisBackend`: the fleet-wide `LimitBackend`, one EVALSHA per reserve, adjust or cap.
 
 The scripts (`lua/*.lua`, package data) are registered once and run with EVALSHA; redis-py's
 `AsyncScript` loads them again on NOSCRIPT (after a restart, failover or SCRIPT FLUSH), on a
@@ -55,6 +55,7 @@ class RedisBackend:
         self._client = client
         self._reserve = client.register_script(_script("reserve.lua"))
         self._adjust = client.register_script(_script("adjust.lua"))
+        self._cap = client.register_script(_script("cap.lua"))
 
     @classmethod
     def from_url(
@@ -117,6 +118,17 @@ class RedisBackend:
         for bucket, amount in touched:
             args += _bucket_args(bucket, amount)
         await self._run(self._adjust, [bucket.key for bucket, _ in touched], args)
+
+    async def cap(
+        self, buckets: Sequence[BucketSpec], ceilings: Sequence[float], *, now: float | None = None
+    ) -> None:
+        """Lower each bucket to at most its ceiling; see `LimitBackend.cap`."""
+        if not buckets:
+            return
+        args = [_now_arg(now), str(EXPIRY_MARGIN_MS)]
+        for bucket, ceiling in zip(buckets, ceilings, strict=True):
+            args += [repr(bucket.capacity), repr(bucket.rate), repr(float(ceiling))]
+        await self._run(self._cap, [bucket.key for bucket in buckets], args)
 
     async def ping(self) -> None:
         """Return when Redis answers PING."""

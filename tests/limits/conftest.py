@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import fakeredis
@@ -30,13 +30,6 @@ def bucket(
 def clock() -> FakeClock:
     """A fresh fake clock at t=1000 s."""
     return FakeClock()
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One real redis-server for the whole session (flushed by each test that uses it)."""
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

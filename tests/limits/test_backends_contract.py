@@ -188,6 +188,36 @@ async def test_charge_puts_bucket_into_debt(backend: LimitBackend, clock: FakeCl
     assert Refused(itpm, retry_after=2.0, remaining=-100.0) == refused
 
 
+async def test_cap_lowers_a_fuller_bucket_and_refill_resumes(
+    backend: LimitBackend, clock: FakeClock
+) -> None:
+    """Capping a full bucket at 1,000 leaves 1,000, refilling from there at the usual rate."""
+    otpm = bucket(Dimension.OUTPUT_TOKENS, 6_000)
+    await backend.cap([otpm], [1_000.0], now=clock.now())
+    clock.advance(1.0)
+    reservation = await reserved(backend, [otpm], Cost(output_tokens=100), clock)
+    assert (1_000.0,) == reservation.levels
+
+
+async def test_cap_never_raises_a_bucket(backend: LimitBackend, clock: FakeClock) -> None:
+    """A ceiling above the bucket's level leaves it as it was."""
+    otpm = bucket(Dimension.OUTPUT_TOKENS, 6_000)
+    await reserved(backend, [otpm], Cost(output_tokens=5_000), clock)
+    await backend.cap([otpm], [4_000.0], now=clock.now())
+    again = await reserved(backend, [otpm], Cost(output_tokens=100), clock)
+    assert (900.0,) == again.levels
+
+
+async def test_negative_cap_holds_requests_until_the_debt_is_repaid(
+    backend: LimitBackend, clock: FakeClock
+) -> None:
+    """A ceiling of -6 s of refill makes the next request wait 6 s (plus its own cost)."""
+    rpm = bucket(Dimension.REQUESTS, 60)
+    await backend.cap([rpm], [-6.0], now=clock.now())
+    refused = await backend.reserve([rpm], ONE_REQUEST, max_wait=0, now=clock.now())
+    assert Refused(rpm, retry_after=7.0, remaining=-6.0) == refused
+
+
 async def test_tokens_bucket_counts_input_and_output(
     backend: LimitBackend, clock: FakeClock
 ) -> None:

@@ -73,6 +73,12 @@ class FlakyBackend:
         self._call("adjust")
         await self.inner.adjust(reservation, delta, now=now)
 
+    async def cap(
+        self, buckets: Sequence[BucketSpec], ceilings: Sequence[float], *, now: float | None = None
+    ) -> None:
+        self._call("cap")
+        await self.inner.cap(buckets, ceilings, now=now)
+
     async def ping(self) -> None:
         self._call("ping")
 

@@ -37,6 +37,11 @@ BAD_FILES = [
     ("bad_unmatched.yaml", "1: unmatched_models: must be 'reject' or 'pass'"),
     ("bad_redis_failure.yaml", "1: redis_failure: must be 'fail_open' or 'fail_closed'"),
     ("zero_share.yaml", "2: fail_open_share: must be > 0"),
+    (
+        "bad_output_reservation.yaml",
+        "4: groups[0].output_reservation: "
+        "must be max_tokens, expected, a fraction from 0 to 1, or 'fixed N'",
+    ),
     ("not_a_mapping.yaml", "1: (top level): must be a mapping"),
     ("bad_yaml.yaml", "4: invalid YAML: expected ',' or ']', but got '<scalar>'"),
 ]

@@ -1,0 +1,264 @@
+"""Retry policy, pure: what is retryable, backoff with jitter, retry-after, the retry budget.
+
+No HTTP library and no I/O: statuses, header mappings and bytes in, decisions out. Time comes
+from an injected `Clock`, jitter from an injected `random.Random`. `upstream.py` runs the loop.
+
+- Retryable: `x-should-retry: true|false` decides first (the SDKs' rule); otherwise 429, 500,
+  502, 503, 504 and 529, plus connection errors and connect timeouts. Never the spend-cap 429
+  (`enforced_spend_limit_reached`), whatever the headers say.
+- Delay: `retry-after-ms` / `retry-after` when present, else full jitter,
+  `uniform(0, min(cap, base * 2**retry))`. A delay that would end past the request's time
+  budget stops the retries: the client gets the upstream's answer instead.
+- Budget: `RetryBudget` lets retries add at most `ratio` of this instance's first attempts
+  (plus a small floor per second so low traffic can retry), so a fleet under an upstream
+  storm adds at most that share of load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from gateway.clock import Clock
+from gateway.errors import InvalidRequest
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+SPEND_CAP_CODE = "enforced_spend_limit_reached"
+SPEND_CAP_WORDS = ("spend limit", "usage limit", SPEND_CAP_CODE)
+MAX_RETRIES_HEADER = "x-gateway-max-retries"
+SHOULD_RETRY = "x-should-retry"
+SDK_RETRY_AFTER_CAP = 60.0  # the Python SDK ignores a longer retry-after (reference §4)
+CONNECT_ERROR = "connect_error"
+CONNECT_TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard one request may retry, and how this instance bounds retries overall."""
+
+    max_attempts: int = 3
+    base_seconds: float = 0.5
+    cap_seconds: float = 8.0
+    budget_seconds: float = 30.0
+    budget_ratio: float = 0.2
+    budget_min_per_second: float = 2.0
+    budget_burst: float = 10.0
+    charge_rpm: bool = True
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """Full jitter before retry number `retry` (0 = the first retry): [0, min(cap, base·2ⁿ)]."""
+        ceiling = min(self.cap_seconds, self.base_seconds * 2.0 ** min(retry, 62))
+        return rng.random() * ceiling
+
+    def attempts_for(self, requested_retries: int | None, *, replayable: bool) -> int:
+        """Attempts one request may make: the policy's, lowered by the client, 1 if unreplayable."""
+        if not replayable:
+            return 1
+        if requested_retries is None:
+            return max(1, self.max_attempts)
+        return max(1, min(self.max_attempts, requested_retries + 1))
+
+
+def is_retryable(status: int, headers: Mapping[str, str], body: bytes = b"") -> str | None:
+    """The retry cause (the status as text) for a retryable answer, else None.
+
+    `headers` must be case-insensitive or lower-case. The body only ever turns a retryable
+    answer into a final one (the spend cap), so a caller may first ask without it.
+    """
+    if status < 400 or is_spend_cap(status, headers, body):
+        return None  # a success is never retried, whatever x-should-retry says
+    should = headers.get(SHOULD_RETRY, "").strip().lower()
+    if should == "true":
+        return str(status)
+    if should == "false":
+        return None
+    return str(status) if status in RETRYABLE_STATUSES else None
+
+
+def is_spend_cap(status: int, headers: Mapping[str, str], body: bytes) -> bool:
+    """True for the monthly spend-cap 429, which no retry can fix before next month."""
+    if status != 429 or not body:
+        return False
+    text = _decoded(body, headers.get("content-encoding", ""))
+    if text is None:  # unreadable: only a 429 with retry-after is surely a rate limit
+        return retry_after(headers) is None
+    if _error_code(text) == SPEND_CAP_CODE:
+        return True
+    return retry_after(headers) is None and any(word in text.lower() for word in SPEND_CAP_WORDS)
+
+
+def retry_after(headers: Mapping[str, str], wall_now: float | None = None) -> float | None:
+    """Seconds from `retry-after-ms`, else `retry-after` (seconds or, given `wall_now`, a date)."""
+    millis = _positive(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    raw = headers.get("retry-after")
+    seconds = _positive(raw)
+    if seconds is not None or raw is None or wall_now is None:
+        return seconds
+    try:
+        at = parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return at - wall_now if at > wall_now else None
+
+
+def requested_retries(raw: str | None, policy: RetryPolicy) -> int | None:
+    """The client's `x-gateway-max-retries` (capped by the policy), or None when absent."""
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not (value.isascii() and value.isdigit()):
+        raise InvalidRequest(f"{MAX_RETRIES_HEADER}: must be an integer >= 0, got {raw!r}.")
+    return min(int(value), max(0, policy.max_attempts - 1))
+
+
+def client_should_retry(
+    status: int, headers: Mapping[str, str], *, gateway_retried: bool, hopeless: bool = False
+) -> str | None:
+    """The `x-should-retry` to put on a relayed answer, or None to relay upstream's unchanged.
+
+    `false` when the gateway already retried (or found the wait too long) an error the SDK
+    would retry again, unless a retry-after the SDK honours (≤ 60 s) tells it when; `false` on
+    an answer known `hopeless` (the spend cap) and on a 429 with neither `retry-after` nor
+    `x-should-retry` (the spend cap's shape, reference §7.4). Otherwise SDK retries would
+    multiply gateway retries (3 x 3 attempts).
+    """
+    if status < 400:
+        return None
+    if hopeless:
+        return "false"
+    hint = retry_after(headers)
+    if gateway_retried and (hint is None or hint > SDK_RETRY_AFTER_CAP):
+        return "false"
+    if status == 429 and hint is None and SHOULD_RETRY not in headers:
+        return "false"
+    return None
+
+
+class RetryBudget:
+    """Token bucket bounding this instance's retries to `ratio` of its first attempts.
+
+    Each first attempt deposits `ratio` tokens, each retry withdraws one; a floor of
+    `min_per_second` tokens refills with time; the level never exceeds `burst` (it starts full).
+    """
+
+    def __init__(self, clock: Clock, *, ratio: float, min_per_second: float, burst: float) -> None:
+        self._clock = clock
+        self._ratio, self._floor, self._burst = ratio, min_per_second, max(1.0, burst)
+        self._tokens = self._burst
+        self._at = clock.now()
+
+    @classmethod
+    def of(cls, policy: RetryPolicy, clock: Clock) -> RetryBudget:
+        """The budget a policy describes."""
+        return cls(
+            clock,
+            ratio=policy.budget_ratio,
+            min_per_second=policy.budget_min_per_second,
+            burst=policy.budget_burst,
+        )
+
+    @property
+    def tokens(self) -> float:
+        """Retries available right now (fractional)."""
+        self._refill()
+        return self._tokens
+
+    def deposit(self) -> None:
+        """A first attempt: earn `ratio` of a retry."""
+        self._refill()
+        self._tokens = min(self._burst, self._tokens + self._ratio)
+
+    def withdraw(self) -> bool:
+        """Spend one retry if there is one; False means the budget is exhausted."""
+        self._refill()
+        if self._tokens < 1.0 - 1e-9:  # ten deposits of 0.2 sum to 1.999...
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _refill(self) -> None:
+        now = self._clock.now()
+        elapsed, self._at = max(0.0, now - self._at), now
+        self._tokens = min(self._burst, self._tokens + elapsed * self._floor)
+
+
+@dataclass(slots=True)
+class RetryPlan:
+    """One request's retries: attempts left, its deadline, and why it stopped retrying."""
+
+    policy: RetryPolicy
+    budget: RetryBudget
+    rng: random.Random
+    allowed: int
+    deadline: float
+    made: int = 0
+    answered: int = 0  # attempts the API answered: each one counts toward its RPM
+    stopped: str | None = None  # "attempts", "deadline", "budget" or "hopeless" once it gave up
+
+    def attempt_started(self) -> None:
+        """Count an attempt (the first one deposits into the budget)."""
+        if self.made == 0:
+            self.budget.deposit()
+        self.made += 1
+
+    def next_delay(self, hint: float | None, now: float) -> float | None:
+        """Seconds to wait before another attempt, or None to give up (see `stopped`)."""
+        if self.made >= self.allowed:
+            self.stopped = "attempts"
+            return None
+        delay = hint if hint is not None else self.policy.backoff(self.made - 1, self.rng)
+        if now + delay > self.deadline:
+            self.stopped = "deadline"
+            return None
+        if not self.budget.withdraw():
+            self.stopped = "budget"
+            return None
+        return delay
+
+    @property
+    def gateway_retried(self) -> bool:
+        """True when the gateway retried, or would have but the wait passed its deadline.
+
+        A first attempt stopped by the budget is not: the client's own retries then cost what
+        they would without the gateway, which only bounds what it adds itself.
+        """
+        return self.made > 1 or self.stopped == "deadline"
+
+
+def _positive(raw: str | None) -> float | None:
+    try:
+        value = float(raw) if raw is not None else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _decoded(body: bytes, encoding: str) -> str | None:
+    """The body as text, gunzipped or inflated when so encoded; None when unreadable."""
+    encoding = encoding.strip().lower()
+    try:
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            body = zlib.decompressobj(wbits=47).decompress(body, 1 << 20)
+        elif encoding not in ("", "identity"):
+            return None
+        return body.decode("utf-8")
+    except (zlib.error, UnicodeDecodeError):
+        return None
+
+
+def _error_code(text: str) -> str | None:
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    code = details.get("error_code") if isinstance(details, dict) else None
+    return code if isinstance(code, str) else None

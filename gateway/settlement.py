@@ -1,0 +1,173 @@
+"""Settle one admitted request once its response is relayed, and learn from upstream.
+
+What is charged, in one `Limiter.settle` call (the difference to the reservation):
+
+- usage reported (JSON body, or the stream's last `message_delta`): that usage, as the API
+  counts it (cache reads only where the group says they count). A client that left
+  mid-stream, or a stream upstream dropped, is charged what the stream reported so far;
+- an upstream error (4xx/5xx, or a stream `error` event) before any usage: the request
+  only; input and output are refunded;
+- the client left before any usage arrived: the reserved input, no output;
+- a 2xx that ended without usage: the reservation as is, counted by `usage_missing`.
+
+Complete responses also teach the group's `Learning` (input ratio, expected output).
+
+Feedback: the API's `anthropic-ratelimit-*-limit/-remaining` headers, and a 429's
+`retry-after`, pull the shared buckets down (never up) when upstream has used more than this
+gateway accounts for, by more than `pull_threshold`: one extra backend call, only then.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.limits import Admission, Admitted, BucketSpec, Cost, Dimension, Limiter
+from gateway.metrics import GatewayMetrics
+from gateway.tokens import UsageTap, estimate_input_tokens
+
+AXES = {
+    Dimension.REQUESTS: "requests",
+    Dimension.INPUT_TOKENS: "input-tokens",
+    Dimension.OUTPUT_TOKENS: "output-tokens",
+}
+PULL_SHARE = 0.05
+"""Disagreements below this share of a bucket are noise (in-flight requests, rounding)."""
+TOKEN_ROUNDING = 500  # the API rounds token `remaining` to the nearest 1,000: +-500
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How the upstream exchange went, as far as settlement cares."""
+
+    status: int
+    headers: Mapping[str, str]
+    headers_at: float
+    """This instance's clock when the response headers arrived."""
+    requests: int = 1
+    """Requests to charge: every attempt the API answered (retries included)."""
+    client_left: bool = False
+    dropped: bool = False
+    """Upstream broke the stream off."""
+
+
+def reported_remaining(headers: Mapping[str, str]) -> dict[Dimension, int]:
+    """`anthropic-ratelimit-*-remaining` per axis; absent or bad values skipped."""
+    found: dict[Dimension, int] = {}
+    for dimension, axis in AXES.items():
+        remaining = _int(headers.get(f"anthropic-ratelimit-{axis}-remaining"))
+        if remaining is not None:
+            found[dimension] = remaining
+    return found
+
+
+def pull_down_ceilings(admitted: Admitted, outcome: Outcome) -> dict[Dimension, float]:
+    """The highest level each bucket may hold, as of `outcome.headers_at`, per upstream.
+
+    Only where it looks worth a backend call: the bucket's level at reservation, refilled
+    since, exceeds upstream's `remaining` by more than the threshold (the backend then
+    compares with the bucket's level now, which already counts requests still queued). A
+    429's `retry-after` holds every bucket until then: a ceiling of -retry_after * rate.
+    """
+    reported = reported_remaining(outcome.headers)
+    hold = _retry_after(outcome.headers) if outcome.status == 429 else None
+    elapsed = max(0.0, outcome.headers_at - admitted.reserved_at)
+    reservation, ceilings = admitted.reservation, {}
+    for bucket, level in zip(reservation.buckets, reservation.levels, strict=True):
+        if bucket.dimension not in AXES or bucket.capacity <= 0:
+            continue
+        local_level = min(bucket.capacity, level + elapsed * bucket.rate)
+        ceiling = math.inf
+        remaining = reported.get(bucket.dimension)
+        if remaining is not None and local_level - remaining > _threshold(bucket):
+            ceiling = float(remaining)
+        if hold is not None:
+            ceiling = min(ceiling, -hold * bucket.rate)
+        if ceiling < local_level:
+            ceilings[bucket.dimension] = ceiling
+    return ceilings
+
+
+def actual_cost(admitted: Admitted, tap: UsageTap, outcome: Outcome, cache_reads: bool) -> Cost:
+    """What the request really cost; see the module docstring for each case."""
+    usage = tap.usage
+    reserved = admitted.reservation.cost
+    if usage is not None:
+        charged = usage.cost(cache_reads_count=cache_reads)
+        return Cost(outcome.requests, charged.input_tokens, charged.output_tokens)
+    if outcome.status >= 400 or tap.errored:
+        return Cost(requests=outcome.requests)
+    if outcome.client_left:
+        return Cost(outcome.requests, reserved.input_tokens, 0)
+    return Cost(outcome.requests, reserved.input_tokens, reserved.output_tokens)
+
+
+async def settle(
+    limiter: Limiter | None,
+    metrics: GatewayMetrics,
+    decision: Admission | None,
+    *,
+    body: Mapping[str, Any] | None,
+    tap: UsageTap,
+    outcome: Outcome,
+) -> None:
+    """Pull the buckets toward upstream's view, settle the usage, and learn from it."""
+    if limiter is None or not isinstance(decision, Admitted):
+        return
+    for dimension, remaining in reported_remaining(outcome.headers).items():
+        metrics.api_remaining(decision.group, AXES[dimension], remaining)
+    ceilings = pull_down_ceilings(decision, outcome)
+    if ceilings:
+        await limiter.pull_down(decision, ceilings, at=outcome.headers_at)
+    group = limiter.group(decision.group)
+    cache_reads = group is not None and group.cache_reads_count
+    await limiter.settle(decision, actual_cost(decision, tap, outcome, cache_reads))
+    _observe(limiter, metrics, decision, body=body, tap=tap, outcome=outcome)
+
+
+def _observe(
+    limiter: Limiter,
+    metrics: GatewayMetrics,
+    admitted: Admitted,
+    *,
+    body: Mapping[str, Any] | None,
+    tap: UsageTap,
+    outcome: Outcome,
+) -> None:
+    """Metrics for the settled usage; complete 2xx responses teach the group."""
+    name, usage = admitted.group, tap.usage
+    if usage is None:
+        if outcome.status < 400 and not tap.errored and not outcome.client_left:
+            metrics.usage_missing(name)
+        return
+    metrics.tokens_used(name, usage.by_kind())
+    total_input = (
+        usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens
+    )
+    metrics.estimate_observed(name, admitted.reservation.cost.input_tokens, total_input)
+    if outcome.status >= 300 or tap.errored or outcome.client_left or outcome.dropped:
+        return
+    if body is not None:
+        limiter.learning.observe_input(name, estimate_input_tokens(body), total_input)
+    limiter.learning.observe_output(name, usage.output_tokens)
+
+
+def _threshold(bucket: BucketSpec) -> float:
+    floor = 1 if bucket.dimension is Dimension.REQUESTS else TOKEN_ROUNDING
+    return max(floor, PULL_SHARE * bucket.capacity)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = _int(headers.get("retry-after"))
+    return float(value) if value is not None and value > 0 else None
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
