@@ -82,7 +82,7 @@ def check_config(settings: Settings, limits: LimitsConfig | None) -> int:
 
 def serve(settings: Settings, limits: LimitsConfig | None = None) -> int:
     """Configure logging, pick the event loop and serve until a signal."""
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, cache=True)
     log = get_logger("gateway.cli")
     loop_factory, loop_name = _loop_factory(settings.event_loop)
     log.info("starting", version=__version__, event_loop=loop_name)

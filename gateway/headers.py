@@ -41,25 +41,30 @@ _NOT_RELAYED_DOWNSTREAM = HOP_BY_HOP | {"content-length"}
 Headers = Mapping[str, str] | CIMultiDictProxy[str] | CIMultiDict[str]
 
 
-def _connection_tokens(headers: Headers) -> set[str]:
+def _connection_tokens(headers: Headers) -> frozenset[str]:
     """Header names listed in `Connection:` are hop-by-hop for this message too."""
-    tokens: set[str] = set()
+    if "connection" not in headers:
+        return frozenset()
     getall = getattr(headers, "getall", None)
     values: Iterable[str] = getall("connection", []) if getall else [headers.get("connection", "")]
-    for value in values:
-        tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return tokens
+    tokens = {token.strip().lower() for value in values for token in value.split(",")}
+    tokens.discard("")
+    return frozenset(tokens)
 
 
 def _copy_except(headers: Headers, dropped: frozenset[str]) -> CIMultiDict[str]:
+    """Copy `headers` without `dropped`, `Connection`-listed names and `x-gateway-*` (hot path)."""
     extra = _connection_tokens(headers)
-    kept: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered in dropped or lowered in extra or lowered.startswith(GATEWAY_PREFIX):
-            continue
-        kept.add(name, value)
-    return kept
+    if extra:
+        dropped = dropped | extra
+    prefix = GATEWAY_PREFIX
+    return CIMultiDict(
+        [
+            (name, value)
+            for name, value in headers.items()
+            if (lowered := name.lower()) not in dropped and not lowered.startswith(prefix)
+        ]
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,8 +50,14 @@ def redact_secrets(
     return event
 
 
-def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
-    """Route structlog (and stdlib logging from aiohttp/redis) to one line per event."""
+def configure_logging(
+    level: str = "info", fmt: str = "json", stream: TextIO | None = None, *, cache: bool = False
+) -> None:
+    """Route structlog (and stdlib logging from aiohttp/redis) to one line per event.
+
+    `cache=True` (the server) binds each module logger once instead of on every call, which
+    matters on the hot path; tests leave it off so they can reconfigure between cases.
+    """
     out = stream or sys.stdout
     numeric = logging.getLevelName(level.upper())
     renderer: structlog.typing.Processor = (
@@ -70,7 +76,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(_StdlibToStructlog())

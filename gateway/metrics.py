@@ -14,6 +14,7 @@ returns the limiter's last known levels: a scrape costs no Redis call.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -70,6 +71,7 @@ class GatewayMetrics:
                 registry.register(collector)
         self.registry = registry
         self._models: set[str] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._define_requests(registry)
         self._define_limiter(registry)
         self._define_upstream(registry)
@@ -225,6 +227,14 @@ class GatewayMetrics:
             registry=registry,
         )
 
+    def _labelled(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, cached: label sets are bounded, lookups are hot."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def model_label(self, model: str | None, *, register: bool = True) -> str:
         """The bounded label for `model`: known names, `none`, or `other` past the cap.
 
@@ -262,14 +272,14 @@ class GatewayMetrics:
         self._in_flight.dec()
         name = self.model_label(model, register=status < 400)
         labels = (model_group, name, route, str(status), outcome)
-        self._requests.labels(*labels).inc()
-        self._duration.labels(route).observe(duration)
+        self._labelled(self._requests, *labels).inc()
+        self._labelled(self._duration, route).observe(duration)
         if ttfb is not None:
-            self._ttfb.labels(route).observe(ttfb)
+            self._labelled(self._ttfb, route).observe(ttfb)
         if overhead is not None:
-            self._overhead.labels(route).observe(max(0.0, overhead))
+            self._labelled(self._overhead, route).observe(max(0.0, overhead))
         if bytes_out:
-            self._bytes_out.labels(route).inc(bytes_out)
+            self._labelled(self._bytes_out, route).inc(bytes_out)
 
     def stream_opened(self) -> None:
         self._open_streams.inc()
@@ -281,9 +291,9 @@ class GatewayMetrics:
 
     def admission(self, *, group: str, decision: str, waited: float | None) -> None:
         """Count one limiter decision; `waited` is set for admitted requests."""
-        self._admissions.labels(group, decision).inc()
+        self._labelled(self._admissions, group, decision).inc()
         if waited is not None:
-            self._queue_wait.labels(group).observe(waited)
+            self._labelled(self._queue_wait, group).observe(waited)
 
     def queue_entered(self) -> None:
         self._queue_depth.inc()
@@ -293,9 +303,9 @@ class GatewayMetrics:
 
     def backend_call(self, operation: str, seconds: float, ok: bool) -> None:
         """One limiter backend round trip (`reserve` or `adjust`) and whether it failed."""
-        self._backend_latency.labels(operation).observe(seconds)
+        self._labelled(self._backend_latency, operation).observe(seconds)
         if not ok:
-            self._backend_errors.labels(operation).inc()
+            self._labelled(self._backend_errors, operation).inc()
 
     def fail_open_used(self) -> None:
         self._fail_open.inc()
@@ -303,7 +313,7 @@ class GatewayMetrics:
     def limits_configured(self, limits: Mapping[tuple[str, str], int]) -> None:
         """The limits file's limit per (group, dimension), for utilisation panels."""
         for (group, dimension), limit in limits.items():
-            self._limit.labels(group, dimension).set(limit)
+            self._labelled(self._limit, group, dimension).set(limit)
 
     def watch_limiter(self, read_fill: FillReader, breaker_open: Callable[[], bool]) -> None:
         """Read bucket fill and breaker state from the limiter at scrape time."""
@@ -314,20 +324,20 @@ class GatewayMetrics:
 
     def upstream_attempt(self, status: str) -> None:
         """One attempt upstream: its HTTP status, or `connect_error` / `timeout`."""
-        self._attempts.labels(status).inc()
+        self._labelled(self._attempts, status).inc()
 
     def upstream_retry(self, cause: str) -> None:
-        self._retries.labels(cause).inc()
+        self._labelled(self._retries, cause).inc()
 
     def retry_budget_exhausted(self) -> None:
         self._retry_budget_exhausted.inc()
 
     def upstream_rate_limited(self, group: str) -> None:
-        self._upstream_429.labels(group).inc()
+        self._labelled(self._upstream_429, group).inc()
 
     def api_remaining(self, group: str, axis: str, remaining: float) -> None:
         """The API's `anthropic-ratelimit-<axis>-remaining` for a group."""
-        self._api_remaining.labels(group, axis).set(remaining)
+        self._labelled(self._api_remaining, group, axis).set(remaining)
 
     # Tokens ---------------------------------------------------------------------------
 
@@ -336,15 +346,15 @@ class GatewayMetrics:
         for kind in TOKEN_KINDS:
             amount = usage.get(kind, 0)
             if amount:
-                self._tokens.labels(group, kind).inc(amount)
+                self._labelled(self._tokens, group, kind).inc(amount)
 
     def estimate_observed(self, group: str, estimated: int, actual: int) -> None:
         """The estimator's error on one request, as actual / estimated input tokens."""
         if estimated > 0:
-            self._estimate_ratio.labels(group).observe(actual / estimated)
+            self._labelled(self._estimate_ratio, group).observe(actual / estimated)
 
     def usage_missing(self, group: str) -> None:
-        self._missing_usage.labels(group).inc()
+        self._labelled(self._missing_usage, group).inc()
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

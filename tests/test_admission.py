@@ -178,7 +178,9 @@ async def test_upstream_failure_gives_the_reservation_back(
 ) -> None:
     """A request whose upstream is unreachable gets 502 and its RPM slot back."""
     path = limits_file(tmp_path, "    requests_per_minute: 1\n")
-    gateway = await make_gateway(limits_file=str(path), upstream_url="http://127.0.0.1:1")
+    gateway = await make_gateway(
+        limits_file=str(path), upstream_url="http://127.0.0.1:1", clock=FakeClock()
+    )
     no_wait = {"x-gateway-max-wait": "0"}
     statuses = [(await send(gateway.url, headers=no_wait))[0] for _ in range(3)]
     assert [502, 502, 502] == statuses

@@ -90,7 +90,7 @@ async def test_large_upload_streams_through(
 
 async def test_upstream_unreachable_is_502(make_gateway: GatewayFactory) -> None:
     """A refused upstream connection gets 502 api_error."""
-    gateway = await make_gateway(upstream_url="http://127.0.0.1:1")
+    gateway = await make_gateway(upstream_url="http://127.0.0.1:1", retry_max_attempts=1)
     status, body, _ = await call(gateway.url)
     assert (502, ("api_error", "Could not connect to the upstream API.")) == (
         status,

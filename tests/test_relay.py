@@ -11,7 +11,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.conftest import TEST_KEY, RunningGateway
+from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
 from tests.support.fake_upstream import FakeUpstream, Hang, Reply, Stream
 
 HEADERS = {"x-api-key": TEST_KEY, "anthropic-version": "2023-06-01"}
@@ -72,9 +72,10 @@ async def test_chunks_are_relayed_as_they_arrive(
 
 
 async def test_response_headers_pass_through(
-    gateway: RunningGateway, fake_upstream: FakeUpstream
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream
 ) -> None:
     """request-id, rate-limit and retry headers come back unchanged; the gateway adds its id."""
+    gateway = await make_gateway(retry_max_attempts=1)  # relay the 429 itself, not a retry
     fake_upstream.script(
         Reply(
             429,

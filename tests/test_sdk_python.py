@@ -163,7 +163,8 @@ async def test_upstream_errors_map_to_sdk_exceptions(
 ) -> None:
     """An upstream error reaches the SDK as the right exception with the upstream request id."""
     fake_upstream.script(Reply(status, headers={"request-id": "req_upstream_42"}))
-    async with async_client(gateway, max_retries=0) as client:
+    no_retries = {"x-gateway-max-retries": "0"}  # the gateway's own retries would hide it
+    async with async_client(gateway, max_retries=0, default_headers=no_retries) as client:
         with pytest.raises(exception) as caught:
             await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)  # type: ignore[arg-type]
     assert ("req_upstream_42", status) == (caught.value.request_id, caught.value.status_code)
