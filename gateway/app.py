@@ -109,6 +109,7 @@ def limiter_ctx(
         services.metrics.limits_configured(
             {(g.name, d.value): n for g in limits.groups for d, n in g.limits().items()}
         )
+        services.metrics.watch_learning(limiter.learning.snapshot)
         services.metrics.watch_limiter(
             lambda: {(g, d.value): ratio for (g, d), ratio in limiter.bucket_fill().items()},
             lambda: limiter.breaker_open,

@@ -179,6 +179,8 @@ async def _read_capped(request: web.Request, cap: int) -> bytes:
     length = request.content_length
     if length is not None and length > cap:
         raise RequestTooLarge(_too_large(cap))
+    if length is not None:
+        return await request.read()  # one buffer, already bounded by Content-Length
     body = bytearray()
     async for chunk in request.content.iter_chunked(STREAM_CHUNK):
         body += chunk

@@ -61,6 +61,34 @@ class _BucketFillCollector(Collector):
         yield family
 
 
+LearningReader = Callable[[], Mapping[str, tuple[float, float | None]]]
+
+
+class _LearningCollector(Collector):
+    """The token estimator's learned figures per group, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.read: LearningReader = dict
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        ratio = GaugeMetricFamily(
+            "gateway_token_learned_input_ratio",
+            "Learned actual / estimated input tokens per group (scales new estimates).",
+            labels=["model_group"],
+        )
+        output = GaugeMetricFamily(
+            "gateway_token_learned_expected_output",
+            "Learned mean output tokens per group (the `expected` output reservation).",
+            labels=["model_group"],
+        )
+        for group, (input_ratio, expected) in sorted(self.read().items()):
+            ratio.add_metric([group], input_ratio)
+            if expected is not None:
+                output.add_metric([group], expected)
+        yield ratio
+        yield output
+
+
 class GatewayMetrics:
     """The gateway's metrics; one instance per app, on its own registry."""
 
@@ -78,6 +106,8 @@ class GatewayMetrics:
         self._define_tokens(registry)
         self._fill = _BucketFillCollector()
         registry.register(self._fill)
+        self._learning = _LearningCollector()
+        registry.register(self._learning)
         Info("gateway_build", "Build information.", registry=registry).info(
             {"version": __version__}
         )
@@ -314,6 +344,10 @@ class GatewayMetrics:
         """The limits file's limit per (group, dimension), for utilisation panels."""
         for (group, dimension), limit in limits.items():
             self._labelled(self._limit, group, dimension).set(limit)
+
+    def watch_learning(self, read: LearningReader) -> None:
+        """Read the estimator's learned ratio and expected output at scrape time."""
+        self._learning.read = read
 
     def watch_limiter(self, read_fill: FillReader, breaker_open: Callable[[], bool]) -> None:
         """Read bucket fill and breaker state from the limiter at scrape time."""

@@ -179,7 +179,9 @@ async def test_limiter_outcomes_are_counted_exactly(
         dict(labels)["dimension"]: ratio
         for labels, ratio in samples(registry, "gateway_limiter_bucket_fill_ratio").items()
     }
-    assert (-0.5, True) == (fill["requests"], 0 < fill["output_tokens"] < 1)
+    # Read at scrape time, refilled to now: the 30 s queue wait repaid the one-request debt
+    # (-1 of 2 when reserved) and refilled the output bucket to full.
+    assert (0.0, 1.0) == (round(fill["requests"], 6), fill["output_tokens"])
     assert 6.0 == value(registry, "gateway_limiter_backend_seconds_count", operation="reserve")
 
 
@@ -261,6 +263,32 @@ async def test_model_label_folds_into_other_past_the_cap(
         counts[(OTHER,)],
         counts[(models[0],)],
     )
+
+
+async def test_refused_model_names_do_not_use_up_the_cap(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream
+) -> None:
+    """Model names the API refuses count as `other`, so junk cannot crowd out real names."""
+    gateway = await make_gateway(clock=FakeClock())
+    fake_upstream.script(*[Reply(404) for _ in range(MAX_MODELS + 5)])
+    for n in range(MAX_MODELS + 5):
+        await post(gateway.url, model=f"claude-junk-{n}")
+    await post(gateway.url, model=MODEL)
+    counts = requests_by(gateway.registry, "model")
+    assert {(OTHER,): MAX_MODELS + 5.0, (MODEL,): 1.0} == counts
+
+
+async def test_learned_estimator_figures_are_exported(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """After a settled response the learned input ratio and expected output are gauges."""
+    path = limits_file(tmp_path, "    requests_per_minute: 100\n")
+    gateway = await make_gateway(limits_file=str(path), clock=FakeClock())
+    assert 200 == await post(gateway.url)
+    ratio = samples(gateway.registry, "gateway_token_learned_input_ratio")
+    expected = samples(gateway.registry, "gateway_token_learned_expected_output")
+    assert [(("model_group", "sonnet"),)] == list(ratio)
+    assert {(("model_group", "sonnet"),): 6.0} == expected
 
 
 def test_configured_limits_are_exposed_per_group_and_dimension() -> None:

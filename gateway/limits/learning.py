@@ -37,6 +37,13 @@ class Learning:
         self._clip = math.log(bound)
         self._groups: dict[str, _Group] = {}
 
+    def snapshot(self) -> dict[str, tuple[float, float | None]]:
+        """(input ratio, expected output) per group learned so far, for metrics."""
+        return {
+            name: (math.exp(state.log_ratio), state.expected_output)
+            for name, state in self._groups.items()
+        }
+
     def input_ratio(self, group: str) -> float:
         """Actual / estimated input tokens, learned so far (1.0 when nothing is known)."""
         state = self._groups.get(group)

@@ -146,7 +146,7 @@ class Limiter:
             clock, threshold=breaker_threshold, cooldown=breaker_cooldown
         )
         self._fallback = MemoryBackend(clock)
-        self._fill: dict[tuple[str, Dimension], float] = {}
+        self._fill: dict[tuple[str, Dimension], tuple[float, BucketSpec, float]] = {}
         self.learning = Learning()
         """What settled usage taught each group (input ratio, expected output)."""
 
@@ -157,7 +157,11 @@ class Limiter:
 
     def bucket_fill(self) -> dict[tuple[str, Dimension], float]:
         """Last seen level / capacity per (group, dimension); below 0 means queued debt."""
-        return dict(self._fill)
+        now = self._clock.now()
+        return {
+            key: min(1.0, (level + bucket.rate * (now - seen_at)) / bucket.capacity)
+            for key, (level, bucket, seen_at) in self._fill.items()
+        }
 
     def queue_limit(self, requested: float | None) -> float:
         """The longest wait allowed: the config's, or a requested one capped by it."""
@@ -306,4 +310,4 @@ class Limiter:
     def _remember(self, reservation: Reservation) -> None:
         for bucket, level in zip(reservation.buckets, reservation.levels, strict=True):
             if bucket.capacity > 0:
-                self._fill[(bucket.group, bucket.dimension)] = level / bucket.capacity
+                self._fill[(bucket.group, bucket.dimension)] = (level, bucket, self._clock.now())
