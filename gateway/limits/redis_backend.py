@@ -35,8 +35,10 @@ _REFUSED = 1
 
 
 def _script(name: str) -> str:
-    """The text of a Lua script shipped in `gateway/limits/lua/`."""
-    return (files("gateway.limits") / "lua" / name).read_text(encoding="utf-8")
+    """A Lua script shipped in `gateway/limits/lua/`, after the shared `bucket.lua` prelude."""
+    folder = files("gateway.limits") / "lua"
+    prelude = (folder / "bucket.lua").read_text(encoding="utf-8")
+    return prelude + (folder / name).read_text(encoding="utf-8")
 
 
 def _now_arg(now: float | None) -> str:

@@ -9,23 +9,13 @@
 --
 -- Returns the number of buckets written.
 
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-end
+local now = clock_now(ARGV[1])
 local margin = tonumber(ARGV[2])
 
 for i = 1, #KEYS do
   local base = 2 + 3 * (i - 1)
   local cap, rate, amount = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  local level = cap
-  local stored = redis.call('GET', KEYS[i])
-  if stored then
-    local space = string.find(stored, ' ', 1, true)
-    local was, at = tonumber(string.sub(stored, 1, space - 1)), tonumber(string.sub(stored, space + 1))
-    level = math.min(cap, was + math.max(0, now - at) * rate)
-  end
+  local level = refilled_level(KEYS[i], cap, rate, now)
   local after = math.min(cap, level - amount)
   local ttl = margin
   if after < cap then

@@ -9,24 +9,14 @@
 --
 -- Returns the number of buckets lowered.
 
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-end
+local now = clock_now(ARGV[1])
 local margin = tonumber(ARGV[2])
 
 local lowered = 0
 for i = 1, #KEYS do
   local base = 2 + 3 * (i - 1)
   local cap, rate, ceiling = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  local level = cap
-  local stored = redis.call('GET', KEYS[i])
-  if stored then
-    local space = string.find(stored, ' ', 1, true)
-    local was, at = tonumber(string.sub(stored, 1, space - 1)), tonumber(string.sub(stored, space + 1))
-    level = math.min(cap, was + math.max(0, now - at) * rate)
-  end
+  local level = refilled_level(KEYS[i], cap, rate, now)
   if ceiling < level then
     local ttl = math.ceil((cap - ceiling) / rate * 1000) + margin
     redis.call('SET', KEYS[i], string.format('%.17g %.17g', ceiling, now), 'PX', string.format('%d', ttl))

@@ -11,11 +11,7 @@
 --      or {1, i, wait_ms, level_i}: refused, nothing debited; bucket i needs the longest
 -- Numbers that are not integers travel as '%.17g' strings: Redis truncates Lua numbers.
 
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-end
+local now = clock_now(ARGV[1])
 local max_wait_ms = tonumber(ARGV[2]) * 1000
 local margin = tonumber(ARGV[3])
 
@@ -24,13 +20,7 @@ local wait, worst = 0, 1
 for i = 1, #KEYS do
   local base = 3 + 3 * (i - 1)
   local cap, rate, amount = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  local level = cap
-  local stored = redis.call('GET', KEYS[i])
-  if stored then
-    local space = string.find(stored, ' ', 1, true)
-    local was, at = tonumber(string.sub(stored, 1, space - 1)), tonumber(string.sub(stored, space + 1))
-    level = math.min(cap, was + math.max(0, now - at) * rate)
-  end
+  local level = refilled_level(KEYS[i], cap, rate, now)
   local after = level - amount
   local need = 0
   if amount > 0 and after < 0 then
