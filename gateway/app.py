@@ -88,10 +88,11 @@ def limiter_ctx(
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = app[SERVICES]
-        if limits is None:
+        if limits is None and not settings.learn_limits:
             log.info("limits_disabled", reason="no GATEWAY_LIMITS_FILE: plain pass-through")
             yield
             return
+        config = LimitsConfig() if limits is None else limits  # no file: learn per model
         backend: LimitBackend
         if settings.redis_url is not None:
             backend = RedisBackend.from_url(
@@ -103,11 +104,15 @@ def limiter_ctx(
         else:
             backend = MemoryBackend(services.clock)
         services.limiter = Limiter(
-            backend, limits, services.clock, on_backend_call=services.metrics.backend_call
+            backend,
+            config,
+            services.clock,
+            on_backend_call=services.metrics.backend_call,
+            learn_limits=settings.learn_limits,
         )
         limiter = services.limiter
         services.metrics.limits_configured(
-            {(g.name, d.value): n for g in limits.groups for d, n in g.limits().items()}
+            {(g.name, d.value): n for g in config.groups for d, n in g.limits().items()}
         )
         services.metrics.watch_learning(limiter.learning.snapshot)
         services.metrics.watch_limiter(
@@ -117,7 +122,8 @@ def limiter_ctx(
         log.info(
             "limits_enabled",
             backend="redis" if settings.redis_url is not None else "memory",
-            groups=[group.name for group in limits.groups],
+            groups=[group.name for group in config.groups],
+            learn_limits=settings.learn_limits,
         )
         try:
             yield

@@ -71,7 +71,12 @@ def check_config(settings: Settings, limits: LimitsConfig | None) -> int:
     for name, value in masked(settings).items():
         print(f"  {name}={value}")
     if limits is None:
-        print("limits: none (plain pass-through)")
+        learning = settings.learn_limits
+        print(
+            "limits: learned per model from the API's headers"
+            if learning
+            else "limits: none (plain pass-through)"
+        )
         return EXIT_OK
     print(f"limits: {len(limits.groups)} group(s), unmatched models: {limits.unmatched_models}")
     for group in limits.groups:

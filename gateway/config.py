@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Bound on connecting to Redis and on every Redis call."
     )
     limits_file: Path | None = Field(None, description="YAML limits file; unset = no limits.")
+    learn_limits: bool = Field(
+        False,
+        description="Learn RPM/ITPM/OTPM from the API's -limit headers (every group; per model "
+        "when there is no limits file).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["json", "console"] = Field("json")
     connect_timeout_seconds: float = Field(

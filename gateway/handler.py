@@ -1,8 +1,9 @@
 """`/v1/*`: one request's story: body -> facts -> admit -> upstream -> relay -> settle.
 
-Each step lives in its own module so this one stays a readable list of steps. Only
-generating calls (`/v1/messages`, `/v1/complete`) with a model are admitted by the limiter;
-every other endpoint passes straight through.
+Each step lives in its own module so this one stays a readable list of steps. Generating
+calls (`/v1/messages`, `/v1/complete`) with a model are admitted on their model group's
+buckets; `POST /v1/messages/count_tokens` and every `/v1/messages/batches*` request on their
+endpoint's own RPM bucket (when the limits file sets one); everything else passes through.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from gateway.admission import decision_labels, refusal, requested_max_wait
 from gateway.errors import Overloaded, RequestTooLarge
 from gateway.exchange import exchange_of
 from gateway.headers import REQUEST_ID, Credential, credential_of, upstream_request_headers
-from gateway.limits import Admission, Admitted
-from gateway.messages import PARSED_PATHS, RequestFacts, parse_facts, route_of
+from gateway.limits import Admission, Admitted, Limiter, Unlimited
+from gateway.limits.policy import Endpoint
+from gateway.messages import COUNT_TOKENS_PATH, PARSED_PATHS, RequestFacts, parse_facts, route_of
 from gateway.relay import Ending, relay
 from gateway.retry import MAX_RETRIES_HEADER, requested_retries
 from gateway.services import SERVICES, BodyLimits
@@ -25,6 +27,7 @@ from gateway.settlement import Outcome, settle
 from gateway.tokens import UsageTap, estimate_input_tokens, max_output_tokens
 from gateway.upstream import Opened
 
+BATCHES_PATH = "/v1/messages/batches"
 STREAM_CHUNK = 64 * 1024
 QUEUE_WAIT_HEADER = "x-gateway-queue-wait-ms"
 ANONYMOUS_SCOPE = "anonymous"
@@ -126,24 +129,23 @@ async def _relay_and_settle(
 async def admit(
     request: web.Request, facts: RequestFacts | None, credential: Credential | None
 ) -> Admission | None:
-    """Ask the limiter whether a generating call may go now, after a wait, or not at all."""
+    """Ask the limiter whether a limited call may go now, after a wait, or not at all."""
     limiter = request.app[SERVICES].limiter
-    if limiter is None or facts is None or not facts.is_generation or facts.body is None:
+    if limiter is None:
         return None
-    if not facts.model:
+    endpoint = _endpoint_of(request.method, request.path)
+    if endpoint is not None and not limiter.limits_endpoint(endpoint):
+        return None
+    if endpoint is None and (facts is None or not facts.is_generation or facts.body is None):
+        return None
+    if endpoint is None and facts is not None and not facts.model:
         return None  # the API answers this one itself (400: model is required)
+    scope = credential.scope if credential else ANONYMOUS_SCOPE
     max_wait = requested_max_wait(request.headers)
     metrics, exchange = request.app[SERVICES].metrics, exchange_of(request)
     metrics.queue_entered()
     try:
-        decision = await limiter.admit(
-            scope=credential.scope if credential else ANONYMOUS_SCOPE,
-            model=facts.model,
-            cost=limiter.cost_for(
-                facts.model, estimate_input_tokens(facts.body), max_output_tokens(facts.body)
-            ),
-            max_wait=max_wait,
-        )
+        decision = await _decide(limiter, endpoint, facts, scope, max_wait)
     finally:
         metrics.queue_left()
     group, label = decision_labels(decision)
@@ -159,6 +161,32 @@ async def admit(
         exchange.outcome = error.outcome
         raise error
     return decision
+
+
+async def _decide(
+    limiter: Limiter,
+    endpoint: Endpoint | None,
+    facts: RequestFacts | None,
+    scope: str,
+    max_wait: float | None,
+) -> Admission:
+    """One limiter call: the endpoint's own bucket, or the model group's buckets."""
+    if endpoint is not None:
+        return await limiter.admit_endpoint(scope=scope, endpoint=endpoint, max_wait=max_wait)
+    if facts is None or facts.body is None or not facts.model:
+        return Unlimited()  # admit() sends no such request here
+    body = facts.body
+    cost = limiter.cost_for(facts.model, estimate_input_tokens(body), max_output_tokens(body))
+    return await limiter.admit(scope=scope, model=facts.model, cost=cost, max_wait=max_wait)
+
+
+def _endpoint_of(method: str, path: str) -> Endpoint | None:
+    """The endpoint with its own upstream RPM that this request calls, if any."""
+    if path == COUNT_TOKENS_PATH:
+        return "count_tokens" if method == "POST" else None
+    if path == BATCHES_PATH or path.startswith(BATCHES_PATH + "/"):
+        return "batches"
+    return None
 
 
 async def request_body(

@@ -15,6 +15,10 @@ Complete responses also teach the group's `Learning` (input ratio, expected outp
 Feedback: the API's `anthropic-ratelimit-*-limit/-remaining` headers, and a 429's
 `retry-after`, pull the shared buckets down (never up) when upstream has used more than this
 gateway accounts for, by more than `pull_threshold`: one extra backend call, only then.
+For groups that learn their limits, the `-limit` headers of a 2xx or 429 teach them.
+
+Endpoint admissions (count_tokens, batches: their own RPM bucket) are not settled: the one
+request stays charged, and the Messages headers on their responses teach nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.limits import Admission, Admitted, BucketSpec, Cost, Dimension, Limiter
+from gateway.limits.policy import ENDPOINT_GROUPS
 from gateway.metrics import GatewayMetrics
 from gateway.tokens import UsageTap, estimate_input_tokens
 
@@ -60,6 +65,16 @@ def reported_remaining(headers: Mapping[str, str]) -> dict[Dimension, int]:
         remaining = _int(headers.get(f"anthropic-ratelimit-{axis}-remaining"))
         if remaining is not None:
             found[dimension] = remaining
+    return found
+
+
+def reported_limits(headers: Mapping[str, str]) -> dict[Dimension, int]:
+    """`anthropic-ratelimit-*-limit` per axis; absent or bad values skipped."""
+    found: dict[Dimension, int] = {}
+    for dimension, axis in AXES.items():
+        limit = _int(headers.get(f"anthropic-ratelimit-{axis}-limit"))
+        if limit is not None:
+            found[dimension] = limit
     return found
 
 
@@ -116,6 +131,10 @@ async def settle(
     """Pull the buckets toward upstream's view, settle the usage, and learn from it."""
     if limiter is None or not isinstance(decision, Admitted):
         return
+    if decision.group in ENDPOINT_GROUPS.values():
+        return
+    if outcome.status < 300 or outcome.status == 429:
+        limiter.learn_limits(decision.group, reported_limits(outcome.headers))
     for dimension, remaining in reported_remaining(outcome.headers).items():
         metrics.api_remaining(decision.group, AXES[dimension], remaining)
     ceilings = pull_down_ceilings(decision, outcome)

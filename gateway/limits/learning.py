@@ -10,12 +10,19 @@ sample counts fully) and then weigh new samples by `alpha`:
   expected`. None until the group has settled one.
 
 Nothing is shared between instances: each learns from the responses it relays.
+
+`LearnedLimits` keeps the limits the API reports in its `-limit` headers, for groups with
+`learn_limits` (or every group, with `GATEWAY_LEARN_LIMITS=true`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+
+from gateway.limits.model import Dimension
+from gateway.limits.policy import GroupLimits
 
 ALPHA = 0.1
 RATIO_BOUND = 4.0
@@ -77,3 +84,48 @@ class Learning:
     def scaled(self, group: str, estimate: int) -> int:
         """`estimate` times the group's input ratio, rounded up."""
         return math.ceil(estimate * self.input_ratio(group))
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9.-]")
+MAX_MODEL_GROUPS = 50
+"""Most per-model groups learned when there is no limits file (model names are client input)."""
+
+
+class LearnedLimits:
+    """Per group, the RPM/ITPM/OTPM the API's `anthropic-ratelimit-*-limit` headers reported.
+
+    Per gateway instance, like the figures above; every instance learns the same numbers from
+    the same API. Groups are keyed by name only: one organisation's limits per group, so a
+    gateway shared by keys of organisations on different tiers should configure limits.
+    """
+
+    def __init__(self, *, max_groups: int) -> None:
+        self._max_groups = max_groups
+        self._limits: dict[str, dict[Dimension, int]] = {}
+
+    def __contains__(self, group: str) -> bool:
+        return group in self._limits
+
+    def limits(self, group: str) -> dict[Dimension, int]:
+        """What was learned for `group` so far (empty before its first response)."""
+        return self._limits.get(group, {})
+
+    def has_room(self) -> bool:
+        """Whether one more group may be learned."""
+        return len(self._limits) < self._max_groups
+
+    def model_group(self, model: str) -> GroupLimits | None:
+        """A learning group of one model, named after it; None when the table is full."""
+        name = _UNSAFE_NAME.sub("-", model)[:64] or "model"
+        if name not in self._limits and not self.has_room():
+            return None
+        return GroupLimits.model_construct(name=name, models=(model,), learn_limits=True)
+
+    def learn(self, group: str, reported: dict[Dimension, int]) -> bool:
+        """Record `reported` (positive limits only) for `group`; True when anything changed."""
+        found = {dim: limit for dim, limit in reported.items() if limit > 0}
+        known = self._limits.get(group)
+        if not found or known == found or (known is None and not self.has_room()):
+            return False
+        self._limits[group] = found
+        return True

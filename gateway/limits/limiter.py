@@ -17,10 +17,10 @@ import structlog
 
 from gateway.clock import Clock
 from gateway.limits.backend import LimitBackend, LimitBackendError
-from gateway.limits.learning import Learning
+from gateway.limits.learning import MAX_MODEL_GROUPS, LearnedLimits, Learning
 from gateway.limits.memory_backend import MemoryBackend
 from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
-from gateway.limits.policy import GroupLimits, LimitsConfig
+from gateway.limits.policy import Endpoint, GroupLimits, LimitsConfig
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +137,7 @@ class Limiter:
         breaker_threshold: int = 3,
         breaker_cooldown: float = 5.0,
         on_backend_call: BackendObserver | None = None,
+        learn_limits: bool = False,
     ) -> None:
         self._observe = on_backend_call or _ignore
         self._backend = backend
@@ -149,6 +150,8 @@ class Limiter:
         self._fill: dict[tuple[str, Dimension], tuple[float, BucketSpec, float]] = {}
         self.learning = Learning()
         """What settled usage taught each group (input ratio, expected output)."""
+        self._learn_all = learn_limits
+        self._learned = LearnedLimits(max_groups=len(config.groups) + MAX_MODEL_GROUPS)
 
     @property
     def breaker_open(self) -> bool:
@@ -175,7 +178,7 @@ class Limiter:
     def cost_for(self, model: str, input_estimate: int, max_tokens: int) -> Cost:
         """What to reserve: the input estimate scaled by the group's learned ratio and the
         output its `output_reservation` asks for (raw figures for unmatched models)."""
-        group = self._config.group_for(model)
+        group = self._group_for(model)
         if group is None:
             return Cost(1, input_estimate, max_tokens)
         expected = self.learning.expected_output(group.name)
@@ -189,31 +192,87 @@ class Limiter:
 
         Cancelled while queued, it gives the whole reservation back and re-raises.
         """
-        group = self._config.group_for(model)
+        group = self._group_for(model)
         if group is None:
             if self._config.unmatched_models == "pass" or not self._config.groups:
                 return Unlimited()
             return UnknownModel(model)
-        buckets = self._config.buckets_for(group, scope)
+        buckets = self._config.buckets_for(group, scope) + self._learned_buckets(group, scope)
+        if not buckets:
+            return self._unlearned(group, cost) if self._learns(group.name) else Unlimited()
+        return await self._admit_on(group.name, buckets, cost, max_wait)
+
+    def limits_endpoint(self, endpoint: Endpoint) -> bool:
+        """Whether the limits file gives `endpoint` its own RPM bucket."""
+        return self._config.endpoint_limit(endpoint) is not None
+
+    async def admit_endpoint(
+        self, *, scope: str, endpoint: Endpoint, max_wait: float | None
+    ) -> Admission:
+        """Reserve one request on `endpoint`'s own RPM bucket in `scope` (Unlimited if unset).
+
+        Queueing, refusal and refund work as in `admit`; the request stays charged.
+        """
+        buckets = self._config.endpoint_buckets(endpoint, scope)
         if not buckets:
             return Unlimited()
+        return await self._admit_on(buckets[0].group, buckets, Cost(requests=1), max_wait)
+
+    def learn_limits(self, group: str, reported: Mapping[Dimension, int]) -> None:
+        """Adopt the limits the API reported for a learning group; log when they change."""
+        if not self._learns(group) or not self._learned.learn(group, dict(reported)):
+            return
+        log.info("limits.learned", group=group, **{
+            f"{dimension}_per_minute": limit
+            for dimension, limit in self._learned.limits(group).items()
+        })  # fmt: skip
+
+    async def _admit_on(
+        self, group: str, buckets: Sequence[BucketSpec], cost: Cost, max_wait: float | None
+    ) -> Admission:
+        """Reserve `cost` on `buckets` of `group`, sleeping out any queue wait."""
         outcome, fallback = await self._reserve(buckets, cost, self.queue_limit(max_wait))
         if isinstance(outcome, Reservation):
             self._remember(outcome)
-            admitted = Admitted(outcome, outcome.wait, group.name, fallback)
+            admitted = Admitted(outcome, outcome.wait, group, fallback)
             admitted.reserved_at = self._clock.now()
             await self._queue(admitted)
             return admitted
         if isinstance(outcome, Refused):
             bucket = outcome.bucket
-            return Rejected(
-                group.name, bucket, outcome.retry_after, outcome.remaining, bucket.limit
-            )
+            return Rejected(group, bucket, outcome.retry_after, outcome.remaining, bucket.limit)
         if isinstance(outcome, NeverFits):
-            return NeverFitsRejection(
-                group.name, outcome.bucket, outcome.cost, outcome.bucket.limit
-            )
+            return NeverFitsRejection(group, outcome.bucket, outcome.cost, outcome.bucket.limit)
         return outcome
+
+    def _group_for(self, model: str) -> GroupLimits | None:
+        """The file's group for `model`; with learning and no groups, one per model name."""
+        group = self._config.group_for(model)
+        if group is not None or not self._learn_all or self._config.groups:
+            return group
+        return self._learned.model_group(model)
+
+    def _learns(self, name: str) -> bool:
+        """Whether the group called `name` learns its limits from the API's headers."""
+        group = self.group(name)
+        if group is None:
+            return self._learn_all and not self._config.groups
+        return self._learn_all or group.learn_limits
+
+    def _learned_buckets(self, group: GroupLimits, scope: str) -> list[BucketSpec]:
+        """Buckets for the learned limits of dimensions the group does not configure."""
+        learned, configured = self._learned.limits(group.name), group.limits()
+        return [
+            BucketSpec.create(scope, group.name, dim, limit, headroom=self._config.headroom)
+            for dim, limit in learned.items()
+            if dim not in configured
+        ]
+
+    def _unlearned(self, group: GroupLimits, cost: Cost) -> Admitted:
+        """Admit at once on no bucket, so the response can teach the group its limits."""
+        admitted = Admitted(Reservation((), cost, 0.0, ()), 0.0, group.name)
+        admitted.reserved_at = self._clock.now()
+        return admitted
 
     async def settle(self, admission: Admission, actual: Cost) -> None:
         """Charge or refund the difference between `actual` and the reserved cost, once.
@@ -225,8 +284,8 @@ class Limiter:
             return
         admission.settled = True
         delta = actual.minus(admission.reservation.cost)
-        if delta == Cost():
-            return
+        if delta == Cost() or not admission.reservation.buckets:
+            return  # nothing to correct, or admitted on no bucket (limits not learned yet)
         if admission.fallback:
             await self._fallback.adjust(admission.reservation, delta)
             return

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -45,12 +45,21 @@ _MESSAGES = {
     "string_too_short": "must not be empty",
     "int_type": "must be an integer",
     "float_type": "must be a number",
+    "bool_type": "must be true or false",
     "string_type": "must be a string",
     "tuple_type": "must be a list",
     "model_type": "must be a mapping",
     "literal_error": "must be {expected}",
     "string_pattern_mismatch": "must contain only letters, digits, '_', '.' and '-'",
 }
+
+
+Endpoint = Literal["count_tokens", "batches"]
+"""Endpoints with their own upstream RPM, apart from the Messages buckets (reference 1.8)."""
+ENDPOINT_GROUPS: dict[str, str] = {name: f"_{name}" for name in get_args(Endpoint)}
+"""The reserved group name of each endpoint's bucket, e.g. `cgw:{<scope>:_batches}:requests`."""
+LEARNED_DIMENSIONS = (Dimension.REQUESTS, Dimension.INPUT_TOKENS, Dimension.OUTPUT_TOKENS)
+"""What `learn_limits` learns from the API's `anthropic-ratelimit-*-limit` headers."""
 
 
 class LimitsFileError(Exception):
@@ -123,6 +132,17 @@ class GroupLimits(_Section):
     )
     cache_reads_count: Annotated[bool, Field(strict=True)] = False
     """Cache reads count toward ITPM (the models marked with a dagger in the rate-limit docs)."""
+    learn_limits: Annotated[bool, Field(strict=True)] = False
+    """Learn RPM/ITPM/OTPM the group does not set from the API's `-limit` headers."""
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.startswith("_"):
+            raise PydanticCustomError(
+                "reserved_name", "names starting with '_' are reserved for the gateway"
+            )
+        return name
 
     def matches(self, model: str) -> bool:
         """Whether `model` matches one of this group's glob patterns."""
@@ -149,6 +169,8 @@ class LimitsConfig(_Section):
     unmatched_models: Literal["reject", "pass"] = "reject"
     redis_failure: Literal["fail_open", "fail_closed"] = "fail_open"
     fail_open_share: Annotated[float, Field(gt=0, le=1, strict=True)] = 1.0
+    count_tokens_requests_per_minute: NonNegativeInt | None = None
+    batch_requests_per_minute: NonNegativeInt | None = None
 
     @field_validator("groups")
     @classmethod
@@ -174,6 +196,20 @@ class LimitsConfig(_Section):
             BucketSpec.create(scope, group.name, dimension, limit, headroom=self.headroom)
             for dimension, limit in group.limits().items()
         ]
+
+    def endpoint_limit(self, endpoint: Endpoint) -> int | None:
+        """The RPM the file sets for `endpoint`, or None."""
+        if endpoint == "count_tokens":
+            return self.count_tokens_requests_per_minute
+        return self.batch_requests_per_minute
+
+    def endpoint_buckets(self, endpoint: Endpoint, scope: str) -> list[BucketSpec]:
+        """The one RPM bucket `endpoint` has in `scope`, or none when the file sets no limit."""
+        limit = self.endpoint_limit(endpoint)
+        if limit is None:
+            return []
+        group = ENDPOINT_GROUPS[endpoint]
+        return [BucketSpec.create(scope, group, Dimension.REQUESTS, limit, headroom=self.headroom)]
 
 
 def load_limits(path: Path) -> LimitsConfig:

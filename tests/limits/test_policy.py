@@ -42,6 +42,13 @@ BAD_FILES = [
         "4: groups[0].output_reservation: "
         "must be max_tokens, expected, a fraction from 0 to 1, or 'fixed N'",
     ),
+    ("negative_count_tokens_rpm.yaml", "2: count_tokens_requests_per_minute: must be >= 0"),
+    ("fractional_batch_rpm.yaml", "1: batch_requests_per_minute: must be an integer"),
+    (
+        "reserved_group_name.yaml",
+        "2: groups[0].name: names starting with '_' are reserved for the gateway",
+    ),
+    ("bad_learn_limits.yaml", "4: groups[0].learn_limits: must be true or false"),
     ("not_a_mapping.yaml", "1: (top level): must be a mapping"),
     ("bad_yaml.yaml", "4: invalid YAML: expected ',' or ']', but got '<scalar>'"),
 ]
