@@ -34,6 +34,8 @@ class Exchange:
     first_byte_at: float | None = None
     queue_wait: float = 0.0
     upstream_sent_at: float | None = None
+    input_estimate: int | None = None
+    """The raw input-token estimate of a model-group admission, kept to calibrate against."""
 
     @property
     def overhead(self) -> float | None:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.admission import decision_labels, refusal, requested_max_wait
 from gateway.errors import Overloaded, RequestTooLarge
-from gateway.exchange import exchange_of
+from gateway.exchange import Exchange, exchange_of
 from gateway.headers import REQUEST_ID, Credential, credential_of, upstream_request_headers
 from gateway.limits import Admission, Admitted, Limiter, Unlimited
 from gateway.limits.policy import Endpoint
@@ -73,13 +73,12 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     is_stream = upstream_response.content_type == "text/event-stream"
     if is_stream:
         services.metrics.stream_opened()
-    return await _relay_and_settle(request, decision, facts, opened, is_stream)
+    return await _relay_and_settle(request, decision, opened, is_stream)
 
 
 async def _relay_and_settle(
     request: web.Request,
     decision: Admission | None,
-    facts: RequestFacts | None,
     opened: Opened,
     is_stream: bool,
 ) -> web.StreamResponse:
@@ -90,7 +89,9 @@ async def _relay_and_settle(
     if isinstance(decision, Admitted) and decision.waited_seconds > 0:
         extra_headers[QUEUE_WAIT_HEADER] = str(round(decision.waited_seconds * 1000))
     encoding = upstream_response.headers.get("content-encoding")
-    tap = UsageTap(stream=is_stream, encoding=encoding) if isinstance(decision, Admitted) else None
+    # Only model-group admissions settle usage; an endpoint bucket's one request stays charged.
+    settles = isinstance(decision, Admitted) and exchange.input_estimate is not None
+    tap = UsageTap(stream=is_stream, encoding=encoding) if settles else None
     outcome = Outcome(
         upstream_response.status,
         upstream_response.headers,
@@ -107,14 +108,14 @@ async def _relay_and_settle(
     finally:
         if is_stream:
             services.metrics.stream_closed()
-        if tap is not None and facts is not None:
+        if tap is not None:
             # Every byte has reached the client; shielded, so a disconnect cannot skip it.
             await asyncio.shield(
                 settle(
                     services.limiter,
                     services.metrics,
                     decision,
-                    body=facts.body,
+                    input_estimate=exchange.input_estimate,
                     tap=tap,
                     outcome=outcome,
                 )
@@ -145,7 +146,7 @@ async def admit(
     metrics, exchange = request.app[SERVICES].metrics, exchange_of(request)
     metrics.queue_entered()
     try:
-        decision = await _decide(limiter, endpoint, facts, scope, max_wait)
+        decision = await _decide(limiter, endpoint, facts, scope, max_wait, exchange=exchange)
     finally:
         metrics.queue_left()
     group, label = decision_labels(decision)
@@ -169,6 +170,8 @@ async def _decide(
     facts: RequestFacts | None,
     scope: str,
     max_wait: float | None,
+    *,
+    exchange: Exchange,
 ) -> Admission:
     """One limiter call: the endpoint's own bucket, or the model group's buckets."""
     if endpoint is not None:
@@ -176,7 +179,8 @@ async def _decide(
     if facts is None or facts.body is None or not facts.model:
         return Unlimited()  # admit() sends no such request here
     body = facts.body
-    cost = limiter.cost_for(facts.model, estimate_input_tokens(body), max_output_tokens(body))
+    exchange.input_estimate = estimate_input_tokens(body)
+    cost = limiter.cost_for(facts.model, exchange.input_estimate, max_output_tokens(body))
     return await limiter.admit(scope=scope, model=facts.model, cost=cost, max_wait=max_wait)
 
 

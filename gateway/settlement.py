@@ -26,12 +26,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from gateway.limits import Admission, Admitted, BucketSpec, Cost, Dimension, Limiter
-from gateway.limits.policy import ENDPOINT_GROUPS
 from gateway.metrics import GatewayMetrics
-from gateway.tokens import UsageTap, estimate_input_tokens
+from gateway.tokens import UsageTap
 
 AXES = {
     Dimension.REQUESTS: "requests",
@@ -124,14 +122,16 @@ async def settle(
     metrics: GatewayMetrics,
     decision: Admission | None,
     *,
-    body: Mapping[str, Any] | None,
+    input_estimate: int | None,
     tap: UsageTap,
     outcome: Outcome,
 ) -> None:
-    """Pull the buckets toward upstream's view, settle the usage, and learn from it."""
+    """Pull the buckets toward upstream's view, settle the usage, and learn from it.
+
+    Called for model-group admissions only; `input_estimate` is the raw heuristic estimate
+    made at admission, reused here to calibrate instead of estimating the body again.
+    """
     if limiter is None or not isinstance(decision, Admitted):
-        return
-    if decision.group in ENDPOINT_GROUPS.values():
         return
     if outcome.status < 300 or outcome.status == 429:
         limiter.learn_limits(decision.group, reported_limits(outcome.headers))
@@ -143,7 +143,7 @@ async def settle(
     group = limiter.group(decision.group)
     cache_reads = group is not None and group.cache_reads_count
     await limiter.settle(decision, actual_cost(decision, tap, outcome, cache_reads))
-    _observe(limiter, metrics, decision, body=body, tap=tap, outcome=outcome)
+    _observe(limiter, metrics, decision, input_estimate=input_estimate, tap=tap, outcome=outcome)
 
 
 def _observe(
@@ -151,7 +151,7 @@ def _observe(
     metrics: GatewayMetrics,
     admitted: Admitted,
     *,
-    body: Mapping[str, Any] | None,
+    input_estimate: int | None,
     tap: UsageTap,
     outcome: Outcome,
 ) -> None:
@@ -168,8 +168,8 @@ def _observe(
     metrics.estimate_observed(name, admitted.reservation.cost.input_tokens, total_input)
     if outcome.status >= 300 or tap.errored or outcome.client_left or outcome.dropped:
         return
-    if body is not None:
-        limiter.learning.observe_input(name, estimate_input_tokens(body), total_input)
+    if input_estimate is not None:
+        limiter.learning.observe_input(name, input_estimate, total_input)
     limiter.learning.observe_output(name, usage.output_tokens)
 
 
