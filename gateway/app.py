@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
+from gateway.exact_count import ExactCounter
 from gateway.handler import handle_v1
 from gateway.limits import (
     LimitBackend,
@@ -68,6 +69,9 @@ def upstream_ctx(
         services = app[SERVICES]
         rng = random.Random(cfg.jitter_seed)
         services.upstream = Upstream(session, cfg, services.clock, rng, services.metrics)
+        services.exact_counter = ExactCounter(
+            session, cfg.base_url, credentials=services.credentials, observer=services.metrics
+        )
         try:
             yield
         finally:

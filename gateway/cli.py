@@ -80,8 +80,11 @@ def check_config(settings: Settings, limits: LimitsConfig | None) -> int:
         return EXIT_OK
     print(f"limits: {len(limits.groups)} group(s), unmatched models: {limits.unmatched_models}")
     for group in limits.groups:
-        shown = ", ".join(f"{dim.value}={value}" for dim, value in group.limits().items())
-        print(f"  {group.name} [{', '.join(group.models)}]: {shown}")
+        shown = [f"{dim.value}={value}" for dim, value in group.limits().items()]
+        shown.append(f"estimate={group.estimate}")
+        if group.estimate == "count_tokens":
+            shown.append(f"estimate_timeout_seconds={group.estimate_timeout_seconds:g}")
+        print(f"  {group.name} [{', '.join(group.models)}]: {', '.join(shown)}")
     return EXIT_OK
 
 

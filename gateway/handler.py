@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.admission import decision_labels, refusal, requested_max_wait
 from gateway.errors import Overloaded, RequestTooLarge
+from gateway.exact_count import Caller, ExactCounter
 from gateway.exchange import Exchange, exchange_of
 from gateway.headers import REQUEST_ID, Credential, credential_of, upstream_request_headers
 from gateway.limits import Admission, Admitted, Limiter, Unlimited
@@ -144,9 +145,20 @@ async def admit(
     scope = credential.scope if credential else ANONYMOUS_SCOPE
     max_wait = requested_max_wait(request.headers)
     metrics, exchange = request.app[SERVICES].metrics, exchange_of(request)
+    counter = request.app[SERVICES].exact_counter
+    caller = Caller(request.headers, request.raw_path, credential)
     metrics.queue_entered()
     try:
-        decision = await _decide(limiter, endpoint, facts, scope, max_wait, exchange=exchange)
+        decision = await _decide(
+            limiter,
+            endpoint,
+            facts,
+            scope,
+            max_wait,
+            exchange=exchange,
+            exact=counter,
+            caller=caller,
+        )
     finally:
         metrics.queue_left()
     group, label = decision_labels(decision)
@@ -172,8 +184,11 @@ async def _decide(
     max_wait: float | None,
     *,
     exchange: Exchange,
+    exact: ExactCounter | None = None,
+    caller: Caller | None = None,
 ) -> Admission:
-    """One limiter call: the endpoint's own bucket, or the model group's buckets."""
+    """One limiter call: the endpoint's own bucket, or the model group's buckets (on the
+    API's exact input count first, for groups with `estimate: count_tokens`)."""
     if endpoint is not None:
         return await limiter.admit_endpoint(scope=scope, endpoint=endpoint, max_wait=max_wait)
     if facts is None or facts.body is None or not facts.model:
@@ -181,6 +196,8 @@ async def _decide(
     body = facts.body
     exchange.input_estimate = estimate_input_tokens(body)
     cost = limiter.cost_for(facts.model, exchange.input_estimate, max_output_tokens(body))
+    if exact is not None and caller is not None:  # input_estimate stays the raw heuristic
+        cost = await exact.input_cost(limiter, facts.model, body, cost, scope=scope, caller=caller)
     return await limiter.admit(scope=scope, model=facts.model, cost=cost, max_wait=max_wait)
 
 

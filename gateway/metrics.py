@@ -104,6 +104,7 @@ class GatewayMetrics:
         self._define_limiter(registry)
         self._define_upstream(registry)
         self._define_tokens(registry)
+        self._define_estimates(registry)
         self._fill = _BucketFillCollector()
         registry.register(self._fill)
         self._learning = _LearningCollector()
@@ -393,3 +394,21 @@ class GatewayMetrics:
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
+
+    # Input estimates ------------------------------------------------------------------
+    # How each model-group admission estimated its input: `estimate: count_tokens` groups
+    # ask the API (gateway/exact_count.py) and fall back to the heuristic; `reason` says why.
+
+    def _define_estimates(self, registry: CollectorRegistry) -> None:
+        self._input_estimates = Counter(
+            "gateway_input_estimates",
+            "Input estimates at admission by method (count_tokens, heuristic) and reason: "
+            "configured (the group's method), or why an exact count fell back: timeout, "
+            "error, rate_limited.",
+            ["model_group", "method", "reason"],
+            registry=registry,
+        )
+
+    def input_estimate(self, group: str, method: str, reason: str) -> None:
+        """One admission's input estimate: how it was made and, for a fallback, why."""
+        self._labelled(self._input_estimates, group, method, reason).inc()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.clock import Clock
+from gateway.exact_count import ExactCounter
 from gateway.headers import CredentialPolicy
 from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
@@ -43,6 +44,7 @@ class Services:
     credentials: CredentialPolicy = field(default_factory=CredentialPolicy)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     upstream: Upstream | None = None
+    exact_counter: ExactCounter | None = None
     limiter: Limiter | None = None
 
 

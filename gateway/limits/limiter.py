@@ -178,7 +178,7 @@ class Limiter:
     def cost_for(self, model: str, input_estimate: int, max_tokens: int) -> Cost:
         """What to reserve: the input estimate scaled by the group's learned ratio and the
         output its `output_reservation` asks for (raw figures for unmatched models)."""
-        group = self._group_for(model)
+        group = self.group_for(model)
         if group is None:
             return Cost(1, input_estimate, max_tokens)
         expected = self.learning.expected_output(group.name)
@@ -192,7 +192,7 @@ class Limiter:
 
         Cancelled while queued, it gives the whole reservation back and re-raises.
         """
-        group = self._group_for(model)
+        group = self.group_for(model)
         if group is None:
             if self._config.unmatched_models == "pass" or not self._config.groups:
                 return Unlimited()
@@ -245,7 +245,7 @@ class Limiter:
             return NeverFitsRejection(group, outcome.bucket, outcome.cost, outcome.bucket.limit)
         return outcome
 
-    def _group_for(self, model: str) -> GroupLimits | None:
+    def group_for(self, model: str) -> GroupLimits | None:
         """The file's group for `model`; with learning and no groups, one per model name."""
         group = self._config.group_for(model)
         if group is not None or not self._learn_all or self._config.groups:

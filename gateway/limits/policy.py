@@ -45,6 +45,7 @@ _MESSAGES = {
     "string_too_short": "must not be empty",
     "int_type": "must be an integer",
     "float_type": "must be a number",
+    "finite_number": "must be a finite number",
     "bool_type": "must be true or false",
     "string_type": "must be a string",
     "tuple_type": "must be a list",
@@ -134,6 +135,11 @@ class GroupLimits(_Section):
     """Cache reads count toward ITPM (the models marked with a dagger in the rate-limit docs)."""
     learn_limits: Annotated[bool, Field(strict=True)] = False
     """Learn RPM/ITPM/OTPM the group does not set from the API's `-limit` headers."""
+    estimate: Literal["heuristic", "count_tokens"] = "heuristic"
+    """How input is estimated at admission: the local heuristic, or one upstream
+    `count_tokens` call (the heuristic when it fails, is slow or has no room)."""
+    estimate_timeout_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)] = 1.0
+    """The longest an exact count may take before the heuristic is used instead."""
 
     @field_validator("name")
     @classmethod

@@ -163,10 +163,13 @@ class FakeUpstream:
     """The fake API server; its state lives on this object, its handlers are its methods.
 
     Read: `url`, `requests`, `disconnects` (clients gone before the fake finished answering),
-    `rejected_429`, `admitted` ((clock time, input charged, output) per admitted call).
+    `rejected_429`, `admitted` ((clock time, input charged, output) per admitted call),
+    `count_tokens_calls` (requests to `/v1/messages/count_tokens`).
     Set: `reply_text`, `usage` (reported per reply; requests may override input and output
     with `x-fake-input-tokens` / `x-fake-output-tokens`), `input_tokens_from_body` (input =
-    len(body) // 4), `rate_limit_headers` (added to every API reply unless already set).
+    len(body) // 4), `rate_limit_headers` (added to every API reply unless already set),
+    `count_tokens_input` (the count every default count_tokens answer gives; None = the
+    `usage` input as above). `script_count_tokens` scripts count_tokens answers.
     """
 
     def __init__(self, *, clock: Clock | None = None, host: str = "127.0.0.1", port: int = 0):
@@ -184,12 +187,15 @@ class FakeUpstream:
             "output_tokens": 6,
         }
         self.input_tokens_from_body = False
+        self.count_tokens_input: int | None = None
+        self.count_tokens_calls = 0
         self.organization_id = str(uuid4())
         self.rate_limit_headers: dict[str, str] = p.default_rate_limit_headers(p.utc_now())
         self.resources = FakeResources(
             lambda: self.url, lambda: self.reply_text, lambda: self.usage
         )
         self._script: deque[Action] = deque()
+        self._count_script: deque[Action] = deque()
         self._buckets: dict[str, _Bucket] = {}
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
@@ -227,6 +233,14 @@ class FakeUpstream:
     def script(self, *actions: Action) -> None:
         """Queue actions for the next `/v1/messages` or `/v1/complete` calls, in order."""
         self._script.extend(actions)
+
+    def script_count_tokens(self, *actions: Reply | Delay | Hang) -> None:
+        """Queue actions for the next `/v1/messages/count_tokens` calls, in order.
+
+        `Reply(200)` without a body is the default count; any other `Reply` is sent as is (an
+        error status gets the error envelope); `Hang` never answers until the fake closes.
+        """
+        self._count_script.extend(actions)
 
     def enforce_limits(
         self, *, rpm: int | None = None, itpm: int | None = None, otpm: int | None = None
@@ -330,7 +344,7 @@ class FakeUpstream:
         refusal = self._admit(usage)
         if refusal is not None:
             return self._limit_refusal(request, *refusal)
-        delay, action = self._next_action()
+        delay, action = self._next_action(self._script)
         model = str(body.get("model") or p.DEFAULT_MODEL)
         try:
             await self._pause(delay)
@@ -345,12 +359,12 @@ class FakeUpstream:
                 request.transport.abort()
             return web.Response(status=500)
 
-    def _next_action(self) -> tuple[float, Action | None]:
+    def _next_action(self, script: deque[Action]) -> tuple[float, Action | None]:
         delay = 0.0
-        while self._script and isinstance(head := self._script[0], Delay):
+        while script and isinstance(head := script[0], Delay):
             delay += head.seconds
-            self._script.popleft()
-        return delay, (self._script.popleft() if self._script else None)
+            script.popleft()
+        return delay, (script.popleft() if script else None)
 
     async def _perform(
         self,
@@ -503,8 +517,27 @@ class FakeUpstream:
             raise _Closing
 
     async def _count_tokens(self, request: web.Request) -> web.Response:
-        usage = self._usage_for(request, await request.read())
-        return json_reply({"input_tokens": usage["input_tokens"]})
+        self.count_tokens_calls += 1
+        self._notify()
+        raw = await request.read()
+        delay, action = self._next_action(self._count_script)
+        try:
+            await self._pause(delay)
+            if isinstance(action, Hang):
+                await self._pause(math.inf)
+        except asyncio.CancelledError:
+            self._count_disconnect()
+            raise
+        except _Closing:
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)
+        if isinstance(action, Reply) and (action.status != 200 or action.body is not None):
+            return self._reply(request, action, b"")
+        tokens = self.count_tokens_input
+        if tokens is None:
+            tokens = self._usage_for(request, raw)["input_tokens"]
+        return json_reply({"input_tokens": tokens})
 
     async def _control_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
