@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenario", choices=SCENARIOS, default="default")
     parser.add_argument(
         "--targets",
-        help=f"comma-separated subset of {','.join(TARGETS)} (default: all; quick: no redis)",
+        help=f"comma-separated subset of {','.join(TARGETS)} "
+        "(default: all but gateway+memory; quick: no redis)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     parser.add_argument("--duration", type=float, help="seconds of each timed req/s window")

@@ -225,6 +225,8 @@ def redis_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
         "redis CPU ms/req",
         "EVALSHA/req",
         "redis cmds/req (incl. in-script)",
+        "admission p50 @1 (ms)",
+        "admission p99 @1 (ms)",
     ]
     table, notes = [], []
     for row in rows:
@@ -244,6 +246,8 @@ def redis_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
                 _num(row.redis_cpu_ms_per_req, 3),
                 _num(row.evalsha_per_req, 2),
                 _num(row.redis_cmds_per_req, 2),
+                _num(row.admit_p50_ms, 3),
+                _num(row.admit_p99_ms, 3),
             ]
         )
         name = f"{row.backend} x{row.instances}"
@@ -262,7 +266,9 @@ def redis_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
         "Not pinned: gateways, mock, Redis and the load generator share every CPU. "
         f"{settings.warmup:g} s warm-up, then {settings.redis_duration:g} s at concurrency "
         f"{settings.concurrency} spread round-robin over the instances; latency at that "
-        "concurrency. Redis calls from INFO commandstats deltas.",
+        "concurrency. Redis calls from INFO commandstats deltas. Admission: the limiter "
+        "backend's reserve latency (gateway_limiter_backend_seconds, interpolated within its "
+        "buckets) over 1,000 sequential requests to the first instance.",
         "",
         *_table(header, table),
         *[note for note in notes if note],

@@ -1,4 +1,4 @@
-"""The default scenario: what each hop costs (direct, passthrough, gateway[, gateway+redis]).
+"""The default scenario: what each hop costs (direct, passthrough, gateway[+memory, +redis]).
 
 Per target: req/s at concurrency 16 with the server's CPU time, latency at concurrency 1,
 stream TTFB, then (restarted against a slow-streaming mock) RSS per held-open stream.
@@ -111,6 +111,9 @@ class ProxyScenario:
             child = await launcher.passthrough(self.placement, upstream)
         elif target == "gateway":
             child = await launcher.gateway(self.placement, upstream)
+        elif target == "gateway+memory":  # the never-hit limits on the in-process backend
+            limits = launcher.limits_file()
+            child = await launcher.gateway(self.placement, upstream, limits_file=limits)
         elif target == "gateway+redis":
             if self._redis is None:
                 self._redis = await launcher.redis(self.placement.load)

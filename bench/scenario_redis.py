@@ -1,16 +1,21 @@
-"""`--scenario redis`: the in-process limiter vs the Redis backend, 1 vs 3 gateway instances.
+"""`--scenario redis`: no limiter vs the in-process limiter vs the Redis backend, 1 vs 3 instances.
 
 Nothing is pinned here: with three gateways on two cores, pinning them to one core would
 measure the core, not the backend. Load is spread round-robin over the instances at the
-bench concurrency. Redis commands per request come from `INFO commandstats` deltas.
+bench concurrency. Redis commands per request come from `INFO commandstats` deltas; the
+admission latency at concurrency 1 from the first gateway's `gateway_limiter_backend_seconds`
+histogram (operation `reserve`), scraped before and after a sequential run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from dataclasses import dataclass, field
+
+import aiohttp
 
 from bench.load import client_session, closed_loop, ms, percentile
 from bench.procs import Child, NotReadyError
@@ -18,7 +23,13 @@ from bench.settings import BenchSettings
 from bench.targets import UNPINNED, Launcher, redis_commandstats
 from bench.window import quietest_window
 
-CONFIGS = (("in-process", 1), ("in-process", 3), ("redis", 1), ("redis", 3))
+CONFIGS = (("no limits", 1), ("no limits", 3), ("memory", 1), ("redis", 1), ("redis", 3))
+"""`no limits`: no limits file, the limiter is off; `memory`: the never-hit limits file on
+the in-process backend; `redis`: the same file on the Redis backend."""
+ADMISSION_REQUESTS = 1_000
+_BUCKET = re.compile(
+    r'^gateway_limiter_backend_seconds_bucket\{le="([^"]+)",operation="reserve"\} (\S+)$', re.M
+)
 
 
 @dataclass(slots=True)
@@ -38,6 +49,8 @@ class RedisRow:
     redis_cmds_per_req: float | None = None  # includes redis.call()s inside the scripts
     per_command: dict[str, float] = field(default_factory=dict)  # calls per request
     failures: dict[str, int] = field(default_factory=dict)
+    admit_p50_ms: float | None = None  # backend reserve latency at concurrency 1
+    admit_p99_ms: float | None = None
 
 
 class RedisScenario:
@@ -78,6 +91,9 @@ class RedisScenario:
                     child = await launcher.gateway(
                         UNPINNED, mock, redis_url=url, limits_file=limits
                     )
+                elif row.backend == "memory":
+                    limits = launcher.limits_file()
+                    child = await launcher.gateway(UNPINNED, mock, limits_file=limits)
                 else:
                     child = await launcher.gateway(UNPINNED, mock)
                 started.append(child)
@@ -118,6 +134,8 @@ class RedisScenario:
                     max_requests=s.max_requests,
                 )
                 stats_after = await redis_commandstats(redis.port)
+                if row.backend != "no limits":
+                    await self._admission_latency(row, session, gateways[0].url)
         finally:
             for child in gateways:
                 self.launcher.procs.stop(child)
@@ -138,3 +156,38 @@ class RedisScenario:
         row.evalsha_per_req = delta.get("evalsha", 0) / total
         row.redis_cmds_per_req = sum(delta.values()) / total
         row.per_command = {k: v / total for k, v in sorted(delta.items()) if v}
+
+    async def _admission_latency(
+        self, row: RedisRow, session: aiohttp.ClientSession, url: str
+    ) -> None:
+        """Reserve latency percentiles over a sequential run, from the histogram's delta."""
+        before = await _reserve_buckets(session, url)
+        await closed_loop(
+            session, [url], concurrency=1, duration=10.0, max_requests=ADMISSION_REQUESTS
+        )
+        after = await _reserve_buckets(session, url)
+        delta = [(le, after[le] - before.get(le, 0.0)) for le in sorted(after)]
+        row.admit_p50_ms = ms(histogram_quantile(0.50, delta))
+        row.admit_p99_ms = ms(histogram_quantile(0.99, delta))
+
+
+async def _reserve_buckets(session: aiohttp.ClientSession, url: str) -> dict[float, float]:
+    """The cumulative `reserve` buckets of `gateway_limiter_backend_seconds`, by upper bound."""
+    async with session.get(url + "/metrics") as response:
+        text = await response.text()
+    return {float(le): float(count) for le, count in _BUCKET.findall(text)}
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus-style: linear interpolation inside the cumulative bucket holding rank q."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = upper, count
+    return lower

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TARGETS = ("direct", "passthrough", "gateway", "gateway+redis")
+TARGETS = ("direct", "passthrough", "gateway", "gateway+memory", "gateway+redis")
+FULL_TARGETS = ("direct", "passthrough", "gateway", "gateway+redis")  # +memory on request
 DISTURBED_PCT = 15.0  # foreign CPU (% of one core) above which a measurement is disturbed
 SSE_FIXED_EVENTS = 6  # message_start, content_block_start, ping, block_stop, delta, stop
 
@@ -63,7 +64,7 @@ def preset(*, quick: bool) -> BenchSettings:
         )
     return BenchSettings(
         quick=False,
-        targets=TARGETS,
+        targets=FULL_TARGETS,
         concurrency=16,
         warmup=1.0,
         duration=8.0,

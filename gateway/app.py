@@ -19,6 +19,7 @@ from gateway.config import Settings
 from gateway.exact_count import ExactCounter
 from gateway.handler import handle_v1
 from gateway.limits import (
+    LearningSync,
     LimitBackend,
     LimitBackendError,
     Limiter,
@@ -119,6 +120,15 @@ def limiter_ctx(
             {(g.name, d.value): n for g in config.groups for d, n in g.limits().items()}
         )
         services.metrics.watch_learning(limiter.learning.snapshot)
+        syncing: asyncio.Task[None] | None = None
+        if settings.redis_url is not None:  # in process there is no fleet to share with
+            sync = LearningSync(
+                limiter.learning,
+                backend,
+                services.clock,
+                on_backend_call=services.metrics.backend_call,
+            )
+            syncing = asyncio.get_running_loop().create_task(sync.run())
         services.metrics.watch_limiter(
             lambda: {(g, d.value): ratio for (g, d), ratio in limiter.bucket_fill().items()},
             lambda: limiter.breaker_open,
@@ -132,6 +142,9 @@ def limiter_ctx(
         try:
             yield
         finally:
+            if syncing is not None:
+                syncing.cancel()
+                await asyncio.gather(syncing, return_exceptions=True)
             await backend.aclose()
 
     return ctx

@@ -13,6 +13,7 @@ root, so importing this package does not import redis.
 from __future__ import annotations
 
 from gateway.limits.backend import LimitBackend, LimitBackendError
+from gateway.limits.learning_sync import LearningSync
 from gateway.limits.limiter import (
     Admission,
     Admitted,
@@ -35,6 +36,7 @@ __all__ = [
     "Cost",
     "Dimension",
     "GroupLimits",
+    "LearningSync",
     "LimitBackend",
     "LimitBackendError",
     "Limiter",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from gateway.limits.learning import Figures, Lesson
 from gateway.limits.model import BucketSpec, Cost, NeverFits, Refused, Reservation
 
 
@@ -60,6 +61,11 @@ class LimitBackend(Protocol):
     ) -> None:
         """Lower each bucket to at most its ceiling (a level; negative is debt), in one atomic
         step; a bucket already at or below its ceiling is left alone, never raised."""
+        ...
+
+    async def learn(self, group: str, lesson: Lesson, *, now: float | None = None) -> Figures:
+        """Merge one instance's lesson into the fleet's learned figures of `group` and return
+        them, in one atomic step (`learning.merged`); figures idle for `LEARNED_TTL` expire."""
         ...
 
     async def ping(self) -> None:

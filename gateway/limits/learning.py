@@ -1,15 +1,21 @@
-"""`Learning`: what settled usage teaches each model group, kept per gateway instance.
+"""`Learning`: what settled usage teaches each model group, shared by the fleet.
 
 Two running figures per group, both moving averages that start as plain means (the first
-sample counts fully) and then weigh new samples by `alpha`:
+sample counts fully) and then weigh new samples by `ALPHA`:
 
 - the input ratio: actual / estimated input tokens, averaged as a log-ratio clipped to
-  [1/bound, bound], so one odd request (a huge cached prompt, a tokenizer surprise) moves it
-  at most a little; new estimates are multiplied by it;
+  [1/RATIO_BOUND, RATIO_BOUND], so one odd request (a huge cached prompt, a tokenizer
+  surprise) moves it at most a little; new estimates are multiplied by it;
 - the expected output: output tokens of complete responses, for `output_reservation:
   expected`. None until the group has settled one.
 
-Nothing is shared between instances: each learns from the responses it relays.
+Each instance learns from the responses it relays at once, and keeps the samples since its
+last sync per group. `LearningSync` (`learning_sync.py`) pushes them to the backend every
+few seconds and adopts the fleet's merged figures (`LimitBackend.learn`, the `merged`
+arithmetic below, transcribed by `lua/learn.lua`). A batch of `k` samples whose (clipped)
+mean is `m` moves a figure `v` that has seen `n` samples to
+`v + w * (m - v)` with `w = max(1 - (1 - ALPHA) ** k, k / (n + k))`: for one sample, exactly
+the local moving average; for a batch, about what `k` samples in a row would do.
 
 `LearnedLimits` keeps the limits the API reports in its `-limit` headers, for groups with
 `learn_limits` (or every group, with `GATEWAY_LEARN_LIMITS=true`).
@@ -21,69 +27,173 @@ import math
 import re
 from dataclasses import dataclass
 
-from gateway.limits.model import Dimension
+from gateway.limits.model import DAY, Dimension
 from gateway.limits.policy import GroupLimits
 
 ALPHA = 0.1
 RATIO_BOUND = 4.0
+COUNT_CAP = 1_000
+"""Most samples a figure counts: past 1 / ALPHA the count only says new samples weigh ALPHA."""
+OUTPUT_CAP = 1_000_000.0
+"""Highest expected output (tokens): above any model's output limit, a bound on bad input."""
+LEARNED_TTL = DAY
+"""The fleet forgets a group's figures after this many seconds without a sync."""
+_CLIP = math.log(RATIO_BOUND)
+_BOUNDS = ((-_CLIP, _CLIP), (0.0, OUTPUT_CAP))
+"""(low, high) of each figure: the input log-ratio, then the output tokens."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mean:
+    """A running mean and how many samples it has seen (at most COUNT_CAP); 0 = unknown."""
+
+    value: float = 0.0
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Samples:
+    """Samples gathered since the last sync: their sum and how many."""
+
+    total: float = 0.0
+    count: int = 0
+
+    def plus(self, other: Samples) -> Samples:
+        """Both batches as one."""
+        return Samples(self.total + other.total, self.count + other.count)
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What one group has learned: the input log-ratio and the output tokens."""
+
+    log_ratio: Mean = Mean()
+    output: Mean = Mean()
+
+
+@dataclass(frozen=True, slots=True)
+class Lesson:
+    """One instance's sync of one group: its figures now, and the samples since its last
+    sync (already in `seed`). The fleet takes `seed` when it knows nothing of the group
+    (first sync, expired, or Redis restarted), and merges the samples otherwise."""
+
+    seed: Figures
+    log_ratios: Samples = Samples()
+    outputs: Samples = Samples()
+
+    def rows(self) -> tuple[tuple[float, float, Mean, Samples], ...]:
+        """(low, high, seed, samples) per figure: the input log-ratio, then the output."""
+        return (
+            (*_BOUNDS[0], self.seed.log_ratio, self.log_ratios),
+            (*_BOUNDS[1], self.seed.output, self.outputs),
+        )
+
+
+def learning_key(group: str) -> str:
+    """The backend key of a group's fleet figures, e.g. `cgw:learning:{sonnet}`."""
+    return f"cgw:learning:{{{group}}}"
+
+
+def merged(stored: Figures, lesson: Lesson) -> Figures:
+    """The fleet's figures after one lesson: each figure seeded when unknown, else merged."""
+    (low, high, seed, new), (out_low, out_high, out_seed, out_new) = lesson.rows()
+    return Figures(
+        _merge(stored.log_ratio, seed, new, low, high),
+        _merge(stored.output, out_seed, out_new, out_low, out_high),
+    )
+
+
+def _merge(stored: Mean, seed: Mean, new: Samples, low: float, high: float) -> Mean:
+    if stored.count <= 0 < seed.count:
+        return Mean(max(low, min(high, seed.value)), min(seed.count, COUNT_CAP))
+    return _absorb(stored, new, low, high)
+
+
+def _absorb(mean: Mean, new: Samples, low: float, high: float) -> Mean:
+    """`mean` moved toward a batch's clipped mean, weighted by the batch's size."""
+    if new.count <= 0:
+        return mean
+    count = min(new.count, COUNT_CAP)
+    sample = max(low, min(high, new.total / new.count))
+    weight = max(1.0 - (1.0 - ALPHA) ** count, count / (mean.count + count))
+    return Mean(mean.value + weight * (sample - mean.value), min(mean.count + count, COUNT_CAP))
 
 
 @dataclass(slots=True)
 class _Group:
-    log_ratio: float = 0.0
-    ratio_samples: int = 0
-    expected_output: float | None = None
-    output_samples: int = 0
+    figures: Figures = Figures()
+    log_ratios: Samples = Samples()
+    outputs: Samples = Samples()
+    """Samples since the last sync (or gathered while it was in flight)."""
 
 
 class Learning:
     """Per-group input ratio and expected output, learned from settled responses."""
 
-    def __init__(self, *, alpha: float = ALPHA, bound: float = RATIO_BOUND) -> None:
-        self._alpha = alpha
-        self._clip = math.log(bound)
+    def __init__(self) -> None:
         self._groups: dict[str, _Group] = {}
 
     def snapshot(self) -> dict[str, tuple[float, float | None]]:
         """(input ratio, expected output) per group learned so far, for metrics."""
-        return {
-            name: (math.exp(state.log_ratio), state.expected_output)
-            for name, state in self._groups.items()
-        }
+        return {name: (self.input_ratio(name), self.expected_output(name)) for name in self._groups}
 
     def input_ratio(self, group: str) -> float:
         """Actual / estimated input tokens, learned so far (1.0 when nothing is known)."""
         state = self._groups.get(group)
-        return 1.0 if state is None else math.exp(state.log_ratio)
+        return 1.0 if state is None else math.exp(state.figures.log_ratio.value)
 
     def expected_output(self, group: str) -> float | None:
         """Mean output tokens of this group's complete responses, or None before the first."""
         state = self._groups.get(group)
-        return None if state is None else state.expected_output
+        if state is None or state.figures.output.count <= 0:
+            return None
+        return state.figures.output.value
 
     def observe_input(self, group: str, estimated: int, actual: int) -> None:
         """Move the group's input ratio toward `actual / estimated` (raw, unscaled estimate)."""
         if estimated <= 0 or actual <= 0:
             return
         state = self._groups.setdefault(group, _Group())
-        sample = max(-self._clip, min(self._clip, math.log(actual / estimated)))
-        state.ratio_samples += 1
-        weight = max(self._alpha, 1.0 / state.ratio_samples)
-        state.log_ratio += weight * (sample - state.log_ratio)
+        sample = Samples(max(-_CLIP, min(_CLIP, math.log(actual / estimated))), 1)
+        figures = state.figures
+        state.figures = Figures(_absorb(figures.log_ratio, sample, *_BOUNDS[0]), figures.output)
+        state.log_ratios = state.log_ratios.plus(sample)
 
     def observe_output(self, group: str, output_tokens: int) -> None:
         """Move the group's expected output toward one complete response's output."""
         state = self._groups.setdefault(group, _Group())
-        state.output_samples += 1
-        if state.expected_output is None:
-            state.expected_output = float(output_tokens)
-            return
-        weight = max(self._alpha, 1.0 / state.output_samples)
-        state.expected_output += weight * (output_tokens - state.expected_output)
+        sample = Samples(float(output_tokens), 1)
+        figures = state.figures
+        state.figures = Figures(figures.log_ratio, _absorb(figures.output, sample, *_BOUNDS[1]))
+        state.outputs = state.outputs.plus(sample)
 
     def scaled(self, group: str, estimate: int) -> int:
         """`estimate` times the group's input ratio, rounded up."""
         return math.ceil(estimate * self.input_ratio(group))
+
+    def lessons(self) -> dict[str, Lesson]:
+        """Take every group's samples since the last sync, as lessons for the backend;
+        `adopt` or `restore` each one."""
+        taken: dict[str, Lesson] = {}
+        for name, state in self._groups.items():
+            if state.log_ratios.count or state.outputs.count:
+                taken[name] = Lesson(state.figures, state.log_ratios, state.outputs)
+                state.log_ratios, state.outputs = Samples(), Samples()
+        return taken
+
+    def adopt(self, group: str, fleet: Figures) -> None:
+        """Use the fleet's merged figures, plus any samples gathered since the lesson."""
+        state = self._groups.setdefault(group, _Group())
+        state.figures = Figures(
+            _absorb(fleet.log_ratio, state.log_ratios, *_BOUNDS[0]),
+            _absorb(fleet.output, state.outputs, *_BOUNDS[1]),
+        )
+
+    def restore(self, group: str, lesson: Lesson) -> None:
+        """A lesson the backend did not take: keep its samples for the next sync."""
+        state = self._groups.setdefault(group, _Group())
+        state.log_ratios = lesson.log_ratios.plus(state.log_ratios)
+        state.outputs = lesson.outputs.plus(state.outputs)
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9.-]")
@@ -94,8 +204,8 @@ MAX_MODEL_GROUPS = 50
 class LearnedLimits:
     """Per group, the RPM/ITPM/OTPM the API's `anthropic-ratelimit-*-limit` headers reported.
 
-    Per gateway instance, like the figures above; every instance learns the same numbers from
-    the same API. Groups are keyed by name only: one organisation's limits per group, so a
+    Per gateway instance, unlike the figures above: every instance learns the same numbers
+    from the same API. Groups are keyed by name only: one organisation's limits per group, so a
     gateway shared by keys of organisations on different tiers should configure limits.
     """
 

@@ -1,8 +1,9 @@
 """`MemoryBackend`: the in-process `LimitBackend`, the embedded default and fail-open fallback.
 
-Same semantics as the Redis scripts because it runs the same arithmetic (`model.py`). Each
-call runs without awaiting, so it is atomic on the event loop. Idle buckets expire like Redis
-keys do, swept lazily at most once a minute of clock time, so memory stays bounded.
+Same semantics as the Redis scripts because it runs the same arithmetic (`model.py`,
+`learning.merged`). Each call runs without awaiting, so it is atomic on the event loop. Idle
+buckets and learned figures expire like Redis keys do, swept lazily at most once a minute of
+clock time, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.clock import Clock
+from gateway.limits.learning import LEARNED_TTL, Figures, Lesson, merged
 from gateway.limits.model import (
     MINUTE,
     BucketSpec,
@@ -41,6 +43,8 @@ class MemoryBackend:
         self._clock = clock
         self._sweep_every = sweep_every
         self._states: dict[str, _State] = {}
+        self._learned: dict[str, tuple[Figures, float]] = {}
+        """Per group: the fleet's figures and when they expire."""
         self._next_sweep = clock.now() + sweep_every
 
     def __len__(self) -> int:
@@ -87,18 +91,28 @@ class MemoryBackend:
             if ceiling < self._level(bucket, at):
                 self._store(bucket, ceiling, at)
 
+    async def learn(self, group: str, lesson: Lesson, *, now: float | None = None) -> Figures:
+        """Merge a lesson into the group's figures; see `LimitBackend.learn`."""
+        at = self._now(now)
+        stored, expires_at = self._learned.get(group, (Figures(), at))
+        figures = merged(stored if expires_at > at else Figures(), lesson)
+        self._learned[group] = (figures, at + LEARNED_TTL)
+        return figures
+
     async def ping(self) -> None:
         """Always answers: the state is in this process."""
 
     async def aclose(self) -> None:
-        """Drop every bucket."""
+        """Drop every bucket and learned figure."""
         self._states.clear()
+        self._learned.clear()
 
     def _now(self, now: float | None) -> float:
         """The explicit test time, or the clock's; sweeps idle buckets when one is due."""
         at = self._clock.now() if now is None else now
         if at >= self._next_sweep:
             self._states = {k: s for k, s in self._states.items() if s.expires_at > at}
+            self._learned = {k: v for k, v in self._learned.items() if v[1] > at}
             self._next_sweep = at + self._sweep_every
         return at
 

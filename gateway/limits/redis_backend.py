@@ -1,18 +1,26 @@
 """`RedisBackend`: the fleet-wide `LimitBackend`, one EVALSHA per reserve, adjust or cap.
 
-The scripts (`lua/*.lua`, package data) are registered once and run with EVALSHA; redis-py's
-`AsyncScript` loads them again on NOSCRIPT (after a restart, failover or SCRIPT FLUSH), on a
-single server and on Cluster alike (there SCRIPT LOAD goes to every primary). All keys of
-one call share the `{scope:group}` hash tag, so the call lands in one Cluster slot.
+The scripts (`lua/*.lua`, package data) run with EVALSHA and are loaded again on NOSCRIPT
+(after a restart, failover or SCRIPT FLUSH). All keys of one call share the `{scope:group}`
+hash tag, so the call lands in one Cluster slot.
 
-Every redis error (connection, timeout, script) leaves this module as `LimitBackendError`.
+Two transports sit behind one three-method seam (`evalsha`, `ping`, `aclose`): `RedisWire`
+(`redis_wire.py`, a pipelined RESP client) for a standalone `redis://` or `unix://` server,
+where the limiter's per-request CPU matters most, and redis-py for Cluster, `rediss://` and
+injected clients (fakeredis in tests). `from_url` picks.
+
+Settlements go through a `Coalescer` (`coalescing.py`): while one adjust of a
+`{scope:group}` is in flight, later ones are summed per bucket and sent as one EVALSHA when
+it lands; its docstring records the one difference this makes (deltas are clamped once).
+
+Every failure (connection, timeout, script) leaves this module as `LimitBackendError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib.resources import files
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -20,6 +28,16 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.limits.backend import LimitBackendError
+from gateway.limits.coalescing import Coalescer
+from gateway.limits.learning import (
+    ALPHA,
+    COUNT_CAP,
+    LEARNED_TTL,
+    Figures,
+    Lesson,
+    Mean,
+    learning_key,
+)
 from gateway.limits.model import (
     EXPIRY_MARGIN_MS,
     BucketSpec,
@@ -30,15 +48,24 @@ from gateway.limits.model import (
     changes,
     check_request,
 )
+from gateway.limits.redis_wire import RedisWire, Script, WireError
 
 _REFUSED = 1
+_WIRE_SCHEMES = ("redis://", "unix://")
+_MARGIN = str(EXPIRY_MARGIN_MS)
+_ENCODED_MAX = 4_096
+"""Buckets whose key and rates are kept encoded; beyond this the cache starts over."""
 
 
-def _script(name: str) -> str:
+def _script(name: str) -> Script:
     """A Lua script shipped in `gateway/limits/lua/`, after the shared `bucket.lua` prelude."""
     folder = files("gateway.limits") / "lua"
     prelude = (folder / "bucket.lua").read_text(encoding="utf-8")
-    return prelude + (folder / name).read_text(encoding="utf-8")
+    return Script((prelude + (folder / name).read_text(encoding="utf-8")).encode())
+
+
+_RESERVE, _ADJUST, _CAP = _script("reserve.lua"), _script("adjust.lua"), _script("cap.lua")
+_LEARN = _script("learn.lua")
 
 
 def _now_arg(now: float | None) -> str:
@@ -46,18 +73,46 @@ def _now_arg(now: float | None) -> str:
     return "" if now is None else repr(float(now))
 
 
-def _bucket_args(bucket: BucketSpec, amount: int) -> list[str]:
-    return [repr(bucket.capacity), repr(bucket.rate), str(amount)]
+class _Transport(Protocol):
+    """What `RedisBackend` needs from a Redis client."""
+
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """Run `script` (loading it on NOSCRIPT); raise the client's own errors."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _RedisPy:
+    """The redis-py transport: Cluster, TLS, and injected clients such as fakeredis."""
+
+    def __init__(self, client: Redis | RedisCluster) -> None:
+        self._client = client
+        self._scripts: dict[bytes, AsyncScript] = {}
+
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        registered = self._scripts.get(script.sha)
+        if registered is None:  # AsyncScript reloads on NOSCRIPT, on every Cluster primary
+            registered = self._client.register_script(script.source)
+            self._scripts[script.sha] = registered
+        return await registered(keys=keys, args=args)
+
+    async def ping(self) -> None:
+        await self._client.ping()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 class RedisBackend:
     """Token buckets in Redis (standalone or Cluster), shared by every gateway instance."""
 
-    def __init__(self, client: Redis | RedisCluster) -> None:
-        self._client = client
-        self._reserve = client.register_script(_script("reserve.lua"))
-        self._adjust = client.register_script(_script("adjust.lua"))
-        self._cap = client.register_script(_script("cap.lua"))
+    def __init__(self, client: Redis | RedisCluster | RedisWire) -> None:
+        self._transport: _Transport = client if isinstance(client, RedisWire) else _RedisPy(client)
+        self._encoded: dict[BucketSpec, tuple[str, str, str, str]] = {}
+        self._settlements = Coalescer(self._apply)
 
     @classmethod
     def from_url(
@@ -67,21 +122,21 @@ class RedisBackend:
         cluster: bool = False,
         timeout: float = 1.0,
         max_connections: int = 16,
-        **options: Any,
     ) -> RedisBackend:
-        """A backend on `url` (`redis://`, `rediss://`; a seed node's URL when `cluster`).
+        """A backend on `url` (`redis://`, `unix://`, `rediss://`; a seed node's when `cluster`).
 
-        `cluster=True` uses the Cluster client, which discovers the other nodes; `timeout`
-        bounds connecting and every command, so a hung server fails fast. Connections are
-        pooled and bounded (`max_connections` per node): a burst of admissions waits briefly
-        for a free connection instead of opening one connection per request, which under
-        load turns into a storm of slow connects and spurious timeouts.
+        A standalone `redis://` or `unix://` server gets `RedisWire`: one persistent,
+        pipelined connection. `cluster=True` uses redis-py's Cluster client, which discovers
+        the other nodes; `rediss://` uses redis-py's pool, bounded at `max_connections` per
+        node so a burst waits briefly for a free connection instead of opening one per
+        request. `timeout` bounds connecting and every command, so a hung server fails fast.
         """
+        if not cluster and url.startswith(_WIRE_SCHEMES):
+            return cls(RedisWire.from_url(url, timeout=timeout))
         settings: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
             "max_connections": max_connections,
-            **options,
         }
         if cluster:
             return cls(RedisCluster.from_url(url, **settings))
@@ -100,10 +155,13 @@ class RedisBackend:
         never = check_request(buckets, cost)
         if never is not None:
             return never
-        args = [_now_arg(now), repr(float(max_wait)), str(EXPIRY_MARGIN_MS)]
+        keys: list[str] = []
+        args: list[str | int] = [_now_arg(now), repr(float(max_wait)), _MARGIN]
         for bucket in buckets:
-            args += _bucket_args(bucket, cost.on(bucket.dimension))
-        reply = await self._run(self._reserve, [b.key for b in buckets], args)
+            key, _, capacity, rate = self._encode(bucket)
+            keys.append(key)
+            args += (capacity, rate, cost.on(bucket.dimension))
+        reply = await self._run(_RESERVE, keys, args)
         try:
             return _outcome(buckets, cost, reply)
         except (TypeError, ValueError, IndexError) as exc:
@@ -112,14 +170,14 @@ class RedisBackend:
     async def adjust(
         self, reservation: Reservation, delta: Cost, *, now: float | None = None
     ) -> None:
-        """Charge or refund every bucket of a reservation; see `LimitBackend.adjust`."""
+        """Charge or refund every bucket of a reservation; see `LimitBackend.adjust`.
+
+        While an adjust of the same hash tag is in flight, this one joins the batch queued
+        behind it (see `Coalescer`) and returns once that batch is applied.
+        """
         touched = changes(reservation.buckets, delta)
-        if not touched:
-            return
-        args = [_now_arg(now), str(EXPIRY_MARGIN_MS)]
-        for bucket, amount in touched:
-            args += _bucket_args(bucket, amount)
-        await self._run(self._adjust, [bucket.key for bucket, _ in touched], args)
+        if touched:
+            await self._settlements.adjust(self._encode(touched[0][0])[1], touched, now)
 
     async def cap(
         self, buckets: Sequence[BucketSpec], ceilings: Sequence[float], *, now: float | None = None
@@ -127,27 +185,67 @@ class RedisBackend:
         """Lower each bucket to at most its ceiling; see `LimitBackend.cap`."""
         if not buckets:
             return
-        args = [_now_arg(now), str(EXPIRY_MARGIN_MS)]
+        keys: list[str] = []
+        args: list[str | int] = [_now_arg(now), _MARGIN]
         for bucket, ceiling in zip(buckets, ceilings, strict=True):
-            args += [repr(bucket.capacity), repr(bucket.rate), repr(float(ceiling))]
-        await self._run(self._cap, [bucket.key for bucket in buckets], args)
+            key, _, capacity, rate = self._encode(bucket)
+            keys.append(key)
+            args += (capacity, rate, repr(float(ceiling)))
+        await self._run(_CAP, keys, args)
+
+    async def learn(self, group: str, lesson: Lesson, *, now: float | None = None) -> Figures:
+        """Merge a lesson into the group's figures; see `LimitBackend.learn`. One key per
+        group, whatever the scope; it expires on Redis's clock, so `now` is not used."""
+        args: list[str | int] = [round(LEARNED_TTL * 1000), repr(ALPHA), COUNT_CAP]
+        for low, high, seed, new in lesson.rows():
+            args += (repr(low), repr(high), repr(seed.value), seed.count)
+            args += (repr(new.total), new.count)
+        reply = await self._run(_LEARN, [learning_key(group)], args)
+        try:
+            return Figures(
+                Mean(float(reply[0]), int(reply[1])), Mean(float(reply[2]), int(reply[3]))
+            )
+        except (TypeError, ValueError, IndexError) as exc:
+            raise LimitBackendError(f"unexpected learn reply: {reply!r}") from exc
 
     async def ping(self) -> None:
         """Return when Redis answers PING."""
         try:
-            await self._client.ping()
-        except (RedisError, OSError) as exc:
+            await self._transport.ping()
+        except (RedisError, WireError, OSError) as exc:
             raise LimitBackendError(f"redis ping failed: {exc}") from exc
 
     async def aclose(self) -> None:
-        """Close the client's connections."""
-        await self._client.aclose()
+        """Let queued settlements land, then close the client's connections."""
+        await self._settlements.drain()
+        await self._transport.aclose()
 
-    async def _run(self, script: AsyncScript, keys: list[str], args: list[str]) -> Any:
-        """Run one registered script; map every redis failure to LimitBackendError."""
+    async def _apply(self, touched: Sequence[tuple[BucketSpec, int]], now: float | None) -> None:
+        """One adjust.lua call for `touched` (all of one hash tag)."""
+        keys: list[str] = []
+        args: list[str | int] = [_now_arg(now), _MARGIN]
+        for bucket, amount in touched:
+            key, _, capacity, rate = self._encode(bucket)
+            keys.append(key)
+            args += (capacity, rate, amount)
+        await self._run(_ADJUST, keys, args)
+
+    def _encode(self, bucket: BucketSpec) -> tuple[str, str, str, str]:
+        """A bucket's key, hash tag, capacity and rate as the scripts take them (cached:
+        buckets are rebuilt per request, but from a handful of distinct values)."""
+        encoded = self._encoded.get(bucket)
+        if encoded is None:
+            if len(self._encoded) >= _ENCODED_MAX:
+                self._encoded.clear()
+            encoded = (bucket.key, bucket.hash_tag, repr(bucket.capacity), repr(bucket.rate))
+            self._encoded[bucket] = encoded
+        return encoded
+
+    async def _run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        """Run one script; map every transport failure to LimitBackendError."""
         try:
-            return await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+            return await self._transport.evalsha(script, keys, args)
+        except (RedisError, WireError, OSError) as exc:
             raise LimitBackendError(f"redis script failed: {exc}") from exc
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,7 +17,12 @@ from tests.support.redis_server import RedisServer
 
 SCOPE = "k1"
 GROUP = "sonnet"
-ALL_BACKENDS = ["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)]
+ALL_BACKENDS = [
+    "memory",
+    "fakeredis",
+    pytest.param("redis", marks=pytest.mark.redis),  # from_url: the RedisWire transport
+    pytest.param("redis-py", marks=pytest.mark.redis),  # the redis-py transport, same server
+]
 
 
 def bucket(
@@ -24,6 +30,24 @@ def bucket(
 ) -> BucketSpec:
     """A bucket of the test scope and group."""
     return BucketSpec.create(scope, GROUP, dimension, limit, headroom=headroom)
+
+
+@asynccontextmanager
+async def hung_server() -> AsyncIterator[str]:
+    """The URL of a server on 127.0.0.1 that accepts connections and never answers."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.fixture
@@ -45,7 +69,8 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio
 async def open_backend(
     kind: str, clock: FakeClock, request: pytest.FixtureRequest
 ) -> AsyncIterator[LimitBackend]:
-    """A fresh, empty backend of `kind`: memory, fakeredis or redis (the real server)."""
+    """A fresh, empty backend of `kind`: memory, fakeredis, or the real server through
+    `RedisWire` (redis) or redis-py (redis-py)."""
     if kind == "memory":
         opened: LimitBackend = MemoryBackend(clock)
     elif kind == "fakeredis":
@@ -55,7 +80,10 @@ async def open_backend(
         admin = redis.asyncio.Redis.from_url(server.url)
         await admin.flushall()
         await admin.aclose()
-        opened = RedisBackend.from_url(server.url)
+        if kind == "redis":
+            opened = RedisBackend.from_url(server.url)
+        else:
+            opened = RedisBackend(redis.asyncio.Redis.from_url(server.url))
     try:
         yield opened
     finally:

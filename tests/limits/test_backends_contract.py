@@ -6,6 +6,7 @@ what proves the Lua scripts and the Python arithmetic agree.
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -298,7 +299,14 @@ async def random_traffic(backend: LimitBackend, clock: FakeClock, seed: int) -> 
     return outcomes
 
 
-@pytest.mark.parametrize("kind", ["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "fakeredis",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis-py", marks=pytest.mark.redis),
+    ],
+)
 async def test_lua_agrees_with_python_on_random_traffic(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
@@ -308,3 +316,16 @@ async def test_lua_agrees_with_python_on_random_traffic(
     async with open_backend(kind, redis_clock, request) as backend:
         actual = await random_traffic(backend, redis_clock, seed=7)
     assert expected == actual
+
+
+async def test_concurrent_settlements_all_land(backend: LimitBackend, clock: FakeClock) -> None:
+    """Twenty settlements of one group at once (coalesced on Redis) each return once applied."""
+    rpm, itpm = bucket(Dimension.REQUESTS, 60), bucket(Dimension.INPUT_TOKENS, 60_000)
+    held = [await reserved(backend, [rpm, itpm], Cost(1, 2_000), clock) for _ in range(20)]
+    deltas = [Cost(-1, -1_000) if n % 2 else Cost(0, 500) for n in range(20)]
+    await asyncio.gather(*(
+        backend.adjust(r, d, now=clock.now()) for r, d in zip(held, deltas, strict=True)
+    ))  # fmt: skip
+    after = await reserved(backend, [rpm, itpm], Cost(1, 0), clock)
+    # 20 requests less 10 refunded, then this one; 40,000 tokens less 10 x 1,000 plus 10 x 500
+    assert (49.0, 25_000.0) == after.levels

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from gateway.limits.learning import Learning
+import math
+
+import pytest
+
+from gateway.limits.learning import Figures, Learning, Lesson, Mean, Samples, merged
 
 
 def test_nothing_learned_means_ratio_one_and_no_expected_output() -> None:
@@ -38,3 +42,64 @@ def test_expected_output_is_the_mean_then_a_moving_average() -> None:
     for output in (100, 200, 300):
         learning.observe_output("a", output)
     assert (200.0, None) == (learning.expected_output("a"), learning.expected_output("b"))
+
+
+def test_lessons_take_only_new_samples_once() -> None:
+    """A lesson carries the group's figures and its samples since the last one, once."""
+    learning = Learning()
+    learning.observe_input("g", 100, 200)
+    learning.observe_output("g", 300)
+    learning.observe_output("h", 50)
+    first = learning.lessons()
+    learning.observe_output("h", 70)
+    second = learning.lessons()
+    ratio = Mean(math.log(2), 1)
+    assert (
+        Lesson(Figures(ratio, Mean(300.0, 1)), Samples(math.log(2), 1), Samples(300.0, 1))
+        == (first["g"])
+    )
+    assert (["g", "h"], ["h"], Samples(70.0, 1)) == (
+        sorted(first),
+        sorted(second),
+        second["h"].outputs,
+    )
+
+
+def test_adopt_uses_the_fleet_figures_plus_samples_gathered_meanwhile() -> None:
+    """The fleet's figures replace the local ones; samples since the lesson stay on top."""
+    learning = Learning()
+    learning.observe_output("g", 1_000)
+    learning.lessons()
+    learning.observe_output("g", 400)  # arrives while the sync is in flight
+    learning.adopt("g", Figures(Mean(math.log(1.5), 50), Mean(200.0, 50)))
+    again = learning.lessons()["g"]
+    assert (1.5, 220.0, Samples(400.0, 1)) == (
+        round(learning.input_ratio("g"), 9),
+        learning.expected_output("g"),
+        again.outputs,
+    )
+
+
+def test_restore_keeps_unsent_samples_for_the_next_lesson() -> None:
+    """Samples of a lesson the backend did not take are sent with the next one."""
+    learning = Learning()
+    learning.observe_output("g", 100)
+    learning.restore("g", learning.lessons()["g"])
+    learning.observe_output("g", 300)
+    assert (Samples(400.0, 2), 200.0) == (
+        learning.lessons()["g"].outputs,
+        learning.expected_output("g"),
+    )
+
+
+def test_a_merged_batch_equals_its_samples_one_by_one() -> None:
+    """Batches from two instances move the fleet as their samples would, one at a time."""
+    fleet = Figures(Mean(0.0, 200))
+    a = Lesson(Figures(), Samples(5 * math.log(1.3), 5))
+    b = Lesson(Figures(), Samples(3 * math.log(0.9), 3))
+    one_by_one = fleet
+    for sample in [math.log(1.3)] * 5 + [math.log(0.9)] * 3:
+        one_by_one = merged(one_by_one, Lesson(Figures(), Samples(sample, 1)))
+    batched = merged(merged(fleet, a), b)
+    assert one_by_one.log_ratio.count == batched.log_ratio.count
+    assert one_by_one.log_ratio.value == pytest.approx(batched.log_ratio.value, rel=1e-9)

@@ -28,6 +28,7 @@ from gateway.limits import (
     UnknownModel,
     Unlimited,
 )
+from gateway.limits.learning import Figures, Lesson
 from tests.limits.conftest import SCOPE, bucket
 from tests.support.fake_clock import FakeClock
 
@@ -78,6 +79,10 @@ class FlakyBackend:
     ) -> None:
         self._call("cap")
         await self.inner.cap(buckets, ceilings, now=now)
+
+    async def learn(self, group: str, lesson: Lesson, *, now: float | None = None) -> Figures:
+        self._call("learn")
+        return await self.inner.learn(group, lesson, now=now)
 
     async def ping(self) -> None:
         self._call("ping")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -10,7 +11,8 @@ from redis.exceptions import RedisError
 
 from gateway.limits import BucketSpec, Cost, Dimension, LimitBackendError, Refused, Reservation
 from gateway.limits.redis_backend import RedisBackend
-from tests.limits.conftest import bucket
+from gateway.limits.redis_wire import RedisWire, WireConnectionError
+from tests.limits.conftest import bucket, hung_server
 from tests.support.redis_server import RedisServer
 
 ONE_REQUEST = Cost(requests=1)
@@ -18,12 +20,20 @@ RPM = bucket(Dimension.REQUESTS, 60)
 ITPM = bucket(Dimension.INPUT_TOKENS, 6_000)
 
 
-@pytest.fixture
+def open_on(url: str, transport: str, *, timeout: float = 1.0) -> RedisBackend:
+    """A backend on `url` through `transport`: `wire` (from_url's pick) or `redis-py`."""
+    if transport == "wire":
+        return RedisBackend.from_url(url, timeout=timeout)
+    client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout)
+    return RedisBackend(client)
+
+
+@pytest.fixture(params=["wire", "redis-py"])
 async def backend(
-    redis_client: redis.asyncio.Redis, redis_server: RedisServer
+    request: pytest.FixtureRequest, redis_client: redis.asyncio.Redis, redis_server: RedisServer
 ) -> AsyncIterator[RedisBackend]:
-    """A backend on the flushed real server."""
-    opened = RedisBackend.from_url(redis_server.url)
+    """A backend on the flushed real server, through each transport in turn."""
+    opened = open_on(redis_server.url, request.param)
     yield opened
     await opened.aclose()
 
@@ -108,18 +118,23 @@ async def test_each_call_is_one_evalsha_of_o_buckets_commands(
     assert expected == {name: n for name, n in delta.items() if n and name != "info"}
 
 
-async def test_unreachable_redis_raises_limit_backend_error() -> None:
-    """Connection failures leave the backend as LimitBackendError, the redis error chained."""
+@pytest.mark.parametrize(
+    ("transport", "cause"), [("wire", WireConnectionError), ("redis-py", RedisError)]
+)
+async def test_unreachable_redis_raises_limit_backend_error(
+    transport: str, cause: type[Exception]
+) -> None:
+    """Connection failures leave the backend as LimitBackendError, the client's error chained."""
     dead = RedisServer()  # a free port with nothing listening
-    backend = RedisBackend.from_url(dead.url, timeout=0.5)
+    backend = open_on(dead.url, transport, timeout=0.5)
     with pytest.raises(LimitBackendError) as reserving:
         await backend.reserve([RPM], ONE_REQUEST, max_wait=0)
     with pytest.raises(LimitBackendError) as pinging:
         await backend.ping()
     await backend.aclose()
     assert (True, True) == (
-        isinstance(reserving.value.__cause__, RedisError),
-        isinstance(pinging.value.__cause__, RedisError),
+        isinstance(reserving.value.__cause__, cause),
+        isinstance(pinging.value.__cause__, cause),
     )
 
 
@@ -145,3 +160,73 @@ async def test_cluster_reserves_in_one_slot_and_reloads_scripts(
         Refused(ITPM, retry_after=0.1, remaining=0.0),
     )
     assert expected == (first, second)
+
+
+def test_from_url_picks_the_wire_for_standalone_and_redis_py_otherwise() -> None:
+    """`redis://` and `unix://` get RedisWire; Cluster and `rediss://` keep redis-py."""
+    picked = {
+        url: type(RedisBackend.from_url(url, cluster=cluster)._transport).__name__
+        for url, cluster in [
+            ("redis://127.0.0.1:6379/0", False),
+            ("unix:///tmp/redis.sock", False),
+            ("rediss://127.0.0.1:6379/0", False),
+            ("redis://127.0.0.1:6379", True),
+        ]
+    }
+    expected = {
+        "redis://127.0.0.1:6379/0": "RedisWire",
+        "unix:///tmp/redis.sock": "RedisWire",
+        "rediss://127.0.0.1:6379/0": "_RedisPy",
+        "redis://127.0.0.1:6379": "_RedisPy",
+    }
+    assert expected == picked
+
+
+@pytest.mark.redis
+async def test_concurrent_settlements_of_one_group_share_one_evalsha(
+    backend: RedisBackend, redis_client: redis.asyncio.Redis
+) -> None:
+    """While one adjust of a hash tag is in flight, the rest queue and go as one EVALSHA."""
+    held = [await backend.reserve([RPM, ITPM], Cost(1, 100), max_wait=0) for _ in range(10)]
+    before = await command_counts(redis_client)
+    await asyncio.gather(*(
+        backend.adjust(r, Cost(-1, -100)) for r in held if isinstance(r, Reservation)
+    ))  # fmt: skip
+    after = await command_counts(redis_client)
+    level = await backend.reserve([RPM, ITPM], Cost(1, 0), max_wait=0)
+    assert isinstance(level, Reservation)
+    assert (2, 59.0, 6_000.0) == (
+        after["evalsha"] - before["evalsha"],  # the first alone, then the other nine summed
+        round(level.levels[0], 3),
+        round(level.levels[1], 3),
+    )
+
+
+@pytest.mark.redis
+async def test_coalesced_settlements_are_clamped_once(
+    backend: RedisBackend, redis_client: redis.asyncio.Redis
+) -> None:
+    """A batch applies the sum of its deltas: a refund that would overflow offsets a charge."""
+    reservation = Reservation((RPM,), ONE_REQUEST, 0.0, (60.0,))
+    await asyncio.gather(
+        backend.adjust(reservation, Cost(requests=5), now=1_000.0),  # flies alone
+        backend.adjust(reservation, Cost(requests=-9), now=1_000.0),  # batch: -9 + 3 = -6
+        backend.adjust(reservation, Cost(requests=3), now=1_000.0),
+    )
+    # one by one: 60 - 5 = 55, min(60, 55 + 9) = 60, 60 - 3 = 57; summed: min(60, 55 + 6)
+    assert b"60 1000" == await redis_client.get(RPM.key)
+
+
+async def test_a_failed_batch_fails_each_of_its_settlements() -> None:
+    """When Redis does not answer, every settlement queued behind the flight raises."""
+    reservation = Reservation((RPM,), ONE_REQUEST, 0.0, (59.0,))
+    async with hung_server() as url:
+        backend = RedisBackend(RedisWire.from_url(url, timeout=0.05))
+        try:
+            outcomes = await asyncio.gather(
+                *(backend.adjust(reservation, Cost(requests=-1)) for _ in range(3)),
+                return_exceptions=True,
+            )
+        finally:
+            await backend.aclose()
+    assert [LimitBackendError] * 3 == [type(outcome) for outcome in outcomes]

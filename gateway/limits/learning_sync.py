@@ -1,0 +1,100 @@
+"""`LearningSync`: share what each instance learns with the fleet, off the request path.
+
+Every `SYNC_SECONDS`, for each group with samples since its last sync, one
+`LimitBackend.learn` call pushes them and adopts the fleet's merged figures: at most one call
+per group per interval per instance, never one per request. The app runs `run()` as a
+background task beside the limiter (`app.limiter_ctx`) and cancels it on shutdown.
+
+A backend failure keeps the samples for the next pass (local learning goes on meanwhile),
+ends the pass (Redis is down: the other groups can wait too), and is logged at most once a
+`LOG_EVERY` seconds as `limits.learning_sync_failed`; `limits.learning_sync_recovered`
+follows the next good pass. It does not touch the limiter's circuit breaker: the breaker
+keeps a dead Redis from costing requests latency, and no request waits for a sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from gateway.clock import Clock
+from gateway.limits.backend import LimitBackend, LimitBackendError
+from gateway.limits.learning import Learning
+
+log = structlog.get_logger(__name__)
+
+SYNC_SECONDS = 5.0
+"""How often an instance syncs a group it has new samples of (see docs/token-accounting.md)."""
+LOG_EVERY = 60.0
+"""Least seconds between two `limits.learning_sync_failed` lines."""
+
+
+def _ignore(operation: str, seconds: float, ok: bool) -> None:
+    """The default observer: metrics are optional."""
+
+
+class LearningSync:
+    """Push a `Learning`'s new samples to a backend and adopt the fleet's figures."""
+
+    def __init__(
+        self,
+        learning: Learning,
+        backend: LimitBackend,
+        clock: Clock,
+        *,
+        every: float = SYNC_SECONDS,
+        on_backend_call: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
+        self._learning = learning
+        self._backend = backend
+        self._clock = clock
+        self._every = every
+        self._observe = on_backend_call or _ignore
+        self._failures = 0
+        """Failed passes since the last good one."""
+        self._logged_at: float | None = None
+
+    async def run(self) -> None:
+        """Sync every `every` seconds until cancelled; a bug is logged, not the task's end.
+
+        Tests drive it with a clock whose `sleep` blocks until told (`TickClock` in
+        tests/limits/test_learning_sync.py): a `FakeClock`'s returns at once, so it would spin.
+        """
+        while True:
+            await self._clock.sleep(self._every)
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("limits.learning_sync_error")
+
+    async def sync(self) -> bool:
+        """One pass over the groups with new samples; False when the backend failed."""
+        lessons = list(self._learning.lessons().items())
+        for index, (group, lesson) in enumerate(lessons):
+            started = self._clock.now()
+            try:
+                figures = await self._backend.learn(group, lesson)
+            except LimitBackendError as exc:
+                self._observe("learn", self._clock.now() - started, False)
+                for later, unsent in lessons[index:]:
+                    self._learning.restore(later, unsent)
+                self._failed(group, exc)
+                return False
+            self._observe("learn", self._clock.now() - started, True)
+            self._learning.adopt(group, figures)
+        if self._failures and lessons:
+            log.info("limits.learning_sync_recovered", failed_passes=self._failures)
+            self._failures, self._logged_at = 0, None
+        return True
+
+    def _failed(self, group: str, exc: LimitBackendError) -> None:
+        """Count a failed pass; log it unless one was logged less than LOG_EVERY ago."""
+        self._failures += 1
+        now = self._clock.now()
+        if self._logged_at is not None and now - self._logged_at < LOG_EVERY:
+            return
+        self._logged_at = now
+        log.warning(
+            "limits.learning_sync_failed", group=group, error=str(exc), failed_passes=self._failures
+        )

@@ -1,0 +1,281 @@
+"""`RedisWire`: a small pipelined RESP client for one standalone Redis, built for EVALSHA.
+
+The limiter sends one EVALSHA per admission, from many concurrent requests. redis-py spends
+more CPU on each (pool checkout, per-command parser set-up, response callbacks) than the
+gateway spends on the rest of the request, so `RedisBackend.from_url` uses this client for
+`redis://` and `unix://` URLs and keeps redis-py for Cluster and TLS.
+
+How it works: a few persistent connections (one by default), each an `asyncio.Protocol`
+with a FIFO of futures. Commands are packed by `hiredis.pack_command`, and all written in
+one loop tick go out in one `write` (pipelining); replies are parsed by `hiredis.Reader` and
+resolve the futures in order. One timer per connection watches the oldest command: when it
+has waited longer than `timeout`, the connection is declared hung, everything pending on it
+fails, and the socket is dropped. A lost connection also fails everything pending; the next
+command reconnects (AUTH and SELECT from the URL). `evalsha` answers NOSCRIPT (restart,
+failover, SCRIPT FLUSH) with SCRIPT LOAD and one retry.
+
+Exception tree::
+
+    WireError                 anything this client raises
+    ├── WireConnectionError   cannot connect, connection lost, or no reply within `timeout`
+    └── WireReplyError        Redis answered with an error (NOSCRIPT, WRONGPASS, a Lua error)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import hiredis
+
+_pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)  # C; stubs too narrow
+
+
+class WireError(Exception):
+    """The Redis command failed."""
+
+
+class WireConnectionError(WireError):
+    """No connection, a lost one, or a reply that did not come within the timeout."""
+
+
+class WireReplyError(WireError):
+    """Redis replied with an error; the message is Redis's (e.g. `NOSCRIPT ...`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script and its SHA1, as EVALSHA names it."""
+
+    source: bytes
+    sha: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        digest = hashlib.sha1(self.source, usedforsecurity=False).hexdigest()
+        object.__setattr__(self, "sha", digest.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where and as whom to connect: a TCP host and port, or a Unix socket path."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: str | None = None
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> Address:
+        """`redis://[[user]:password@]host[:port][/db]` or `unix://[[user]:password@]/path[?db=N]`."""
+        parts = urlsplit(url)
+        query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
+        if parts.scheme == "unix":
+            return cls(path=unquote(parts.path), username=user, password=password,
+                       db=int(query.get("db", 0)))  # fmt: skip
+        if parts.scheme != "redis":
+            raise ValueError(f"RedisWire speaks redis:// and unix://, not {parts.scheme}://")
+        db = parts.path.strip("/") or query.get("db", "0")
+        return cls(parts.hostname or "127.0.0.1", parts.port or 6379, None, user, password, int(db))
+
+    def handshake(self) -> list[tuple[str | bytes, ...]]:
+        """The commands a fresh connection sends before any other (AUTH, SELECT)."""
+        commands: list[tuple[str | bytes, ...]] = []
+        if self.password is not None:
+            who = () if self.username is None else (self.username,)
+            commands.append((b"AUTH", *who, self.password))
+        if self.db:
+            commands.append((b"SELECT", str(self.db)))
+        return commands
+
+
+class _Connection(asyncio.Protocol):
+    """One socket: pipelined writes, in-order replies, a watchdog on the oldest command."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._reader = hiredis.Reader(replyError=WireReplyError)
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._out: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue one packed command for this tick's write; the future gets its reply."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        deadline = self._loop.time() + self._timeout
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(command)
+        self._waiting.append((future, deadline))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(deadline, self._watch)
+        return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self._transport is not None and not self.closed:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        waiting = self._waiting
+        try:
+            while (reply := self._reader.gets()) is not False:
+                future, _ = waiting.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
+            self.abort(f"redis protocol error: {exc!r}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail("redis connection lost" + (f": {exc}" if exc else ""))
+
+    def _watch(self) -> None:
+        """Fail the connection if its oldest command is overdue, else look again later."""
+        self._watchdog = None
+        if not self._waiting:
+            return
+        deadline = self._waiting[0][1]
+        if self._loop.time() >= deadline:
+            self.abort(f"no reply from redis within {self._timeout:g} s")
+        else:
+            self._watchdog = self._loop.call_at(deadline, self._watch)
+
+    def abort(self, reason: str) -> None:
+        """Drop the socket and fail everything pending with `reason`."""
+        self._fail(reason)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _fail(self, reason: str) -> None:
+        self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        while self._waiting:
+            future, _ = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(WireConnectionError(reason))
+
+
+class RedisWire:
+    """A pipelined client for one standalone Redis: `evalsha`, `execute`, `ping`, `aclose`."""
+
+    def __init__(self, address: Address, *, timeout: float = 1.0, connections: int = 1) -> None:
+        if connections < 1:
+            raise ValueError("connections must be >= 1")
+        self._address = address
+        self._timeout = timeout
+        self._slots: list[_Connection | None] = [None] * connections
+        self._next = 0
+        self._opening: list[asyncio.Task[_Connection] | None] = [None] * connections
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 1.0, connections: int = 1) -> RedisWire:
+        """A client for a `redis://` or `unix://` URL; connects on first use."""
+        return cls(Address.from_url(url), timeout=timeout, connections=connections)
+
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """Run `script` by SHA; on NOSCRIPT load it and retry once."""
+        command = _pack((b"EVALSHA", script.sha, len(keys), *keys, *args))
+        try:
+            return await self._call(command)
+        except WireReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        await self._call(_pack((b"SCRIPT", b"LOAD", script.source)))
+        return await self._call(command)
+
+    async def execute(self, *args: str | bytes | int) -> Any:
+        """Run any one command; Redis error replies raise `WireReplyError`."""
+        return await self._call(_pack(args))
+
+    async def ping(self) -> None:
+        """Return when Redis answers PING."""
+        await self.execute(b"PING")
+
+    async def aclose(self) -> None:
+        """Close every connection; commands still pending fail."""
+        self._closed = True
+        for opening in self._opening:
+            if opening is not None:
+                opening.cancel()
+        for index, connection in enumerate(self._slots):
+            if connection is not None:
+                connection.abort("redis client closed")
+            self._slots[index] = None
+
+    async def _call(self, command: bytes) -> Any:
+        index = self._next
+        if len(self._slots) > 1:
+            self._next = (index + 1) % len(self._slots)
+        connection = self._slots[index]
+        if connection is None or connection.closed:
+            connection = await self._connect(index)
+        reply = await connection.send(command)
+        if isinstance(reply, WireReplyError):
+            raise reply
+        return reply
+
+    async def _connect(self, index: int) -> _Connection:
+        """A fresh connection for slot `index`; concurrent callers share one attempt, so a
+        burst against an unreachable server costs one connect timeout, not one each."""
+        if self._closed:
+            raise WireConnectionError("redis client closed")
+        opening = self._opening[index]
+        if opening is None:
+            opening = asyncio.get_running_loop().create_task(self._open())
+            self._opening[index] = opening
+            opening.add_done_callback(lambda done: self._opened(index, done))
+        return await asyncio.shield(opening)
+
+    def _opened(self, index: int, attempt: asyncio.Task[_Connection]) -> None:
+        self._opening[index] = None
+        if attempt.cancelled() or attempt.exception() is not None:  # marks it retrieved
+            return
+        connection = attempt.result()
+        if self._closed:
+            connection.abort("redis client closed")
+        else:
+            self._slots[index] = connection
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        address = self._address
+        try:
+            async with asyncio.timeout(self._timeout):
+                if address.path is not None:
+                    _, connection = await loop.create_unix_connection(
+                        lambda: _Connection(loop, self._timeout), address.path
+                    )
+                else:
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(loop, self._timeout), address.host, address.port
+                    )
+        except (OSError, TimeoutError) as exc:
+            where = address.path or f"{address.host}:{address.port}"
+            raise WireConnectionError(f"cannot connect to redis at {where}: {exc!r}") from exc
+        handshake = [connection.send(_pack(c)) for c in address.handshake()]
+        try:
+            for reply in await asyncio.gather(*handshake):
+                if isinstance(reply, WireReplyError):
+                    raise reply
+        except BaseException:  # a refused AUTH, a timeout, or a cancelled attempt
+            connection.abort("redis handshake failed")
+            raise
+        return connection
