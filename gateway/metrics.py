@@ -333,7 +333,7 @@ class GatewayMetrics:
         self._queue_depth.dec()
 
     def backend_call(self, operation: str, seconds: float, ok: bool) -> None:
-        """One limiter backend round trip (`reserve`, `adjust`, `cap` or `learn`) and whether it failed."""
+        """One limiter backend round trip (reserve, adjust, cap, learn) and whether it failed."""
         self._labelled(self._backend_latency, operation).observe(seconds)
         if not ok:
             self._labelled(self._backend_errors, operation).inc()
