@@ -6,15 +6,21 @@ upstream `request-id` and how the body ended without the two passing values arou
 
 from __future__ import annotations
 
-import secrets
+import random
 from dataclasses import dataclass
 
 from aiohttp import web
 
+_ids = random.Random()  # seeded from os.urandom once; ids need uniqueness, not secrecy
+
 
 def new_request_id() -> str:
-    """The gateway's own request id: plainly not an upstream `req_...` id."""
-    return "gw_" + secrets.token_hex(12)
+    """The gateway's own request id: plainly not an upstream `req_...` id.
+
+    96 random bits from a per-process generator seeded by the OS: as unique as
+    `secrets.token_hex(12)` without a `getrandom` system call on every request.
+    """
+    return f"gw_{_ids.getrandbits(96):024x}"
 
 
 @dataclass(slots=True)

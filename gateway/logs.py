@@ -23,6 +23,8 @@ SECRET_PATTERNS = (
     re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",]+"),
     re.compile(r"(redis(?:s)?://[^:/@\s]*:)[^@\s]+(@)"),
 )
+MAYBE_SECRET = re.compile(r"sk-ant-|bearer|x-api-key|authorization|rediss?://", re.IGNORECASE)
+"""Every SECRET_PATTERNS match contains one of these: one search clears most values at once."""
 SECRET_KEYS = frozenset({"x-api-key", "authorization", "api_key", "password", "token"})
 REDACTED = "[REDACTED]"
 
@@ -41,11 +43,21 @@ def _scrub(text: str) -> str:
 def redact_secrets(
     _logger: object, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: mask credentials in every string value (tracebacks included)."""
-    for key, value in event.items():
-        if key.lower() in SECRET_KEYS:
+    """structlog processor: mask credentials in every string value (tracebacks included).
+
+    Runs on every access line, so it first asks two cheap questions of the whole event (a
+    secret-named key? a secret marker anywhere in the text?) and walks it value by value
+    only when one says yes.
+    """
+    names = [key.lower() for key in event]
+    texts = [value for value in event.values() if isinstance(value, str)]
+    if SECRET_KEYS.isdisjoint(names) and not MAYBE_SECRET.search("\n".join(texts)):
+        return event
+    for key, name in zip(list(event), names, strict=True):
+        value = event[key]
+        if name in SECRET_KEYS:
             event[key] = REDACTED
-        elif isinstance(value, str):
+        elif isinstance(value, str) and MAYBE_SECRET.search(value):
             event[key] = _scrub(value)
     return event
 

@@ -100,6 +100,8 @@ class GatewayMetrics:
         self.registry = registry
         self._models: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._per_route: dict[str, tuple[Any, ...]] = {}
+        """Per route: the duration, ttfb, overhead and bytes children, found in one lookup."""
         self._define_requests(registry)
         self._define_limiter(registry)
         self._define_upstream(registry)
@@ -302,15 +304,21 @@ class GatewayMetrics:
         """Count one answered request and its timings."""
         self._in_flight.dec()
         name = self.model_label(model, register=status < 400)
-        labels = (model_group, name, route, str(status), outcome)
-        self._labelled(self._requests, *labels).inc()
-        self._labelled(self._duration, route).observe(duration)
+        self._labelled(self._requests, model_group, name, route, str(status), outcome).inc()
+        per_route = self._per_route.get(route)
+        if per_route is None:
+            per_route = self._per_route[route] = tuple(
+                metric.labels(route)
+                for metric in (self._duration, self._ttfb, self._overhead, self._bytes_out)
+            )
+        duration_child, ttfb_child, overhead_child, bytes_child = per_route
+        duration_child.observe(duration)
         if ttfb is not None:
-            self._labelled(self._ttfb, route).observe(ttfb)
+            ttfb_child.observe(ttfb)
         if overhead is not None:
-            self._labelled(self._overhead, route).observe(max(0.0, overhead))
+            overhead_child.observe(max(0.0, overhead))
         if bytes_out:
-            self._labelled(self._bytes_out, route).inc(bytes_out)
+            bytes_child.inc(bytes_out)
 
     def stream_opened(self) -> None:
         self._open_streams.inc()
