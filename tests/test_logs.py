@@ -8,6 +8,7 @@ import json
 
 import aiohttp
 import anthropic
+import pytest
 
 from gateway.logs import REDACTED, configure_logging, get_logger, redact_secrets
 from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
@@ -83,6 +84,22 @@ def test_redaction_masks_keys_tokens_and_redis_passwords() -> None:
         "c": f"redis://user:{REDACTED}@redis:6379/0",
         "x-api-key": REDACTED,
     } == redacted
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        ({"Password": "hunter2", "n": 1}, {"Password": REDACTED, "n": 1}),
+        ({"detail": "BEARER abc.def"}, {"detail": f"BEARER {REDACTED}"}),
+        ({"path": "/v1/messages", "status": 200}, {"path": "/v1/messages", "status": 200}),
+    ],
+)
+def test_redaction_fast_path_still_catches_lone_secrets(
+    event: dict[str, object], expected: dict[str, object]
+) -> None:
+    """The whole-event pre-check lets through only events with no secret-named key and no
+    secret marker: a single such key or value anywhere still gets masked."""
+    assert expected == redact_secrets(None, "info", dict(event))
 
 
 def test_console_format_renders_plain_text() -> None:
