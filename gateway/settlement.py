@@ -76,15 +76,19 @@ def reported_limits(headers: Mapping[str, str]) -> dict[Dimension, int]:
     return found
 
 
-def pull_down_ceilings(admitted: Admitted, outcome: Outcome) -> dict[Dimension, float]:
+def pull_down_ceilings(
+    admitted: Admitted, outcome: Outcome, reported: Mapping[Dimension, int] | None = None
+) -> dict[Dimension, float]:
     """The highest level each bucket may hold, as of `outcome.headers_at`, per upstream.
 
     Only where it looks worth a backend call: the bucket's level at reservation, refilled
     since, exceeds upstream's `remaining` by more than the threshold (the backend then
     compares with the bucket's level now, which already counts requests still queued). A
     429's `retry-after` holds every bucket until then: a ceiling of -retry_after * rate.
+    `reported` is `reported_remaining(outcome.headers)` when the caller already parsed it.
     """
-    reported = reported_remaining(outcome.headers)
+    if reported is None:
+        reported = reported_remaining(outcome.headers)
     hold = _retry_after(outcome.headers) if outcome.status == 429 else None
     elapsed = max(0.0, outcome.headers_at - admitted.reserved_at)
     reservation, ceilings = admitted.reservation, {}
@@ -135,9 +139,10 @@ async def settle(
         return
     if outcome.status < 300 or outcome.status == 429:
         limiter.learn_limits(decision.group, reported_limits(outcome.headers))
-    for dimension, remaining in reported_remaining(outcome.headers).items():
+    reported = reported_remaining(outcome.headers)
+    for dimension, remaining in reported.items():
         metrics.api_remaining(decision.group, AXES[dimension], remaining)
-    ceilings = pull_down_ceilings(decision, outcome)
+    ceilings = pull_down_ceilings(decision, outcome, reported)
     if ceilings:
         await limiter.pull_down(decision, ceilings, at=outcome.headers_at)
     group = limiter.group(decision.group)
