@@ -17,12 +17,14 @@ import structlog
 
 from gateway.clock import Clock
 from gateway.limits.backend import LimitBackend, LimitBackendError
+from gateway.limits.bucket_cache import BucketCache
 from gateway.limits.learning import MAX_MODEL_GROUPS, LearnedLimits, Learning
 from gateway.limits.memory_backend import MemoryBackend
 from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
 from gateway.limits.policy import Endpoint, GroupLimits, LimitsConfig
 
 log = structlog.get_logger(__name__)
+_NO_COST = Cost()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,7 @@ class Limiter:
         """What settled usage taught each group (input ratio, expected output)."""
         self._learn_all = learn_limits
         self._learned = LearnedLimits(max_groups=len(config.groups) + MAX_MODEL_GROUPS)
+        self._cache = BucketCache(config, self._learned, learn_all=learn_limits)
 
     @property
     def breaker_open(self) -> bool:
@@ -173,7 +176,7 @@ class Limiter:
 
     def group(self, name: str) -> GroupLimits | None:
         """The configured group called `name`, or None."""
-        return next((group for group in self._config.groups if group.name == name), None)
+        return self._cache.group(name)
 
     def cost_for(self, model: str, input_estimate: int, max_tokens: int) -> Cost:
         """What to reserve: the input estimate scaled by the group's learned ratio and the
@@ -197,7 +200,7 @@ class Limiter:
             if self._config.unmatched_models == "pass" or not self._config.groups:
                 return Unlimited()
             return UnknownModel(model)
-        buckets = self._config.buckets_for(group, scope) + self._learned_buckets(group, scope)
+        buckets = self._cache.buckets(group, scope)
         if not buckets:
             return self._unlearned(group, cost) if self._learns(group.name) else Unlimited()
         return await self._admit_on(group.name, buckets, cost, max_wait)
@@ -213,7 +216,7 @@ class Limiter:
 
         Queueing, refusal and refund work as in `admit`; the request stays charged.
         """
-        buckets = self._config.endpoint_buckets(endpoint, scope)
+        buckets = self._cache.endpoint_buckets(endpoint, scope)
         if not buckets:
             return Unlimited()
         return await self._admit_on(buckets[0].group, buckets, Cost(requests=1), max_wait)
@@ -222,6 +225,7 @@ class Limiter:
         """Adopt the limits the API reported for a learning group; log when they change."""
         if not self._learns(group) or not self._learned.learn(group, dict(reported)):
             return
+        self._cache.forget(group)  # its cached buckets lack (or misstate) what was learned
         log.info("limits.learned", group=group, **{
             f"{dimension}_per_minute": limit
             for dimension, limit in self._learned.limits(group).items()
@@ -247,10 +251,7 @@ class Limiter:
 
     def group_for(self, model: str) -> GroupLimits | None:
         """The file's group for `model`; with learning and no groups, one per model name."""
-        group = self._config.group_for(model)
-        if group is not None or not self._learn_all or self._config.groups:
-            return group
-        return self._learned.model_group(model)
+        return self._cache.group_for(model)
 
     def _learns(self, name: str) -> bool:
         """Whether the group called `name` learns its limits from the API's headers."""
@@ -258,15 +259,6 @@ class Limiter:
         if group is None:
             return self._learn_all and not self._config.groups
         return self._learn_all or group.learn_limits
-
-    def _learned_buckets(self, group: GroupLimits, scope: str) -> list[BucketSpec]:
-        """Buckets for the learned limits of dimensions the group does not configure."""
-        learned, configured = self._learned.limits(group.name), group.limits()
-        return [
-            BucketSpec.create(scope, group.name, dim, limit, headroom=self._config.headroom)
-            for dim, limit in learned.items()
-            if dim not in configured
-        ]
 
     def _unlearned(self, group: GroupLimits, cost: Cost) -> Admitted:
         """Admit at once on no bucket, so the response can teach the group its limits."""
@@ -284,7 +276,7 @@ class Limiter:
             return
         admission.settled = True
         delta = actual.minus(admission.reservation.cost)
-        if delta == Cost() or not admission.reservation.buckets:
+        if delta == _NO_COST or not admission.reservation.buckets:
             return  # nothing to correct, or admitted on no bucket (limits not learned yet)
         if admission.fallback:
             await self._fallback.adjust(admission.reservation, delta)
@@ -348,8 +340,7 @@ class Limiter:
                 return outcome, False
         if self._policy == "fail_closed":
             return BackendUnavailable(), False
-        share = self._config.fail_open_share
-        local = [bucket.scaled(share) for bucket in buckets]
+        local = self._cache.fallback(buckets)
         return await self._fallback.reserve(local, cost, max_wait=max_wait), True
 
     @property
@@ -367,6 +358,7 @@ class Limiter:
             raise
 
     def _remember(self, reservation: Reservation) -> None:
+        now = self._clock.now()
         for bucket, level in zip(reservation.buckets, reservation.levels, strict=True):
             if bucket.capacity > 0:
-                self._fill[(bucket.group, bucket.dimension)] = (level, bucket, self._clock.now())
+                self._fill[(bucket.group, bucket.dimension)] = (level, bucket, now)

@@ -124,5 +124,10 @@ class MemoryBackend:
         return refilled(bucket, (state.level, state.updated_at), now)
 
     def _store(self, bucket: BucketSpec, level: float, now: float) -> None:
+        """Write the bucket's state, in place when it has one (a write per bucket per call)."""
         expires_at = now + ttl_ms(bucket, level) / 1000
-        self._states[bucket.key] = _State(level, now, expires_at)
+        state = self._states.get(bucket.key)
+        if state is None:
+            self._states[bucket.key] = _State(level, now, expires_at)
+        else:
+            state.level, state.updated_at, state.expires_at = level, now, expires_at

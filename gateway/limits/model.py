@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 MINUTE = 60.0
@@ -73,7 +73,9 @@ class BucketSpec:
     """One bucket: whose (scope), which model group, what it counts and how much it holds.
 
     `limit` is the configured figure per period; `capacity` is what the bucket really holds
-    once headroom (and, on the fail-open fallback, the local share) is taken off.
+    once headroom (and, on the fail-open fallback, the local share) is taken off. The
+    derived `hash_tag`, `key` and `rate` are computed once, at construction: backends read
+    them several times per request, and the limiter reuses one spec across many requests.
     """
 
     scope: str
@@ -81,6 +83,12 @@ class BucketSpec:
     dimension: Dimension
     limit: int
     capacity: float
+    hash_tag: str = field(init=False, repr=False, compare=False)
+    """The Redis Cluster hash tag every bucket of one admission shares."""
+    key: str = field(init=False, repr=False, compare=False)
+    """The storage key, e.g. `cgw:{3f2a9c:sonnet}:input_tokens`."""
+    rate: float = field(init=False, repr=False, compare=False)
+    """Refill per second."""
 
     def __post_init__(self) -> None:
         if not self.scope or "{" in self.scope or "}" in self.scope:
@@ -89,6 +97,15 @@ class BucketSpec:
             raise ValueError(f"group name must match {_GROUP_NAME.pattern}: {self.group!r}")
         if self.limit < 0 or self.capacity < 0:
             raise ValueError("limit and capacity must be >= 0")
+        hash_tag = f"{{{self.scope}:{self.group}}}"
+        object.__setattr__(self, "hash_tag", hash_tag)
+        object.__setattr__(self, "key", f"cgw:{hash_tag}:{self.dimension.value}")
+        object.__setattr__(self, "rate", self.capacity / self.dimension.period)
+
+    def __hash__(self) -> int:
+        """The key's (cached) string hash: specs key dicts on the Redis path, and equal
+        specs share a key, so this agrees with `==` without hashing five fields."""
+        return hash(self.key)
 
     @classmethod
     def create(
@@ -96,21 +113,6 @@ class BucketSpec:
     ) -> BucketSpec:
         """A bucket holding `limit` less `headroom` (a fraction, 0.02 = 2%)."""
         return cls(scope, group, dimension, limit, limit * (1.0 - headroom))
-
-    @property
-    def hash_tag(self) -> str:
-        """The Redis Cluster hash tag every bucket of one admission shares."""
-        return f"{{{self.scope}:{self.group}}}"
-
-    @property
-    def key(self) -> str:
-        """The storage key, e.g. `cgw:{3f2a9c:sonnet}:input_tokens`."""
-        return f"cgw:{self.hash_tag}:{self.dimension.value}"
-
-    @property
-    def rate(self) -> float:
-        """Refill per second."""
-        return self.capacity / self.dimension.period
 
     def scaled(self, share: float) -> BucketSpec:
         """The same bucket holding only `share` of its capacity (the fail-open fallback)."""
@@ -150,16 +152,22 @@ class NeverFits:
 
 
 def check_request(buckets: Sequence[BucketSpec], cost: Cost) -> NeverFits | None:
-    """Validate one admission and find a bucket it can never fit, before any I/O."""
-    if len({bucket.hash_tag for bucket in buckets}) > 1:
-        raise ValueError("all buckets of one admission must share scope and group")
-    if min(cost.requests, cost.input_tokens, cost.output_tokens) < 0:
-        raise ValueError(f"a reserved cost cannot be negative: {cost}")
+    """Validate one admission and find a bucket it can never fit, before any I/O.
+
+    One pass with no set or string building: this runs on every reserve.
+    """
+    tag = buckets[0].hash_tag if buckets else ""
+    never: NeverFits | None = None
     for bucket in buckets:
-        amount = cost.on(bucket.dimension)
-        if amount > bucket.capacity:
-            return NeverFits(bucket, amount)
-    return None
+        if bucket.hash_tag != tag:
+            raise ValueError("all buckets of one admission must share scope and group")
+        if never is None:
+            amount = cost.on(bucket.dimension)
+            if amount > bucket.capacity:
+                never = NeverFits(bucket, amount)
+    if cost.requests < 0 or cost.input_tokens < 0 or cost.output_tokens < 0:
+        raise ValueError(f"a reserved cost cannot be negative: {cost}")
+    return never
 
 
 def refilled(bucket: BucketSpec, stored: tuple[float, float] | None, now: float) -> float:
@@ -206,5 +214,9 @@ def adjusted(bucket: BucketSpec, level: float, amount: int) -> float:
 
 def changes(buckets: Sequence[BucketSpec], delta: Cost) -> list[tuple[BucketSpec, int]]:
     """The buckets an adjustment touches: non-zero amounts on buckets that hold anything."""
-    touched = ((bucket, delta.on(bucket.dimension)) for bucket in buckets)
-    return [(bucket, amount) for bucket, amount in touched if amount and bucket.capacity > 0]
+    touched = []
+    for bucket in buckets:
+        amount = delta.on(bucket.dimension)
+        if amount and bucket.capacity > 0:
+            touched.append((bucket, amount))
+    return touched

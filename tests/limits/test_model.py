@@ -64,6 +64,31 @@ def test_check_request_finds_the_bucket_a_cost_never_fits() -> None:
     assert NeverFits(ITPM, 6_001) == check_request([RPM, ITPM], Cost(1, 6_001))
 
 
+@pytest.mark.parametrize(
+    "other",
+    [
+        BucketSpec.create("k2", "sonnet", Dimension.REQUESTS, 60),
+        BucketSpec.create("k1", "opus", Dimension.REQUESTS, 60),
+    ],
+)
+def test_check_request_refuses_buckets_of_two_hash_tags(other: BucketSpec) -> None:
+    """One admission's buckets must share scope and group, so they share one Redis slot."""
+    with pytest.raises(ValueError, match="share scope and group"):
+        check_request([RPM, other], Cost(1))
+
+
+def test_derived_fields_follow_a_scaled_copy() -> None:
+    """A scaled copy keeps its key, refills at its own rate and compares unequal."""
+    half = ITPM.scaled(0.5)
+    assert (ITPM.key, 50.0, False) == (half.key, half.rate, half == ITPM)
+
+
+def test_equal_specs_share_one_dict_entry() -> None:
+    """Specs built twice from the same figures are one dict key (the Redis encoding cache)."""
+    again = BucketSpec.create("k1", "sonnet", Dimension.INPUT_TOKENS, 6_000)
+    assert {ITPM: 2} == {ITPM: 1, again: 2}
+
+
 def test_check_request_refuses_a_negative_cost() -> None:
     """Only settlement deltas may be negative, never a reserved cost."""
     with pytest.raises(ValueError, match="negative"):
