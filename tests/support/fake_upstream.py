@@ -355,9 +355,7 @@ class FakeUpstream:
             self._count_disconnect()
             raise
         except _Closing:
-            if request.transport is not None:
-                request.transport.abort()
-            return web.Response(status=500)
+            return _aborted(request)
 
     def _next_action(self, script: deque[Action]) -> tuple[float, Action | None]:
         delay = 0.0
@@ -529,9 +527,7 @@ class FakeUpstream:
             self._count_disconnect()
             raise
         except _Closing:
-            if request.transport is not None:
-                request.transport.abort()
-            return web.Response(status=500)
+            return _aborted(request)
         if isinstance(action, Reply) and (action.status != 200 or action.body is not None):
             return self._reply(request, action, b"")
         tokens = self.count_tokens_input
@@ -616,3 +612,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def _aborted(request: web.Request) -> web.Response:
+    """Drop the client's connection (the fake is shutting down); the answer is never sent."""
+    if request.transport is not None:
+        request.transport.abort()
+    return web.Response(status=500)
