@@ -85,6 +85,24 @@ def check_config(settings: Settings, limits: LimitsConfig | None) -> int:
         if group.estimate == "count_tokens":
             shown.append(f"estimate_timeout_seconds={group.estimate_timeout_seconds:g}")
         print(f"  {group.name} [{', '.join(group.models)}]: {', '.join(shown)}")
+    endpoints = [
+        f"{endpoint}_requests_per_minute={limit}"
+        for endpoint, limit in (
+            ("count_tokens", limits.count_tokens_requests_per_minute),
+            ("batch", limits.batch_requests_per_minute),
+        )
+        if limit is not None
+    ]
+    print(f"endpoint limits: {', '.join(endpoints) or 'none'}")
+    print(
+        f"queue: max_wait_seconds={limits.queue.max_wait_seconds:g}, "
+        f"headroom={limits.headroom:g}, redis_failure={limits.redis_failure}"
+        + (
+            f" (fail_open_share={limits.fail_open_share:g})"
+            if limits.redis_failure == "fail_open"
+            else ""
+        )
+    )
     return EXIT_OK
 
 

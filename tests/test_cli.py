@@ -66,6 +66,10 @@ def test_check_config_lists_the_limits_in_force(tmp_path: Path) -> None:
     assert any(
         line.startswith("  sonnet [claude-sonnet-4*]") for line in result.stdout.splitlines()
     )
+    assert {
+        "endpoint limits: count_tokens_requests_per_minute=10000, batch_requests_per_minute=2000",
+        "queue: max_wait_seconds=30, headroom=0.02, redis_failure=fail_open (fail_open_share=1)",
+    } <= set(result.stdout.splitlines())
 
 
 def test_bad_limits_file_names_the_line_and_exits_2(tmp_path: Path) -> None:
