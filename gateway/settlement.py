@@ -58,21 +58,21 @@ class Outcome:
 
 def reported_remaining(headers: Mapping[str, str]) -> dict[Dimension, int]:
     """`anthropic-ratelimit-*-remaining` per axis; absent or bad values skipped."""
-    found: dict[Dimension, int] = {}
-    for dimension, axis in AXES.items():
-        remaining = _int(headers.get(f"anthropic-ratelimit-{axis}-remaining"))
-        if remaining is not None:
-            found[dimension] = remaining
-    return found
+    return _reported(headers, "remaining")
 
 
 def reported_limits(headers: Mapping[str, str]) -> dict[Dimension, int]:
     """`anthropic-ratelimit-*-limit` per axis; absent or bad values skipped."""
+    return _reported(headers, "limit")
+
+
+def _reported(headers: Mapping[str, str], field: str) -> dict[Dimension, int]:
+    """`anthropic-ratelimit-<axis>-<field>` as an integer per axis that sent a valid one."""
     found: dict[Dimension, int] = {}
     for dimension, axis in AXES.items():
-        limit = _int(headers.get(f"anthropic-ratelimit-{axis}-limit"))
-        if limit is not None:
-            found[dimension] = limit
+        value = _int(headers.get(f"anthropic-ratelimit-{axis}-{field}"))
+        if value is not None:
+            found[dimension] = value
     return found
 
 
