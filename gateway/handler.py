@@ -93,28 +93,23 @@ async def _relay_and_settle(
     # Only model-group admissions settle usage; an endpoint bucket's one request stays charged.
     settles = isinstance(decision, Admitted) and exchange.input_estimate is not None
     tap = UsageTap(stream=is_stream, encoding=encoding) if settles else None
-    outcome = (
-        None
-        if tap is None
-        else Outcome(
-            upstream_response.status,
-            upstream_response.headers,
-            services.clock.now(),
-            requests=opened.charged_requests,
-            client_left=True,  # until relay() returns
-        )
+    outcome = Outcome(
+        upstream_response.status,
+        upstream_response.headers,
+        services.clock.now(),
+        requests=opened.charged_requests,
+        client_left=True,  # until relay() returns
     )
     try:
         response, result = await relay(
             request, upstream_response, extra_headers, services.clock.now, tap
         )
-        if outcome is not None:
-            outcome.client_left = result.ending is Ending.CLIENT_DISCONNECT
-            outcome.dropped = result.ending is Ending.UPSTREAM_DROPPED
+        outcome.client_left = result.ending is Ending.CLIENT_DISCONNECT
+        outcome.dropped = result.ending is Ending.UPSTREAM_DROPPED
     finally:
         if is_stream:
             services.metrics.stream_closed()
-        if tap is not None and outcome is not None:
+        if tap is not None:
             # Every byte has reached the client; shielded, so a disconnect cannot skip it.
             await asyncio.shield(
                 settle(
