@@ -10,8 +10,9 @@ cooldown, so a dead Redis costs no latency per request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 
@@ -24,6 +25,7 @@ from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused
 from gateway.limits.policy import Endpoint, GroupLimits, LimitsConfig
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 _NO_COST = Cost()
 
 
@@ -284,15 +286,11 @@ class Limiter:
         if self._breaker.is_open:
             log.warning("limits.settle_skipped", group=admission.group, reason="breaker open")
             return
-        started = self._clock.now()
         try:
-            await self._backend.adjust(admission.reservation, delta)
+            await self._timed("adjust", self._backend.adjust(admission.reservation, delta))
         except LimitBackendError as exc:
-            self._observe("adjust", self._clock.now() - started, False)
-            self._breaker.failed()
             log.warning("limits.settle_failed", group=admission.group, error=str(exc))
         else:
-            self._observe("adjust", self._clock.now() - started, True)
             self._breaker.succeeded()
 
     async def pull_down(
@@ -303,17 +301,13 @@ class Limiter:
         buckets = [b for b in admission.reservation.buckets if b.dimension in ceilings]
         if not buckets or admission.fallback or self._breaker.is_open:
             return
-        started = self._clock.now()
-        elapsed = max(0.0, started - at)
+        elapsed = max(0.0, self._clock.now() - at)
         levels = [ceilings[b.dimension] + elapsed * b.rate for b in buckets]
         try:
-            await self._backend.cap(buckets, levels)
+            await self._timed("cap", self._backend.cap(buckets, levels))
         except LimitBackendError as exc:
-            self._observe("cap", self._clock.now() - started, False)
-            self._breaker.failed()
             log.warning("limits.pull_down_failed", group=admission.group, error=str(exc))
         else:
-            self._observe("cap", self._clock.now() - started, True)
             log.info("limits.pulled_down", group=admission.group, **{
                 str(b.dimension): round(level) for b, level in zip(buckets, levels, strict=True)
             })  # fmt: skip
@@ -327,21 +321,32 @@ class Limiter:
     ) -> tuple[Reservation | Refused | NeverFits | BackendUnavailable, bool]:
         """Reserve on the backend, or per policy on the local fallback; True = fallback."""
         if self._breaker.allow():
-            started = self._clock.now()
             try:
-                outcome = await self._backend.reserve(buckets, cost, max_wait=max_wait)
+                outcome = await self._timed(
+                    "reserve", self._backend.reserve(buckets, cost, max_wait=max_wait)
+                )
             except LimitBackendError as exc:
-                self._observe("reserve", self._clock.now() - started, False)
-                self._breaker.failed()
                 log.warning("limits.backend_failed", error=str(exc), policy=self._policy)
             else:
-                self._observe("reserve", self._clock.now() - started, True)
                 self._breaker.succeeded()
                 return outcome, False
         if self._policy == "fail_closed":
             return BackendUnavailable(), False
         local = self._cache.fallback(buckets)
         return await self._fallback.reserve(local, cost, max_wait=max_wait), True
+
+    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+        """Await one backend call, timed for metrics; a failure counts against the breaker
+        and re-raises. Success is left to the caller: a cap does not close the breaker."""
+        started = self._clock.now()
+        try:
+            result = await call
+        except LimitBackendError:
+            self._observe(operation, self._clock.now() - started, False)
+            self._breaker.failed()
+            raise
+        self._observe(operation, self._clock.now() - started, True)
+        return result
 
     @property
     def _policy(self) -> str:
