@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import TEST_KEY
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.processes import GatewayProcess, running_gateway
+from tests.support.processes import start_fleet
 from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -44,29 +44,6 @@ def redis_server() -> Iterator[RedisServer]:
     """A real redis-server of this test's own."""
     with RedisServer() as server:
         yield server
-
-
-async def start_fleet(
-    tmp_path: Path, upstream: str, redis_url: str, count: int, stack: contextlib.ExitStack
-) -> list[GatewayProcess]:
-    """Start `count` gateways in parallel, sharing the limits file and Redis."""
-    limits = tmp_path / "limits.yaml"
-    limits.write_text(LIMITS)
-
-    def start(index: int) -> GatewayProcess:
-        home = tmp_path / f"gw{index}"
-        home.mkdir()
-        return stack.enter_context(
-            running_gateway(
-                home,
-                upstream_url=upstream,
-                redis_url=redis_url,
-                limits_file=str(limits),
-                log_level="warning",
-            )
-        )
-
-    return list(await asyncio.gather(*(asyncio.to_thread(start, i) for i in range(count))))
 
 
 async def send(
@@ -97,7 +74,15 @@ async def test_three_gateways_share_one_budget(
     """More load than the limit allows yields zero upstream 429s, FIFO queueing, honest 429s."""
     fake_upstream.enforce_limits(rpm=RPM)
     with contextlib.ExitStack() as stack:
-        fleet = await start_fleet(tmp_path, fake_upstream.url, redis_server.url, 3, stack)
+        fleet = await start_fleet(
+            tmp_path,
+            LIMITS,
+            3,
+            stack,
+            upstream_url=fake_upstream.url,
+            redis_url=redis_server.url,
+            log_level="warning",
+        )
         urls = itertools.cycle([gateway.url for gateway in fleet])
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import TEST_KEY
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.processes import running_gateway
+from tests.support.processes import start_fleet
 from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -75,18 +75,17 @@ async def test_fleet_fills_the_output_limit_when_max_tokens_is_ten_times_the_out
     """Steady-state output throughput is >= 90% of OTPM and upstream never answers 429."""
     fake_upstream.usage["output_tokens"] = OUTPUT
     fake_upstream.enforce_limits(otpm=OTPM)
-    limits = tmp_path / "limits.yaml"
-    limits.write_text(LIMITS)
     with contextlib.ExitStack() as stack:
-
-        def start(index: int) -> str:
-            home = tmp_path / f"gw{index}"
-            home.mkdir()
-            settings = {"upstream_url": fake_upstream.url, "redis_url": redis_server.url,
-                        "limits_file": str(limits), "log_level": "warning"}  # fmt: skip
-            return stack.enter_context(running_gateway(home, **settings)).url
-
-        urls = await asyncio.gather(*(asyncio.to_thread(start, i) for i in range(3)))
+        fleet = await start_fleet(
+            tmp_path,
+            LIMITS,
+            3,
+            stack,
+            upstream_url=fake_upstream.url,
+            redis_url=redis_server.url,
+            log_level="warning",
+        )
+        urls = [gateway.url for gateway in fleet]
         statuses: list[int] = []
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             warm = await asyncio.gather(*(send(session, url) for url in urls))  # learn once

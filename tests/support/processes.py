@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -95,6 +97,22 @@ def running_gateway(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+async def start_fleet(
+    tmp_path: Path, limits_yaml: str, count: int, stack: contextlib.ExitStack, **settings: str
+) -> list[GatewayProcess]:
+    """Start `count` gateways in parallel (each in its own home under `tmp_path`) sharing one
+    limits file and `settings`; `stack` stops them."""
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(limits_yaml)
+
+    def start(index: int) -> GatewayProcess:
+        home = tmp_path / f"gw{index}"
+        home.mkdir()
+        return stack.enter_context(running_gateway(home, limits_file=str(limits), **settings))
+
+    return list(await asyncio.gather(*(asyncio.to_thread(start, i) for i in range(count))))
 
 
 def run_cli(
