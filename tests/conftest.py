@@ -16,11 +16,14 @@ from prometheus_client import CollectorRegistry
 from gateway.app import create_app
 from gateway.clock import Clock
 from gateway.config import Settings
+from gateway.headers import Credential
 from gateway.logs import configure_logging
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
 
 TEST_KEY = "sk-ant-api03-TESTKEY-do-not-log-0123456789"
+TEST_SCOPE = Credential("x-api-key", TEST_KEY).scope
+"""The limiter scope (key hash) of TEST_KEY, as it appears in Redis key names."""
 
 
 @dataclass
@@ -50,6 +53,17 @@ def redis_server() -> Iterator[RedisServer]:
     """One real redis-server for the whole session (tests flush what they use)."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+async def redis_admin(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """A client of the session's real Redis, flushed first so a test sees only its own keys."""
+    import redis.asyncio
+
+    admin = redis.asyncio.Redis.from_url(redis_server.url)
+    await admin.flushall()
+    yield admin
+    await admin.aclose()
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from gateway.headers import credential_of
-from tests.conftest import TEST_KEY, GatewayFactory
+from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.processes import free_port
@@ -209,13 +208,9 @@ async def test_redis_gone_follows_the_failure_policy(
 
 @pytest.mark.redis
 async def test_redis_keys_hold_a_hash_of_the_key_never_the_key(
-    make_gateway: GatewayFactory, redis_server: RedisServer, tmp_path: Path
+    make_gateway: GatewayFactory, redis_server: RedisServer, redis_admin: Any, tmp_path: Path
 ) -> None:
     """Through a real Redis, bucket keys carry a short hash of the API key and one hash tag."""
-    import redis.asyncio
-
-    admin = redis.asyncio.Redis.from_url(redis_server.url)
-    await admin.flushall()
     path = limits_file(
         tmp_path,
         "    requests_per_minute: 100\n    input_tokens_per_minute: 100000\n"
@@ -223,12 +218,9 @@ async def test_redis_keys_hold_a_hash_of_the_key_never_the_key(
     )
     gateway = await make_gateway(limits_file=str(path), redis_url=redis_server.url)
     assert 200 == (await send(gateway.url))[0]
-    keys = sorted(key.decode() for key in await admin.keys("*"))
-    ttls = [await admin.pttl(key) for key in keys]
-    await admin.aclose()
-    scope = credential_of(CIMultiDict({"x-api-key": TEST_KEY}))
-    assert scope is not None
-    tag = f"cgw:{{{scope.scope}:sonnet}}"
+    keys = sorted(key.decode() for key in await redis_admin.keys("*"))
+    ttls = [await redis_admin.pttl(key) for key in keys]
+    tag = f"cgw:{{{TEST_SCOPE}:sonnet}}"
     assert [f"{tag}:input_tokens", f"{tag}:output_tokens", f"{tag}:requests"] == keys
     assert all(0 < ttl <= 61_000 for ttl in ttls), ttls
     assert not any(TEST_KEY in key or "sk-ant" in key for key in keys)

@@ -10,9 +10,8 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from gateway.headers import credential_of
 from gateway.limits import BucketSpec, Dimension, LimitsConfig
-from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
+from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
@@ -162,13 +161,9 @@ def test_endpoint_buckets_use_reserved_groups_in_the_key_scheme() -> None:
 
 @pytest.mark.redis
 async def test_endpoint_buckets_live_under_their_own_redis_keys(
-    make_gateway: GatewayFactory, redis_server: RedisServer, tmp_path: Path
+    make_gateway: GatewayFactory, redis_server: RedisServer, redis_admin: Any, tmp_path: Path
 ) -> None:
     """Through a real Redis, count_tokens and batches write only their own per-key buckets."""
-    import redis.asyncio
-
-    admin = redis.asyncio.Redis.from_url(redis_server.url)
-    await admin.flushall()
     path = limits_file(
         tmp_path,
         "    requests_per_minute: 100\n",
@@ -178,9 +173,6 @@ async def test_endpoint_buckets_live_under_their_own_redis_keys(
     gateway = await make_gateway(limits_file=str(path), redis_url=redis_server.url)
     await count_tokens(gateway)
     await call(gateway, "GET", "/v1/messages/batches")
-    keys = sorted(key.decode() for key in await admin.keys("*"))
-    await admin.aclose()
-    scope = credential_of(CIMultiDict({"x-api-key": TEST_KEY}))
-    assert scope is not None
+    keys = sorted(key.decode() for key in await redis_admin.keys("*"))
     groups = ("_batches", "_count_tokens")
-    assert [f"cgw:{{{scope.scope}:{group}}}:requests" for group in groups] == keys
+    assert [f"cgw:{{{TEST_SCOPE}:{group}}}:requests" for group in groups] == keys
