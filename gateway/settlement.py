@@ -137,7 +137,8 @@ async def settle(
     """
     if limiter is None or not isinstance(decision, Admitted):
         return
-    if outcome.status < 300 or outcome.status == 429:
+    learns = outcome.status < 300 or outcome.status == 429
+    if learns and limiter.learns_limits(decision.group):
         limiter.learn_limits(decision.group, reported_limits(outcome.headers))
     reported = reported_remaining(outcome.headers)
     for dimension, remaining in reported.items():
@@ -173,9 +174,7 @@ def _observe(
     metrics.estimate_observed(name, admitted.reservation.cost.input_tokens, total_input)
     if outcome.status >= 300 or tap.errored or outcome.client_left or outcome.dropped:
         return
-    if input_estimate is not None:
-        limiter.learning.observe_input(name, input_estimate, total_input)
-    limiter.learning.observe_output(name, usage.output_tokens)
+    limiter.learning.observe(name, input_estimate, total_input, usage.output_tokens)
 
 
 def _threshold(bucket: BucketSpec) -> float:

@@ -153,3 +153,20 @@ def test_gzip_bodies_and_streams_are_read_from_the_copy() -> None:
         tap_of(chunks, encoding="gzip").usage,
         tap_of([START], encoding="br").usage,
     )
+
+
+def test_usage_update_takes_only_integer_fields() -> None:
+    """A reported field replaces the known one only when it is an integer: null, a string,
+    a float or a bool (an `int` subclass in Python) leaves the known count as it was."""
+    known = Usage(10, 20, 30, 40)
+    reported = {
+        "input_tokens": 11,
+        "output_tokens": None,
+        "cache_creation_input_tokens": True,
+        "cache_read_input_tokens": "41",
+    }
+    assert (Usage(11, 20, 30, 40), known, Usage(10, 20, 30, 40)) == (
+        known.updated(reported),
+        known.updated(["not", "a", "dict"]),
+        known.updated({"output_tokens": 2.5}),
+    )

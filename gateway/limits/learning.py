@@ -119,6 +119,13 @@ def _absorb(mean: Mean, new: Samples, low: float, high: float) -> Mean:
     return Mean(mean.value + weight * (sample - mean.value), min(mean.count + count, COUNT_CAP))
 
 
+def _moved(mean: Mean, sample: float, low: float, high: float) -> Mean:
+    """`_absorb` of a single sample: the weight is `max(ALPHA, 1 / (n + 1))`."""
+    weight = max(ALPHA, 1.0 / (mean.count + 1))
+    clipped = max(low, min(high, sample))
+    return Mean(mean.value + weight * (clipped - mean.value), min(mean.count + 1, COUNT_CAP))
+
+
 @dataclass(slots=True)
 class _Group:
     figures: Figures = Figures()
@@ -149,23 +156,36 @@ class Learning:
             return None
         return state.figures.output.value
 
+    def observe(
+        self, group: str, estimated: int | None, actual: int, output_tokens: int | None
+    ) -> None:
+        """Learn from one complete response, in one update (it runs once per settlement):
+        move the input ratio toward `actual / estimated` (the raw, unscaled estimate;
+        skipped when either is unknown or not positive) and the expected output toward
+        `output_tokens` (skipped when None)."""
+        state = self._groups.get(group)
+        if state is None:
+            state = self._groups[group] = _Group()
+        log_ratio, output = state.figures.log_ratio, state.figures.output
+        if estimated is not None and estimated > 0 and actual > 0:
+            sample = max(-_CLIP, min(_CLIP, math.log(actual / estimated)))
+            log_ratio = _moved(log_ratio, sample, *_BOUNDS[0])
+            seen = state.log_ratios
+            state.log_ratios = Samples(seen.total + sample, seen.count + 1)
+        if output_tokens is not None:
+            output = _moved(output, float(output_tokens), *_BOUNDS[1])
+            seen = state.outputs
+            state.outputs = Samples(seen.total + output_tokens, seen.count + 1)
+        state.figures = Figures(log_ratio, output)
+
     def observe_input(self, group: str, estimated: int, actual: int) -> None:
         """Move the group's input ratio toward `actual / estimated` (raw, unscaled estimate)."""
-        if estimated <= 0 or actual <= 0:
-            return
-        state = self._groups.setdefault(group, _Group())
-        sample = Samples(max(-_CLIP, min(_CLIP, math.log(actual / estimated))), 1)
-        figures = state.figures
-        state.figures = Figures(_absorb(figures.log_ratio, sample, *_BOUNDS[0]), figures.output)
-        state.log_ratios = state.log_ratios.plus(sample)
+        if estimated > 0 and actual > 0:
+            self.observe(group, estimated, actual, None)
 
     def observe_output(self, group: str, output_tokens: int) -> None:
         """Move the group's expected output toward one complete response's output."""
-        state = self._groups.setdefault(group, _Group())
-        sample = Samples(float(output_tokens), 1)
-        figures = state.figures
-        state.figures = Figures(figures.log_ratio, _absorb(figures.output, sample, *_BOUNDS[1]))
-        state.outputs = state.outputs.plus(sample)
+        self.observe(group, None, 0, output_tokens)
 
     def scaled(self, group: str, estimate: int) -> int:
         """`estimate` times the group's input ratio, rounded up."""

@@ -204,7 +204,7 @@ class Limiter:
             return UnknownModel(model)
         buckets = self._cache.buckets(group, scope)
         if not buckets:
-            return self._unlearned(group, cost) if self._learns(group.name) else Unlimited()
+            return self._unlearned(group, cost) if self.learns_limits(group.name) else Unlimited()
         return await self._admit_on(group.name, buckets, cost, max_wait)
 
     def limits_endpoint(self, endpoint: Endpoint) -> bool:
@@ -225,7 +225,7 @@ class Limiter:
 
     def learn_limits(self, group: str, reported: Mapping[Dimension, int]) -> None:
         """Adopt the limits the API reported for a learning group; log when they change."""
-        if not self._learns(group) or not self._learned.learn(group, dict(reported)):
+        if not self.learns_limits(group) or not self._learned.learn(group, dict(reported)):
             return
         self._cache.forget(group)  # its cached buckets lack (or misstate) what was learned
         log.info("limits.learned", group=group, **{
@@ -255,8 +255,9 @@ class Limiter:
         """The file's group for `model`; with learning and no groups, one per model name."""
         return self._cache.group_for(model)
 
-    def _learns(self, name: str) -> bool:
-        """Whether the group called `name` learns its limits from the API's headers."""
+    def learns_limits(self, name: str) -> bool:
+        """Whether the group called `name` learns its limits from the API's headers (the
+        settlement reads the `-limit` headers only for such groups)."""
         group = self.group(name)
         if group is None:
             return self._learn_all and not self._config.groups

@@ -103,3 +103,14 @@ def test_a_merged_batch_equals_its_samples_one_by_one() -> None:
     batched = merged(merged(fleet, a), b)
     assert one_by_one.log_ratio.count == batched.log_ratio.count
     assert one_by_one.log_ratio.value == pytest.approx(batched.log_ratio.value, rel=1e-9)
+
+
+def test_one_observe_learns_what_observe_input_then_observe_output_learn() -> None:
+    """Settlement's single `observe` call moves both figures exactly as the two separate
+    calls do, and keeps the same samples for the next fleet sync."""
+    together, apart = Learning(), Learning()
+    for estimated, actual, output in [(1000, 1250, 300), (800, 700, 50), (0, 10, 7)]:
+        together.observe("g", estimated, actual, output)
+        apart.observe_input("g", estimated, actual)
+        apart.observe_output("g", output)
+    assert (together.snapshot(), together.lessons()) == (apart.snapshot(), apart.lessons())
