@@ -34,5 +34,6 @@ class SystemClock:
 
 
 def wall_time() -> float:
-    """Seconds since the epoch, for log timestamps and HTTP dates only."""
+    """Seconds since the epoch, for log timestamps, HTTP dates and metric `_created` times
+    only (never for intervals: that is `Clock.now`)."""
     return time.time()

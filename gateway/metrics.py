@@ -9,21 +9,22 @@ No request ids, keys or tenants without a configured name ever become labels.
 
 Gauges that describe shared state (bucket fill) are read at scrape time from a callback that
 returns the limiter's last known levels: a scrape costs no Redis call.
+
+Metrics updated per request are lock-free cells (gateway/metric_cells.py) rather than
+prometheus_client objects, with the same exposition; metrics read at scrape time or set
+rarely (bucket fill, learned figures, breaker, limits, build info) stay prometheus_client's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
-    Counter,
     Gauge,
-    Histogram,
     Info,
 )
 from prometheus_client.core import GaugeMetricFamily
@@ -31,6 +32,13 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.metric_cells import (
+    CounterCell,
+    CounterFamily,
+    GaugeFamily,
+    HistogramCell,
+    HistogramFamily,
+)
 
 MAX_MODELS = 50
 OTHER = "other"
@@ -99,9 +107,10 @@ class GatewayMetrics:
                 registry.register(collector)
         self.registry = registry
         self._models: set[str] = set()
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._per_route: dict[str, tuple[Any, ...]] = {}
-        """Per route: the duration, ttfb, overhead and bytes children, found in one lookup."""
+        self._per_route: dict[
+            str, tuple[HistogramCell, HistogramCell, HistogramCell, CounterCell]
+        ] = {}
+        """Per route: the duration, ttfb, overhead and bytes cells, found in one lookup."""
         self._define_requests(registry)
         self._define_limiter(registry)
         self._define_upstream(registry)
@@ -116,7 +125,7 @@ class GatewayMetrics:
         )
 
     def _define_requests(self, registry: CollectorRegistry) -> None:
-        self._requests = Counter(
+        self._requests = self._counter(
             "gateway_requests",
             "Requests answered, by outcome: ok, queued_ok, rejected, never_fits, "
             "invalid_request, upstream_error, upstream_unavailable, upstream_timeout, "
@@ -124,34 +133,34 @@ class GatewayMetrics:
             ["model_group", "model", "route", "status", "outcome"],
             registry=registry,
         )
-        self._duration = Histogram(
+        self._duration = self._histogram(
             "gateway_request_duration_seconds",
             "Time from request received to last byte sent.",
             ["route"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._ttfb = Histogram(
+        self._ttfb = self._histogram(
             "gateway_time_to_first_byte_seconds",
             "Time from request received to the first response body byte relayed.",
             ["route"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._overhead = Histogram(
+        self._overhead = self._histogram(
             "gateway_overhead_seconds",
             "Time the gateway itself spent before sending upstream, queue wait excluded.",
             ["route"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._in_flight = Gauge(
+        self._in_flight = self._gauge(
             "gateway_in_flight_requests", "Requests being handled.", registry=registry
-        )
-        self._open_streams = Gauge(
+        ).labels()
+        self._open_streams = self._gauge(
             "gateway_open_streams", "SSE responses being relayed.", registry=registry
-        )
-        self._bytes_out = Counter(
+        ).labels()
+        self._bytes_out = self._counter(
             "gateway_response_bytes",
             "Response body bytes relayed to clients.",
             ["route"],
@@ -159,42 +168,42 @@ class GatewayMetrics:
         )
 
     def _define_limiter(self, registry: CollectorRegistry) -> None:
-        self._admissions = Counter(
+        self._admissions = self._counter(
             "gateway_limiter_admissions",
             "Limiter decisions: now, queued, rejected, never_fits, unknown_model, unavailable.",
             ["model_group", "decision"],
             registry=registry,
         )
-        self._queue_wait = Histogram(
+        self._queue_wait = self._histogram(
             "gateway_queue_wait_seconds",
             "Time admitted requests waited for capacity (0 when sent at once).",
             ["model_group"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._queue_depth = Gauge(
+        self._queue_depth = self._gauge(
             "gateway_queue_depth",
             "Requests of this instance waiting for admission (limiter call and queue wait).",
             registry=registry,
-        )
-        self._backend_latency = Histogram(
+        ).labels()
+        self._backend_latency = self._histogram(
             "gateway_limiter_backend_seconds",
             "Latency of one limiter backend call (Redis round trip), by operation.",
             ["operation"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._backend_errors = Counter(
+        self._backend_errors = self._counter(
             "gateway_limiter_backend_errors",
             "Limiter backend calls that failed (Redis errors, timeouts), by operation.",
             ["operation"],
             registry=registry,
         )
-        self._fail_open = Counter(
+        self._fail_open = self._counter(
             "gateway_limiter_fail_open",
             "Admissions decided on local buckets because the shared backend failed.",
             registry=registry,
-        )
+        ).labels()
         self._breaker_open = Gauge(
             "gateway_limiter_breaker_open",
             "1 while the circuit breaker skips the shared backend.",
@@ -209,30 +218,30 @@ class GatewayMetrics:
         )
 
     def _define_upstream(self, registry: CollectorRegistry) -> None:
-        self._attempts = Counter(
+        self._attempts = self._counter(
             "gateway_upstream_attempts",
             "Upstream attempts by status (or connect_error, timeout).",
             ["status"],
             registry=registry,
         )
-        self._retries = Counter(
+        self._retries = self._counter(
             "gateway_upstream_retries",
             "Retries by cause: status code, connect_error, timeout.",
             ["cause"],
             registry=registry,
         )
-        self._retry_budget_exhausted = Counter(
+        self._retry_budget_exhausted = self._counter(
             "gateway_upstream_retry_budget_exhausted",
             "Retries skipped because the retry budget was spent.",
             registry=registry,
-        )
-        self._upstream_429 = Counter(
+        ).labels()
+        self._upstream_429 = self._counter(
             "gateway_upstream_rate_limited",
             "Upstream 429 responses (should stay at zero: the gateway's promise).",
             ["model_group"],
             registry=registry,
         )
-        self._api_remaining = Gauge(
+        self._api_remaining = self._gauge(
             "gateway_upstream_ratelimit_remaining",
             "The API's own anthropic-ratelimit-*-remaining, last seen, per group and axis.",
             ["model_group", "axis"],
@@ -240,33 +249,65 @@ class GatewayMetrics:
         )
 
     def _define_tokens(self, registry: CollectorRegistry) -> None:
-        self._tokens = Counter(
+        self._tokens = self._counter(
             "gateway_tokens",
             "Tokens used, from settled usage, by kind: input, output, cache_read, cache_creation.",
             ["model_group", "kind"],
             registry=registry,
         )
-        self._estimate_ratio = Histogram(
+        self._estimate_ratio = self._histogram(
             "gateway_token_estimate_ratio",
             "Actual / estimated input tokens per settled request (1.0 = exact).",
             ["model_group"],
             buckets=RATIO_BUCKETS,
             registry=registry,
         )
-        self._missing_usage = Counter(
+        self._missing_usage = self._counter(
             "gateway_usage_missing",
             "Responses that ended without usage; the reservation was charged as is.",
             ["model_group"],
             registry=registry,
         )
 
-    def _labelled(self, metric: Any, *values: str) -> Any:
-        """`metric.labels(*values)`, cached: label sets are bounded, lookups are hot."""
-        key = (id(metric), values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*values)
-        return child
+    @staticmethod
+    def _counter(
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        registry: CollectorRegistry,
+    ) -> CounterFamily:
+        """A lock-free counter registered on `registry`; unlabelled: `.labels()` is its cell."""
+        family = CounterFamily(name, documentation, labelnames)
+        registry.register(family)
+        return family
+
+    @staticmethod
+    def _gauge(
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        registry: CollectorRegistry,
+    ) -> GaugeFamily:
+        """A lock-free gauge registered on `registry`; unlabelled: `.labels()` is its cell."""
+        family = GaugeFamily(name, documentation, labelnames)
+        registry.register(family)
+        return family
+
+    @staticmethod
+    def _histogram(
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> HistogramFamily:
+        """A lock-free histogram registered on `registry`."""
+        family = HistogramFamily(name, documentation, labelnames, buckets=buckets)
+        registry.register(family)
+        return family
 
     def model_label(self, model: str | None, *, register: bool = True) -> str:
         """The bounded label for `model`: known names, `none`, or `other` past the cap.
@@ -304,12 +345,14 @@ class GatewayMetrics:
         """Count one answered request and its timings."""
         self._in_flight.dec()
         name = self.model_label(model, register=status < 400)
-        self._labelled(self._requests, model_group, name, route, str(status), outcome).inc()
+        self._requests.labels(model_group, name, route, str(status), outcome).inc()
         per_route = self._per_route.get(route)
         if per_route is None:
-            per_route = self._per_route[route] = tuple(
-                metric.labels(route)
-                for metric in (self._duration, self._ttfb, self._overhead, self._bytes_out)
+            per_route = self._per_route[route] = (
+                self._duration.labels(route),
+                self._ttfb.labels(route),
+                self._overhead.labels(route),
+                self._bytes_out.labels(route),
             )
         duration_child, ttfb_child, overhead_child, bytes_child = per_route
         duration_child.observe(duration)
@@ -330,9 +373,9 @@ class GatewayMetrics:
 
     def admission(self, *, group: str, decision: str, waited: float | None) -> None:
         """Count one limiter decision; `waited` is set for admitted requests."""
-        self._labelled(self._admissions, group, decision).inc()
+        self._admissions.labels(group, decision).inc()
         if waited is not None:
-            self._labelled(self._queue_wait, group).observe(waited)
+            self._queue_wait.labels(group).observe(waited)
 
     def queue_entered(self) -> None:
         self._queue_depth.inc()
@@ -342,9 +385,9 @@ class GatewayMetrics:
 
     def backend_call(self, operation: str, seconds: float, ok: bool) -> None:
         """One limiter backend round trip (reserve, adjust, cap, learn) and whether it failed."""
-        self._labelled(self._backend_latency, operation).observe(seconds)
+        self._backend_latency.labels(operation).observe(seconds)
         if not ok:
-            self._labelled(self._backend_errors, operation).inc()
+            self._backend_errors.labels(operation).inc()
 
     def fail_open_used(self) -> None:
         self._fail_open.inc()
@@ -352,7 +395,7 @@ class GatewayMetrics:
     def limits_configured(self, limits: Mapping[tuple[str, str], int]) -> None:
         """The limits file's limit per (group, dimension), for utilisation panels."""
         for (group, dimension), limit in limits.items():
-            self._labelled(self._limit, group, dimension).set(limit)
+            self._limit.labels(group, dimension).set(limit)
 
     def watch_learning(self, read: LearningReader) -> None:
         """Read the estimator's learned ratio and expected output at scrape time."""
@@ -367,20 +410,20 @@ class GatewayMetrics:
 
     def upstream_attempt(self, status: str) -> None:
         """One attempt upstream: its HTTP status, or `connect_error` / `timeout`."""
-        self._labelled(self._attempts, status).inc()
+        self._attempts.labels(status).inc()
 
     def upstream_retry(self, cause: str) -> None:
-        self._labelled(self._retries, cause).inc()
+        self._retries.labels(cause).inc()
 
     def retry_budget_exhausted(self) -> None:
         self._retry_budget_exhausted.inc()
 
     def upstream_rate_limited(self, group: str) -> None:
-        self._labelled(self._upstream_429, group).inc()
+        self._upstream_429.labels(group).inc()
 
     def api_remaining(self, group: str, axis: str, remaining: float) -> None:
         """The API's `anthropic-ratelimit-<axis>-remaining` for a group."""
-        self._labelled(self._api_remaining, group, axis).set(remaining)
+        self._api_remaining.labels(group, axis).set(remaining)
 
     # Tokens ---------------------------------------------------------------------------
 
@@ -389,15 +432,15 @@ class GatewayMetrics:
         for kind in TOKEN_KINDS:
             amount = usage.get(kind, 0)
             if amount:
-                self._labelled(self._tokens, group, kind).inc(amount)
+                self._tokens.labels(group, kind).inc(amount)
 
     def estimate_observed(self, group: str, estimated: int, actual: int) -> None:
         """The estimator's error on one request, as actual / estimated input tokens."""
         if estimated > 0:
-            self._labelled(self._estimate_ratio, group).observe(actual / estimated)
+            self._estimate_ratio.labels(group).observe(actual / estimated)
 
     def usage_missing(self, group: str) -> None:
-        self._labelled(self._missing_usage, group).inc()
+        self._missing_usage.labels(group).inc()
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
@@ -408,7 +451,7 @@ class GatewayMetrics:
     # ask the API (gateway/exact_count.py) and fall back to the heuristic; `reason` says why.
 
     def _define_estimates(self, registry: CollectorRegistry) -> None:
-        self._input_estimates = Counter(
+        self._input_estimates = self._counter(
             "gateway_input_estimates",
             "Input estimates at admission by method (count_tokens, heuristic) and reason: "
             "configured (the group's method), or why an exact count fell back: timeout, "
@@ -419,4 +462,4 @@ class GatewayMetrics:
 
     def input_estimate(self, group: str, method: str, reason: str) -> None:
         """One admission's input estimate: how it was made and, for a fallback, why."""
-        self._labelled(self._input_estimates, group, method, reason).inc()
+        self._input_estimates.labels(group, method, reason).inc()
