@@ -103,14 +103,7 @@ class Launcher:
     ) -> Child:
         """`python -m gateway serve`; NotReadyError (with its log tail) if /healthz isn't 200."""
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        env |= {
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_UPSTREAM_URL": upstream.url,
-            "GATEWAY_LOG_LEVEL": "warning",
-            "GATEWAY_SHUTDOWN_GRACE_SECONDS": "2",  # stopping between phases stays quick
-        }
+        env = gateway_env(port, upstream)
         if redis_url:
             env["GATEWAY_REDIS_URL"] = redis_url
         if limits_file:
@@ -144,6 +137,20 @@ class Launcher:
         path = self.procs.logdir / "never-hit-limits.yaml"
         path.write_text(NEVER_HIT_LIMITS)
         return path
+
+
+def gateway_env(port: int, upstream: Child) -> dict[str, str]:
+    """This environment without any `GATEWAY_*`, plus what a bench gateway needs: its port,
+    the mock as upstream, warnings-only logs and a short shutdown grace."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env |= {
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_UPSTREAM_URL": upstream.url,
+        "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_SHUTDOWN_GRACE_SECONDS": "2",  # stopping between phases stays quick
+    }
+    return env
 
 
 async def redis_commandstats(port: int) -> dict[str, int]:
