@@ -32,7 +32,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
@@ -120,7 +120,10 @@ class _Family(Collector, Generic[CellT, FamilyT]):
         labelnames: Sequence[str] = (),
         *,
         now: WallClock = wall_time,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """`registry`, when given, registers the family (refusing a name already taken), as
+        prometheus_client's own metrics do."""
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
@@ -128,6 +131,8 @@ class _Family(Collector, Generic[CellT, FamilyT]):
         self.cells: dict[tuple[str, ...], CellT] = {}
         if not self.labelnames:
             self.cells[()] = self._new_cell()
+        if registry is not None:
+            registry.register(self)
 
     def labels(self, *values: str) -> CellT:
         """The cell for these label values (in `labelnames` order), created on first use."""
@@ -199,6 +204,7 @@ class HistogramFamily(_Family[HistogramCell, HistogramMetricFamily]):
         *,
         buckets: Sequence[float],
         now: WallClock = wall_time,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         bounds = [float(bound) for bound in buckets]
         if bounds != sorted(bounds):
@@ -211,7 +217,7 @@ class HistogramFamily(_Family[HistogramCell, HistogramMetricFamily]):
             floatToGoString(bound)  # type: ignore[no-untyped-call]
             for bound in self.bounds
         )
-        super().__init__(name, documentation, labelnames, now=now)
+        super().__init__(name, documentation, labelnames, now=now, registry=registry)
 
     def _new_cell(self) -> HistogramCell:
         return HistogramCell(self.bounds, self._now())

@@ -18,7 +18,6 @@ rarely (bucket fill, learned figures, breaker, limits, build info) stay promethe
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -98,15 +97,6 @@ class _LearningCollector(Collector):
         yield output
 
 
-_Family = TypeVar("_Family", bound=Collector)
-
-
-def _registered(registry: CollectorRegistry, family: _Family) -> _Family:
-    """`family`, registered on `registry` (which refuses a name already taken)."""
-    registry.register(family)
-    return family
-
-
 class GatewayMetrics:
     """The gateway's metrics; one instance per app, on its own registry."""
 
@@ -135,106 +125,84 @@ class GatewayMetrics:
         )
 
     def _define_requests(self, registry: CollectorRegistry) -> None:
-        self._requests = _registered(
-            registry,
-            CounterFamily(
-                "gateway_requests",
-                "Requests answered, by outcome: ok, queued_ok, rejected, never_fits, "
-                "invalid_request, upstream_error, upstream_unavailable, upstream_timeout, "
-                "upstream_dropped, client_disconnect, gateway_error, internal_error.",
-                ["model_group", "model", "route", "status", "outcome"],
-            ),
+        self._requests = CounterFamily(
+            "gateway_requests",
+            "Requests answered, by outcome: ok, queued_ok, rejected, never_fits, "
+            "invalid_request, upstream_error, upstream_unavailable, upstream_timeout, "
+            "upstream_dropped, client_disconnect, gateway_error, internal_error.",
+            ["model_group", "model", "route", "status", "outcome"],
+            registry=registry,
         )
-        self._duration = _registered(
-            registry,
-            HistogramFamily(
-                "gateway_request_duration_seconds",
-                "Time from request received to last byte sent.",
-                ["route"],
-                buckets=DURATION_BUCKETS,
-            ),
+        self._duration = HistogramFamily(
+            "gateway_request_duration_seconds",
+            "Time from request received to last byte sent.",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
         )
-        self._ttfb = _registered(
-            registry,
-            HistogramFamily(
-                "gateway_time_to_first_byte_seconds",
-                "Time from request received to the first response body byte relayed.",
-                ["route"],
-                buckets=DURATION_BUCKETS,
-            ),
+        self._ttfb = HistogramFamily(
+            "gateway_time_to_first_byte_seconds",
+            "Time from request received to the first response body byte relayed.",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
         )
-        self._overhead = _registered(
-            registry,
-            HistogramFamily(
-                "gateway_overhead_seconds",
-                "Time the gateway itself spent before sending upstream, queue wait excluded.",
-                ["route"],
-                buckets=DURATION_BUCKETS,
-            ),
+        self._overhead = HistogramFamily(
+            "gateway_overhead_seconds",
+            "Time the gateway itself spent before sending upstream, queue wait excluded.",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
         )
-        self._in_flight = _registered(
-            registry, GaugeFamily("gateway_in_flight_requests", "Requests being handled.")
+        self._in_flight = GaugeFamily(
+            "gateway_in_flight_requests", "Requests being handled.", registry=registry
         ).labels()
-        self._open_streams = _registered(
-            registry, GaugeFamily("gateway_open_streams", "SSE responses being relayed.")
+        self._open_streams = GaugeFamily(
+            "gateway_open_streams", "SSE responses being relayed.", registry=registry
         ).labels()
-        self._bytes_out = _registered(
-            registry,
-            CounterFamily(
-                "gateway_response_bytes",
-                "Response body bytes relayed to clients.",
-                ["route"],
-            ),
+        self._bytes_out = CounterFamily(
+            "gateway_response_bytes",
+            "Response body bytes relayed to clients.",
+            ["route"],
+            registry=registry,
         )
 
     def _define_limiter(self, registry: CollectorRegistry) -> None:
-        self._admissions = _registered(
-            registry,
-            CounterFamily(
-                "gateway_limiter_admissions",
-                "Limiter decisions: now, queued, rejected, never_fits, unknown_model, unavailable.",
-                ["model_group", "decision"],
-            ),
+        self._admissions = CounterFamily(
+            "gateway_limiter_admissions",
+            "Limiter decisions: now, queued, rejected, never_fits, unknown_model, unavailable.",
+            ["model_group", "decision"],
+            registry=registry,
         )
-        self._queue_wait = _registered(
-            registry,
-            HistogramFamily(
-                "gateway_queue_wait_seconds",
-                "Time admitted requests waited for capacity (0 when sent at once).",
-                ["model_group"],
-                buckets=DURATION_BUCKETS,
-            ),
+        self._queue_wait = HistogramFamily(
+            "gateway_queue_wait_seconds",
+            "Time admitted requests waited for capacity (0 when sent at once).",
+            ["model_group"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
         )
-        self._queue_depth = _registered(
-            registry,
-            GaugeFamily(
-                "gateway_queue_depth",
-                "Requests of this instance waiting for admission (limiter call and queue wait).",
-            ),
+        self._queue_depth = GaugeFamily(
+            "gateway_queue_depth",
+            "Requests of this instance waiting for admission (limiter call and queue wait).",
+            registry=registry,
         ).labels()
-        self._backend_latency = _registered(
-            registry,
-            HistogramFamily(
-                "gateway_limiter_backend_seconds",
-                "Latency of one limiter backend call (Redis round trip), by operation.",
-                ["operation"],
-                buckets=DURATION_BUCKETS,
-            ),
+        self._backend_latency = HistogramFamily(
+            "gateway_limiter_backend_seconds",
+            "Latency of one limiter backend call (Redis round trip), by operation.",
+            ["operation"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
         )
-        self._backend_errors = _registered(
-            registry,
-            CounterFamily(
-                "gateway_limiter_backend_errors",
-                "Limiter backend calls that failed (Redis errors, timeouts), by operation.",
-                ["operation"],
-            ),
+        self._backend_errors = CounterFamily(
+            "gateway_limiter_backend_errors",
+            "Limiter backend calls that failed (Redis errors, timeouts), by operation.",
+            ["operation"],
+            registry=registry,
         )
-        self._fail_open = _registered(
-            registry,
-            CounterFamily(
-                "gateway_limiter_fail_open",
-                "Admissions decided on local buckets because the shared backend failed.",
-            ),
+        self._fail_open = CounterFamily(
+            "gateway_limiter_fail_open",
+            "Admissions decided on local buckets because the shared backend failed.",
+            registry=registry,
         ).labels()
         self._breaker_open = Gauge(
             "gateway_limiter_breaker_open",
@@ -250,72 +218,55 @@ class GatewayMetrics:
         )
 
     def _define_upstream(self, registry: CollectorRegistry) -> None:
-        self._attempts = _registered(
-            registry,
-            CounterFamily(
-                "gateway_upstream_attempts",
-                "Upstream attempts by status (or connect_error, timeout).",
-                ["status"],
-            ),
+        self._attempts = CounterFamily(
+            "gateway_upstream_attempts",
+            "Upstream attempts by status (or connect_error, timeout).",
+            ["status"],
+            registry=registry,
         )
-        self._retries = _registered(
-            registry,
-            CounterFamily(
-                "gateway_upstream_retries",
-                "Retries by cause: status code, connect_error, timeout.",
-                ["cause"],
-            ),
+        self._retries = CounterFamily(
+            "gateway_upstream_retries",
+            "Retries by cause: status code, connect_error, timeout.",
+            ["cause"],
+            registry=registry,
         )
-        self._retry_budget_exhausted = _registered(
-            registry,
-            CounterFamily(
-                "gateway_upstream_retry_budget_exhausted",
-                "Retries skipped because the retry budget was spent.",
-            ),
+        self._retry_budget_exhausted = CounterFamily(
+            "gateway_upstream_retry_budget_exhausted",
+            "Retries skipped because the retry budget was spent.",
+            registry=registry,
         ).labels()
-        self._upstream_429 = _registered(
-            registry,
-            CounterFamily(
-                "gateway_upstream_rate_limited",
-                "Upstream 429 responses (should stay at zero: the gateway's promise).",
-                ["model_group"],
-            ),
+        self._upstream_429 = CounterFamily(
+            "gateway_upstream_rate_limited",
+            "Upstream 429 responses (should stay at zero: the gateway's promise).",
+            ["model_group"],
+            registry=registry,
         )
-        self._api_remaining = _registered(
-            registry,
-            GaugeFamily(
-                "gateway_upstream_ratelimit_remaining",
-                "The API's own anthropic-ratelimit-*-remaining, last seen, per group and axis.",
-                ["model_group", "axis"],
-            ),
+        self._api_remaining = GaugeFamily(
+            "gateway_upstream_ratelimit_remaining",
+            "The API's own anthropic-ratelimit-*-remaining, last seen, per group and axis.",
+            ["model_group", "axis"],
+            registry=registry,
         )
 
     def _define_tokens(self, registry: CollectorRegistry) -> None:
-        self._tokens = _registered(
-            registry,
-            CounterFamily(
-                "gateway_tokens",
-                "Tokens used, from settled usage, by kind: input, output, cache_read, "
-                "cache_creation.",
-                ["model_group", "kind"],
-            ),
+        self._tokens = CounterFamily(
+            "gateway_tokens",
+            "Tokens used, from settled usage, by kind: input, output, cache_read, cache_creation.",
+            ["model_group", "kind"],
+            registry=registry,
         )
-        self._estimate_ratio = _registered(
-            registry,
-            HistogramFamily(
-                "gateway_token_estimate_ratio",
-                "Actual / estimated input tokens per settled request (1.0 = exact).",
-                ["model_group"],
-                buckets=RATIO_BUCKETS,
-            ),
+        self._estimate_ratio = HistogramFamily(
+            "gateway_token_estimate_ratio",
+            "Actual / estimated input tokens per settled request (1.0 = exact).",
+            ["model_group"],
+            buckets=RATIO_BUCKETS,
+            registry=registry,
         )
-        self._missing_usage = _registered(
-            registry,
-            CounterFamily(
-                "gateway_usage_missing",
-                "Responses that ended without usage; the reservation was charged as is.",
-                ["model_group"],
-            ),
+        self._missing_usage = CounterFamily(
+            "gateway_usage_missing",
+            "Responses that ended without usage; the reservation was charged as is.",
+            ["model_group"],
+            registry=registry,
         )
 
     def model_label(self, model: str | None, *, register: bool = True) -> str:
@@ -460,15 +411,13 @@ class GatewayMetrics:
     # ask the API (gateway/exact_count.py) and fall back to the heuristic; `reason` says why.
 
     def _define_estimates(self, registry: CollectorRegistry) -> None:
-        self._input_estimates = _registered(
-            registry,
-            CounterFamily(
-                "gateway_input_estimates",
-                "Input estimates at admission by method (count_tokens, heuristic) and reason: "
-                "configured (the group's method), or why an exact count fell back: timeout, "
-                "error, rate_limited.",
-                ["model_group", "method", "reason"],
-            ),
+        self._input_estimates = CounterFamily(
+            "gateway_input_estimates",
+            "Input estimates at admission by method (count_tokens, heuristic) and reason: "
+            "configured (the group's method), or why an exact count fell back: timeout, "
+            "error, rate_limited.",
+            ["model_group", "method", "reason"],
+            registry=registry,
         )
 
     def input_estimate(self, group: str, method: str, reason: str) -> None:
