@@ -6,7 +6,18 @@ import math
 
 import pytest
 
-from gateway.limits.learning import Figures, Learning, Lesson, Mean, Samples, merged
+from gateway.limits.learning import (
+    _BOUNDS,
+    COUNT_CAP,
+    Figures,
+    Learning,
+    Lesson,
+    Mean,
+    Samples,
+    _absorb,
+    _moved,
+    merged,
+)
 
 
 def test_nothing_learned_means_ratio_one_and_no_expected_output() -> None:
@@ -114,3 +125,16 @@ def test_one_observe_learns_what_observe_input_then_observe_output_learn() -> No
         apart.observe_input("g", estimated, actual)
         apart.observe_output("g", output)
     assert (together.snapshot(), together.lessons()) == (apart.snapshot(), apart.lessons())
+
+
+@pytest.mark.parametrize("mean", [Mean(), Mean(0.2, 3), Mean(0.05, COUNT_CAP)])
+@pytest.mark.parametrize("sample", [-5.0, -0.1, 0.0, 0.3, 5.0])
+def test_one_sample_shortcut_moves_a_mean_as_the_batch_rule_does(mean: Mean, sample: float) -> None:
+    """`observe` uses `_moved`, a one-sample form of `_absorb` (3x cheaper per settlement):
+    both must move a mean the same way, clipping and the count cap included."""
+    low, high = _BOUNDS[0]
+    moved, absorbed = _moved(mean, sample, low, high), _absorb(mean, Samples(sample, 1), low, high)
+    assert (pytest.approx(absorbed.value, rel=1e-12, abs=1e-15), absorbed.count) == (
+        moved.value,
+        moved.count,
+    )
