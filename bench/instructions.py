@@ -9,8 +9,8 @@ How: each server runs under `valgrind --tool=callgrind --instr-atstart=no`; afte
 `callgrind_control -i on` starts counting, `--requests` requests go at `--concurrency`,
 `-i off` stops it and `--dump` writes the total. User-space instructions only: syscalls and
 the kernel's loopback work are not counted, and under valgrind the server is so slow that
-Redis replies batch and settlements coalesce more than in real time, so the Redis row
-understates that backend's cost. Needs `valgrind` (not installed by `make install`).
+Redis replies batch and settlements pile up between admissions more than in real time, so
+the Redis row misstates that backend's cost. Needs `valgrind` (not installed by `make install`).
 """
 
 from __future__ import annotations

@@ -104,6 +104,7 @@ def limiter_ctx(
                 settings.redis_url.get_secret_value(),
                 cluster=settings.redis_cluster,
                 timeout=settings.redis_timeout_seconds,
+                on_backend_call=services.metrics.backend_call,
             )
             app[READINESS_CHECKS]["redis"] = _pinger(backend)
         else:

@@ -193,10 +193,10 @@ class ExactCounter:
         try:
             result = await self.count(body, headers, query, time_limit=time_limit)
         except asyncio.CancelledError:  # the client left: keep nothing reserved
-            await asyncio.shield(limiter.refund(slot))
+            limiter.refund(slot)
             raise
         if isinstance(result, NotCounted) and not result.reached:
-            await limiter.refund(slot)
+            limiter.refund(slot)
         return result
 
     async def count(

@@ -65,7 +65,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
         )
     except BaseException:
         if isinstance(decision, Admitted) and services.limiter is not None:
-            await asyncio.shield(services.limiter.refund(decision))
+            services.limiter.refund(decision)
         raise
     # Settlement charges `opened.charged_requests` RPM: each attempt the API answered.
     upstream_response = opened.response
@@ -109,18 +109,17 @@ async def _relay_and_settle(
     finally:
         if is_stream:
             services.metrics.stream_closed()
-        if tap is not None:
-            # Every byte has reached the client; shielded, so a disconnect cannot skip it.
-            await asyncio.shield(
-                settle(
-                    services.limiter,
-                    services.metrics,
-                    decision,
-                    input_estimate=exchange.input_estimate,
-                    tap=tap,
-                    outcome=outcome,
-                )
+        if tap is not None:  # every byte has reached the client
+            pull_down = settle(
+                services.limiter,
+                services.metrics,
+                decision,
+                input_estimate=exchange.input_estimate,
+                tap=tap,
+                outcome=outcome,
             )
+            if pull_down is not None:  # shielded, so a disconnect cannot skip it
+                await asyncio.shield(pull_down)
     exchange.bytes_out = result.bytes_out
     exchange.first_byte_at = result.first_byte_at
     if result.ending is not Ending.COMPLETE:

@@ -24,8 +24,9 @@ request stays charged, and the Messages headers on their responses teach nothing
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.limits import Admission, Admitted, BucketSpec, Cost, Dimension, Limiter
 from gateway.metrics import GatewayMetrics
@@ -121,7 +122,7 @@ def actual_cost(admitted: Admitted, tap: UsageTap, outcome: Outcome, cache_reads
     return Cost(outcome.requests, reserved.input_tokens, reserved.output_tokens)
 
 
-async def settle(
+def settle(
     limiter: Limiter | None,
     metrics: GatewayMetrics,
     decision: Admission | None,
@@ -129,14 +130,16 @@ async def settle(
     input_estimate: int | None,
     tap: UsageTap,
     outcome: Outcome,
-) -> None:
-    """Pull the buckets toward upstream's view, settle the usage, and learn from it.
+) -> Coroutine[Any, Any, None] | None:
+    """Settle the usage and learn from it, at once; or, when upstream reported less room
+    than the buckets hold, return the pull-down and settlement still to make, in that order,
+    for the caller to await (the only part that waits on the backend).
 
     Called for model-group admissions only; `input_estimate` is the raw heuristic estimate
     made at admission, reused here to calibrate instead of estimating the body again.
     """
     if limiter is None or not isinstance(decision, Admitted):
-        return
+        return None
     learns = outcome.status < 300 or outcome.status == 429
     if learns and limiter.learns_limits(decision.group):
         limiter.learn_limits(decision.group, reported_limits(outcome.headers))
@@ -145,10 +148,42 @@ async def settle(
         metrics.api_remaining(decision.group, AXES[dimension], remaining)
     ceilings = pull_down_ceilings(decision, outcome, reported)
     if ceilings:
-        await limiter.pull_down(decision, ceilings, at=outcome.headers_at)
+        return _pull_down_and_settle(
+            limiter, metrics, decision, ceilings, input_estimate=input_estimate, tap=tap,
+            outcome=outcome,
+        )  # fmt: skip
+    _settle(limiter, metrics, decision, input_estimate=input_estimate, tap=tap, outcome=outcome)
+    return None
+
+
+async def _pull_down_and_settle(
+    limiter: Limiter,
+    metrics: GatewayMetrics,
+    decision: Admitted,
+    ceilings: Mapping[Dimension, float],
+    *,
+    input_estimate: int | None,
+    tap: UsageTap,
+    outcome: Outcome,
+) -> None:
+    """Lower the buckets to upstream's view first, then settle on top of it."""
+    await limiter.pull_down(decision, ceilings, at=outcome.headers_at)
+    _settle(limiter, metrics, decision, input_estimate=input_estimate, tap=tap, outcome=outcome)
+
+
+def _settle(
+    limiter: Limiter,
+    metrics: GatewayMetrics,
+    decision: Admitted,
+    *,
+    input_estimate: int | None,
+    tap: UsageTap,
+    outcome: Outcome,
+) -> None:
+    """Charge or refund what the request really cost, and observe the usage."""
     group = limiter.group(decision.group)
     cache_reads = group is not None and group.cache_reads_count
-    await limiter.settle(decision, actual_cost(decision, tap, outcome, cache_reads))
+    limiter.settle(decision, actual_cost(decision, tap, outcome, cache_reads))
     _observe(limiter, metrics, decision, input_estimate=input_estimate, tap=tap, outcome=outcome)
 
 

@@ -93,7 +93,7 @@ async def level(gateway: RunningGateway, dimension: Dimension) -> float:
     cost = Cost(**{dimension.value: amount})
     decision = await limiter.admit(scope=SCOPE, model=MODEL, cost=cost, max_wait=0)
     if isinstance(decision, Admitted):  # the bucket was full: give it back
-        await limiter.refund(decision)
+        limiter.refund(decision)
         return float(amount)
     assert isinstance(decision, Rejected)
     return decision.remaining

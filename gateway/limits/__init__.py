@@ -4,7 +4,7 @@ The handler's whole conversation with this package::
 
     admission = await limiter.admit(scope=key_hash, model=model, cost=estimate, max_wait=None)
     ...  # Admitted: forward; Rejected / NeverFitsRejection / UnknownModel / BackendUnavailable
-    await limiter.settle(admission, actual_usage)      # in a finally; refund() if nothing ran
+    limiter.settle(admission, actual_usage)            # in a finally; refund() if nothing ran
 
 `RedisBackend` lives in `gateway.limits.redis_backend`, imported only by the composition
 root, so importing this package does not import redis.

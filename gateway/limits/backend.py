@@ -13,11 +13,19 @@ Exception tree::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from gateway.limits.learning import Figures, Lesson
 from gateway.limits.model import BucketSpec, Cost, NeverFits, Refused, Reservation
+
+BackendObserver = Callable[[str, float, bool], None]
+"""Told of every backend round trip: operation (`reserve`, `adjust`, `cap`, `learn`), seconds,
+success. Feeds `gateway_limiter_backend_seconds` and `..._errors_total`."""
+
+
+def ignore_backend_call(operation: str, seconds: float, ok: bool) -> None:
+    """The default observer: metrics are optional."""
 
 
 class LimitBackendError(Exception):
@@ -49,11 +57,15 @@ class LimitBackend(Protocol):
         """
         ...
 
-    async def adjust(
-        self, reservation: Reservation, delta: Cost, *, now: float | None = None
-    ) -> None:
+    def adjust(self, reservation: Reservation, delta: Cost, *, now: float | None = None) -> None:
         """Charge (positive delta) or refund (negative) every bucket of a reservation, in one
-        atomic step; a refund never fills a bucket past capacity."""
+        atomic step; a refund never fills a bucket past capacity.
+
+        Never waits, so settling never holds up a response: a remote store may apply it
+        later, but before this backend decides its next reserve or cap of the same scope and
+        group, and within moments for other instances. A store failure then drops it
+        (logged), as if the reservation was used.
+        """
         ...
 
     async def cap(

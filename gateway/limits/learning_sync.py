@@ -14,12 +14,15 @@ keeps a dead Redis from costing requests latency, and no request waits for a syn
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import structlog
 
 from gateway.clock import Clock
-from gateway.limits.backend import LimitBackend, LimitBackendError
+from gateway.limits.backend import (
+    BackendObserver,
+    LimitBackend,
+    LimitBackendError,
+    ignore_backend_call,
+)
 from gateway.limits.learning import Learning
 
 log = structlog.get_logger(__name__)
@@ -28,10 +31,6 @@ SYNC_SECONDS = 5.0
 """How often an instance syncs a group it has new samples of (see docs/token-accounting.md)."""
 LOG_EVERY = 60.0
 """Least seconds between two `limits.learning_sync_failed` lines."""
-
-
-def _ignore(operation: str, seconds: float, ok: bool) -> None:
-    """The default observer: metrics are optional."""
 
 
 class LearningSync:
@@ -44,13 +43,13 @@ class LearningSync:
         clock: Clock,
         *,
         every: float = SYNC_SECONDS,
-        on_backend_call: Callable[[str, float, bool], None] | None = None,
+        on_backend_call: BackendObserver | None = None,
     ) -> None:
         self._learning = learning
         self._backend = backend
         self._clock = clock
         self._every = every
-        self._observe = on_backend_call or _ignore
+        self._observe = on_backend_call or ignore_backend_call
         self._failures = 0
         """Failed passes since the last good one."""
         self._logged_at: float | None = None

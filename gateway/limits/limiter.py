@@ -10,14 +10,19 @@ cooldown, so a dead Redis costs no latency per request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import structlog
 
 from gateway.clock import Clock
-from gateway.limits.backend import LimitBackend, LimitBackendError
+from gateway.limits.backend import (
+    BackendObserver,
+    LimitBackend,
+    LimitBackendError,
+    ignore_backend_call,
+)
 from gateway.limits.bucket_cache import BucketCache
 from gateway.limits.learning import MAX_MODEL_GROUPS, LearnedLimits, Learning
 from gateway.limits.memory_backend import MemoryBackend
@@ -121,14 +126,6 @@ class CircuitBreaker:
             self._opened_at = self._clock.now()
 
 
-BackendObserver = Callable[[str, float, bool], None]
-"""Told of every backend call: operation (`reserve`, `adjust`, `cap`), seconds, success."""
-
-
-def _ignore(operation: str, seconds: float, ok: bool) -> None:
-    """The default observer: metrics are optional."""
-
-
 class Limiter:
     """Admission control for one gateway instance on a (usually shared) backend."""
 
@@ -143,7 +140,7 @@ class Limiter:
         on_backend_call: BackendObserver | None = None,
         learn_limits: bool = False,
     ) -> None:
-        self._observe = on_backend_call or _ignore
+        self._observe = on_backend_call or ignore_backend_call
         self._backend = backend
         self._config = config
         self._clock = clock
@@ -269,11 +266,13 @@ class Limiter:
         admitted.reserved_at = self._clock.now()
         return admitted
 
-    async def settle(self, admission: Admission, actual: Cost) -> None:
+    def settle(self, admission: Admission, actual: Cost) -> None:
         """Charge or refund the difference between `actual` and the reserved cost, once.
 
         A second call, or any outcome other than `Admitted`, is a no-op. A backend error is
         logged and dropped: the buckets then simply refill as if the reservation was used.
+        Never waits and is not timed: the backend takes it without a round trip (see
+        `LimitBackend.adjust`), so a cancelled or disconnected request cannot skip it.
         """
         if not isinstance(admission, Admitted) or admission.settled:
             return
@@ -282,17 +281,16 @@ class Limiter:
         if delta == _NO_COST or not admission.reservation.buckets:
             return  # nothing to correct, or admitted on no bucket (limits not learned yet)
         if admission.fallback:
-            await self._fallback.adjust(admission.reservation, delta)
+            self._fallback.adjust(admission.reservation, delta)
             return
         if self._breaker.is_open:
             log.warning("limits.settle_skipped", group=admission.group, reason="breaker open")
             return
         try:
-            await self._timed("adjust", self._backend.adjust(admission.reservation, delta))
+            self._backend.adjust(admission.reservation, delta)
         except LimitBackendError as exc:
+            self._breaker.failed()
             log.warning("limits.settle_failed", group=admission.group, error=str(exc))
-        else:
-            self._breaker.succeeded()
 
     async def pull_down(
         self, admission: Admitted, ceilings: Mapping[Dimension, float], *, at: float
@@ -313,9 +311,9 @@ class Limiter:
                 str(b.dimension): round(level) for b, level in zip(buckets, levels, strict=True)
             })  # fmt: skip
 
-    async def refund(self, admission: Admission) -> None:
+    def refund(self, admission: Admission) -> None:
         """Give back everything an admission reserved (nothing was used)."""
-        await self.settle(admission, Cost())
+        self.settle(admission, Cost())
 
     async def _reserve(
         self, buckets: Sequence[BucketSpec], cost: Cost, max_wait: float
@@ -360,7 +358,7 @@ class Limiter:
         try:
             await self._clock.sleep(admitted.reservation.wait)
         except asyncio.CancelledError:
-            await asyncio.shield(self.refund(admitted))
+            self.refund(admitted)
             raise
 
     def _remember(self, reservation: Reservation) -> None:

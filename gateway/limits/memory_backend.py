@@ -74,9 +74,7 @@ class MemoryBackend:
             self._store(bucket, level, at)
         return Reservation(tuple(buckets), cost, decision / 1000, after)
 
-    async def adjust(
-        self, reservation: Reservation, delta: Cost, *, now: float | None = None
-    ) -> None:
+    def adjust(self, reservation: Reservation, delta: Cost, *, now: float | None = None) -> None:
         """Charge or refund every bucket of a reservation; see `LimitBackend.adjust`."""
         at = self._now(now)
         for bucket, amount in changes(reservation.buckets, delta):

@@ -9,9 +9,10 @@ Two transports sit behind one three-method seam (`evalsha`, `ping`, `aclose`): `
 where the limiter's per-request CPU matters most, and redis-py for Cluster, `rediss://` and
 injected clients (fakeredis in tests). `from_url` picks.
 
-Settlements go through a `Coalescer` (`coalescing.py`): while one adjust of a
-`{scope:group}` is in flight, later ones are summed per bucket and sent as one EVALSHA when
-it lands; its docstring records the one difference this makes (deltas are clamped once).
+Settlements never cost a request a round trip: `adjust` queues them per `{scope:group}`
+(`deferred.py`) and they ride on that tag's next reserve, which `reserve.lua` applies first,
+or go in one adjust call once the tag is idle for `settle_delay` seconds. Under load that
+makes one EVALSHA per request, settlement included.
 
 Every failure (connection, timeout, script) leaves this module as `LimitBackendError`.
 """
@@ -22,13 +23,15 @@ from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any, Protocol
 
+import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from gateway.limits.backend import LimitBackendError
-from gateway.limits.coalescing import Coalescer
+from gateway.clock import Clock, SystemClock
+from gateway.limits.backend import BackendObserver, LimitBackendError, ignore_backend_call
+from gateway.limits.deferred import DeferredSettlements, Settlement
 from gateway.limits.learning import (
     ALPHA,
     COUNT_CAP,
@@ -50,7 +53,11 @@ from gateway.limits.model import (
 )
 from gateway.limits.redis_wire import RedisWire, Script, WireError
 
+log = structlog.get_logger(__name__)
 _REFUSED = 1
+SETTLE_DELAY = 0.005
+"""Seconds a settlement waits for its tag's next admission before it is sent alone: far
+below any bucket's refill time, and above the gap between admissions under load."""
 _WIRE_SCHEMES = ("redis://", "unix://")
 _MARGIN = str(EXPIRY_MARGIN_MS)
 _ENCODED_MAX = 4_096
@@ -109,10 +116,21 @@ class _RedisPy:
 class RedisBackend:
     """Token buckets in Redis (standalone or Cluster), shared by every gateway instance."""
 
-    def __init__(self, client: Redis | RedisCluster | RedisWire) -> None:
+    def __init__(
+        self,
+        client: Redis | RedisCluster | RedisWire,
+        *,
+        settle_delay: float = SETTLE_DELAY,
+        on_backend_call: BackendObserver | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """`on_backend_call` hears of each settlement flush (`adjust`), timed on `clock`;
+        reserves and caps are timed by their caller, the `Limiter`."""
         self._transport: _Transport = client if isinstance(client, RedisWire) else _RedisPy(client)
         self._encoded: dict[BucketSpec, tuple[str, str, str, str]] = {}
-        self._settlements = Coalescer(self._apply)
+        self._deferred = DeferredSettlements(self._flush, delay=settle_delay)
+        self._observe = on_backend_call or ignore_backend_call
+        self._clock = clock or SystemClock()
 
     @classmethod
     def from_url(
@@ -122,6 +140,7 @@ class RedisBackend:
         cluster: bool = False,
         timeout: float = 1.0,
         max_connections: int = 16,
+        on_backend_call: BackendObserver | None = None,
     ) -> RedisBackend:
         """A backend on `url` (`redis://`, `unix://`, `rediss://`; a seed node's when `cluster`).
 
@@ -132,16 +151,16 @@ class RedisBackend:
         request. `timeout` bounds connecting and every command, so a hung server fails fast.
         """
         if not cluster and url.startswith(_WIRE_SCHEMES):
-            return cls(RedisWire.from_url(url, timeout=timeout))
+            return cls(RedisWire.from_url(url, timeout=timeout), on_backend_call=on_backend_call)
         settings: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
             "max_connections": max_connections,
         }
         if cluster:
-            return cls(RedisCluster.from_url(url, **settings))
+            return cls(RedisCluster.from_url(url, **settings), on_backend_call=on_backend_call)
         pool = BlockingConnectionPool.from_url(url, timeout=timeout, **settings)
-        return cls(Redis.from_pool(pool))
+        return cls(Redis.from_pool(pool), on_backend_call=on_backend_call)
 
     async def reserve(
         self,
@@ -151,40 +170,51 @@ class RedisBackend:
         max_wait: float,
         now: float | None = None,
     ) -> Reservation | Refused | NeverFits:
-        """Debit every bucket or none; see `LimitBackend.reserve`."""
+        """Debit every bucket or none; see `LimitBackend.reserve`. The tag's queued
+        settlements go along and are applied first."""
         never = check_request(buckets, cost)
         if never is not None:
             return never
+        tag = self._encode(buckets[0])[1]
+        if self._deferred.flying(tag):
+            await self._deferred.landed(tag)
         keys: list[str] = []
-        args: list[str | int] = [_now_arg(now), repr(float(max_wait)), _MARGIN]
+        args: list[str | int] = [_now_arg(now), repr(float(max_wait)), _MARGIN, len(buckets)]
         for bucket in buckets:
             key, _, capacity, rate = self._encode(bucket)
             keys.append(key)
             args += (capacity, rate, cost.on(bucket.dimension))
-        reply = await self._run(_RESERVE, keys, args)
+        carried = self._deferred.take(tag)
+        self._carry(carried, keys, args)
+        try:
+            reply = await self._run(_RESERVE, keys, args)
+        except LimitBackendError as exc:
+            _lost(tag, carried, exc)
+            raise
         try:
             return _outcome(buckets, cost, reply)
         except (TypeError, ValueError, IndexError) as exc:
             raise LimitBackendError(f"unexpected reserve reply: {reply!r}") from exc
 
-    async def adjust(
-        self, reservation: Reservation, delta: Cost, *, now: float | None = None
-    ) -> None:
+    def adjust(self, reservation: Reservation, delta: Cost, *, now: float | None = None) -> None:
         """Charge or refund every bucket of a reservation; see `LimitBackend.adjust`.
 
-        While an adjust of the same hash tag is in flight, this one joins the batch queued
-        behind it (see `Coalescer`) and returns once that batch is applied.
+        Returns at once: the settlement goes with the tag's next reserve or cap, or alone
+        after `settle_delay` (see `DeferredSettlements`).
         """
         touched = changes(reservation.buckets, delta)
         if touched:
-            await self._settlements.adjust(self._encode(touched[0][0])[1], touched, now)
+            self._deferred.add(self._encode(touched[0][0])[1], Settlement(touched, now))
 
     async def cap(
         self, buckets: Sequence[BucketSpec], ceilings: Sequence[float], *, now: float | None = None
     ) -> None:
-        """Lower each bucket to at most its ceiling; see `LimitBackend.cap`."""
+        """Lower each bucket to at most its ceiling; see `LimitBackend.cap`. The tag's
+        queued settlements are applied first, so the ceiling has the last word."""
         if not buckets:
             return
+        tag = self._encode(buckets[0])[1]
+        await self._deferred.settled(tag)
         keys: list[str] = []
         args: list[str | int] = [_now_arg(now), _MARGIN]
         for bucket, ceiling in zip(buckets, ceilings, strict=True):
@@ -215,20 +245,49 @@ class RedisBackend:
         except (RedisError, WireError, OSError) as exc:
             raise LimitBackendError(f"redis ping failed: {exc}") from exc
 
+    async def flush(self) -> None:
+        """Send every queued settlement now; return once all have landed (or failed)."""
+        await self._deferred.drain()
+
     async def aclose(self) -> None:
-        """Let queued settlements land, then close the client's connections."""
-        await self._settlements.drain()
+        """Send queued settlements and let them land, then close the client's connections."""
+        await self.flush()
         await self._transport.aclose()
 
-    async def _apply(self, touched: Sequence[tuple[BucketSpec, int]], now: float | None) -> None:
-        """One adjust.lua call for `touched` (all of one hash tag)."""
+    async def _flush(self, tag: str, settlements: list[Settlement]) -> None:
+        """One adjust.lua call for a tag's settlements that no reserve took; a failure is
+        logged and counted, never raised (no request waits for this)."""
         keys: list[str] = []
-        args: list[str | int] = [_now_arg(now), _MARGIN]
-        for bucket, amount in touched:
-            key, _, capacity, rate = self._encode(bucket)
-            keys.append(key)
-            args += (capacity, rate, amount)
-        await self._run(_ADJUST, keys, args)
+        args: list[str | int] = ["", _MARGIN]
+        self._carry(settlements, keys, args)
+        started = self._clock.now()
+        try:
+            await self._run(_ADJUST, keys, args)
+        except LimitBackendError as exc:
+            self._observe("adjust", self._clock.now() - started, False)
+            _lost(tag, settlements, exc)
+        else:
+            self._observe("adjust", self._clock.now() - started, True)
+
+    def _carry(self, settlements: list[Settlement], keys: list[str], args: list[str | int]) -> None:
+        """Append `settlements` as the scripts' `apply_carried` reads them: buckets not yet in
+        `keys` join it (capacity and rate first), then each settlement's time and amounts."""
+        index = {key: position for position, key in enumerate(keys, start=1)}
+        extra: list[str | int] = []
+        entries: list[str | int] = [len(settlements)]
+        for settlement in settlements:
+            entries += (_now_arg(settlement.now), len(settlement.touched))
+            for bucket, amount in settlement.touched:
+                key, _, capacity, rate = self._encode(bucket)
+                position = index.get(key)
+                if position is None:
+                    keys.append(key)
+                    position = index[key] = len(keys)
+                    extra += (capacity, rate)
+                entries += (position, amount)
+        args.append(len(extra) // 2)
+        args += extra
+        args += entries
 
     def _encode(self, bucket: BucketSpec) -> tuple[str, str, str, str]:
         """A bucket's key, hash tag, capacity and rate as the scripts take them (cached:
@@ -247,6 +306,12 @@ class RedisBackend:
             return await self._transport.evalsha(script, keys, args)
         except (RedisError, WireError, OSError) as exc:
             raise LimitBackendError(f"redis script failed: {exc}") from exc
+
+
+def _lost(tag: str, settlements: list[Settlement], error: LimitBackendError) -> None:
+    """Settlements whose call failed are dropped: their buckets refill as if fully used."""
+    if settlements:
+        log.warning("limits.settle_failed", tag=tag, settlements=len(settlements), error=str(error))
 
 
 def _outcome(buckets: Sequence[BucketSpec], cost: Cost, reply: Any) -> Reservation | Refused:

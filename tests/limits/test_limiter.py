@@ -68,11 +68,9 @@ class FlakyBackend:
         self._call("reserve")
         return await self.inner.reserve(buckets, cost, max_wait=max_wait, now=now)
 
-    async def adjust(
-        self, reservation: Reservation, delta: Cost, *, now: float | None = None
-    ) -> None:
+    def adjust(self, reservation: Reservation, delta: Cost, *, now: float | None = None) -> None:
         self._call("adjust")
-        await self.inner.adjust(reservation, delta, now=now)
+        self.inner.adjust(reservation, delta, now=now)
 
     async def cap(
         self, buckets: Sequence[BucketSpec], ceilings: Sequence[float], *, now: float | None = None
@@ -234,7 +232,7 @@ async def test_settle_moves_the_difference(
 ) -> None:
     """Settling refunds what a request reserved but did not use, or charges what it overused."""
     admission = await admit(limiter, Cost(1, 3_000))
-    await limiter.settle(admission, used)
+    limiter.settle(admission, used)
     after = await admitted(limiter)
     assert levels == after.reservation.levels
 
@@ -242,8 +240,8 @@ async def test_settle_moves_the_difference(
 async def test_second_settle_is_a_no_op(limiter: Limiter, backend: FlakyBackend) -> None:
     """Only the first settlement of an admission moves tokens."""
     admission = await admit(limiter, Cost(1, 3_000))
-    await limiter.settle(admission, Cost(1, 1_000))
-    await limiter.refund(admission)
+    limiter.settle(admission, Cost(1, 1_000))
+    limiter.refund(admission)
     after = await admitted(limiter)
     assert ["reserve", "adjust", "reserve"] == backend.calls
     assert (58.0, 5_000.0) == after.reservation.levels
@@ -251,7 +249,7 @@ async def test_second_settle_is_a_no_op(limiter: Limiter, backend: FlakyBackend)
 
 async def test_refund_gives_everything_back(limiter: Limiter) -> None:
     """A refund (nothing used) returns the whole reservation to every bucket."""
-    await limiter.refund(await admit(limiter, Cost(1, 3_000)))
+    limiter.refund(await admit(limiter, Cost(1, 3_000)))
     after = await admitted(limiter)
     assert (59.0, 6_000.0) == after.reservation.levels
 
@@ -322,7 +320,7 @@ async def test_fallback_admission_settles_on_the_fallback(
     backend.failing = True
     admission = await admit(limiter)
     backend.failing = False
-    await limiter.refund(admission)
+    limiter.refund(admission)
     assert ["reserve"] == backend.calls
 
 
@@ -330,7 +328,7 @@ async def test_settle_failure_is_dropped(limiter: Limiter, backend: FlakyBackend
     """A settlement the backend cannot take is logged and dropped, never raised."""
     admission = await admit(limiter, Cost(1, 3_000))
     backend.failing = True
-    await limiter.settle(admission, Cost(1, 1_000))
+    limiter.settle(admission, Cost(1, 1_000))
     assert ["reserve", "adjust"] == backend.calls
 
 

@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio
 from redis.exceptions import RedisError
+from structlog.testing import capture_logs
 
 from gateway.limits import BucketSpec, Cost, Dimension, LimitBackendError, Refused, Reservation
+from gateway.limits.deferred import MAX_PENDING
 from gateway.limits.redis_backend import RedisBackend
 from gateway.limits.redis_wire import RedisWire, WireConnectionError
 from tests.limits.conftest import bucket, hung_server
@@ -86,7 +88,8 @@ async def test_reserve_survives_a_script_flush(
     reservation = await backend.reserve([RPM], ONE_REQUEST, max_wait=0, now=1_000.0)
     assert isinstance(reservation, Reservation)
     await redis_client.script_flush()
-    await backend.adjust(reservation, Cost(requests=-1), now=1_000.0)
+    backend.adjust(reservation, Cost(requests=-1), now=1_000.0)
+    await backend.flush()
     expected = b"59 1000"  # level after two requests and one refund, written at t=1000
     assert expected == await redis_client.get(RPM.key)
 
@@ -95,6 +98,7 @@ SCENARIOS = [
     pytest.param("admit", {"evalsha": 1, "time": 1, "get": 2, "set": 2}, id="admit"),
     pytest.param("refuse", {"evalsha": 1, "time": 1, "get": 2}, id="refuse-writes-nothing"),
     pytest.param("adjust", {"evalsha": 1, "time": 1, "get": 2, "set": 2}, id="adjust"),
+    pytest.param("settle+admit", {"evalsha": 1, "time": 1, "get": 2, "set": 2}, id="carried"),
 ]
 
 
@@ -103,7 +107,8 @@ SCENARIOS = [
 async def test_each_call_is_one_evalsha_of_o_buckets_commands(
     backend: RedisBackend, redis_client: redis.asyncio.Redis, step: str, expected: dict[str, int]
 ) -> None:
-    """A call is one EVALSHA round trip; inside it, one TIME and a GET (and SET) per bucket."""
+    """A call is one EVALSHA round trip; inside it, one TIME and a GET (and SET) per bucket,
+    also when an admission carries a settlement of the same buckets."""
     reservation = await backend.reserve([RPM, ITPM], Cost(1, 6_000), max_wait=0)
     assert isinstance(reservation, Reservation)
     before = await command_counts(redis_client)
@@ -111,8 +116,12 @@ async def test_each_call_is_one_evalsha_of_o_buckets_commands(
         await backend.reserve([RPM, ITPM], Cost(1, 0), max_wait=0)
     elif step == "refuse":
         await backend.reserve([RPM, ITPM], Cost(1, 6_000), max_wait=0)
+    elif step == "adjust":
+        backend.adjust(reservation, Cost(-1, -10))
+        await backend.flush()
     else:
-        await backend.adjust(reservation, Cost(-1, -10))
+        backend.adjust(reservation, Cost(-1, -10))
+        await backend.reserve([RPM, ITPM], Cost(1, 0), max_wait=0)
     after = await command_counts(redis_client)
     delta = {name: calls - before.get(name, 0) for name, calls in after.items()}
     assert expected == {name: n for name, n in delta.items() if n and name != "info"}
@@ -182,51 +191,141 @@ def test_from_url_picks_the_wire_for_standalone_and_redis_py_otherwise() -> None
     assert expected == picked
 
 
+class Calls:
+    """A backend observer: every (operation, ok) it heard, and an event per operation."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bool]] = []
+        self.heard = {operation: asyncio.Event() for operation in ("adjust", "reserve")}
+
+    def __call__(self, operation: str, seconds: float, ok: bool) -> None:
+        self.seen.append((operation, ok))
+        self.heard[operation].set()
+
+
 @pytest.mark.redis
-async def test_concurrent_settlements_of_one_group_share_one_evalsha(
+async def test_settlements_ride_on_the_next_reserve_of_their_group(
     backend: RedisBackend, redis_client: redis.asyncio.Redis
 ) -> None:
-    """While one adjust of a hash tag is in flight, the rest queue and go as one EVALSHA."""
+    """Ten settlements then an admission of the same scope and group: one EVALSHA in all,
+    and the admission already sees every refund."""
     held = [await backend.reserve([RPM, ITPM], Cost(1, 100), max_wait=0) for _ in range(10)]
     before = await command_counts(redis_client)
-    await asyncio.gather(*(
-        backend.adjust(r, Cost(-1, -100)) for r in held if isinstance(r, Reservation)
-    ))  # fmt: skip
-    after = await command_counts(redis_client)
+    for reservation in held:
+        assert isinstance(reservation, Reservation)
+        backend.adjust(reservation, Cost(-1, -100))
     level = await backend.reserve([RPM, ITPM], Cost(1, 0), max_wait=0)
+    after = await command_counts(redis_client)
     assert isinstance(level, Reservation)
-    assert (2, 59.0, 6_000.0) == (
-        after["evalsha"] - before["evalsha"],  # the first alone, then the other nine summed
+    assert (1, 59.0, 6_000.0) == (
+        after["evalsha"] - before["evalsha"],
         round(level.levels[0], 3),
         round(level.levels[1], 3),
     )
 
 
 @pytest.mark.redis
-async def test_coalesced_settlements_are_clamped_once(
+async def test_an_idle_groups_settlements_reach_other_instances_within_the_delay(
+    redis_server: RedisServer, redis_client: redis.asyncio.Redis
+) -> None:
+    """With no admission to ride on, settlements go alone once the group is idle for
+    `settle_delay`, in one EVALSHA, and another instance then sees them."""
+    calls = Calls()
+    settling = RedisBackend.from_url(redis_server.url, on_backend_call=calls)
+    other = RedisBackend.from_url(redis_server.url)
+    try:
+        held = [await settling.reserve([RPM], ONE_REQUEST, max_wait=0) for _ in range(3)]
+        before = await command_counts(redis_client)
+        for reservation in held:
+            assert isinstance(reservation, Reservation)
+            settling.adjust(reservation, Cost(requests=-1))
+        await asyncio.wait_for(calls.heard["adjust"].wait(), timeout=5)
+        after = await command_counts(redis_client)
+        seen = await other.reserve([RPM], ONE_REQUEST, max_wait=0)
+    finally:
+        await settling.aclose()
+        await other.aclose()
+    assert isinstance(seen, Reservation)
+    assert (1, [("adjust", True)], 59.0) == (
+        after["evalsha"] - before["evalsha"],
+        calls.seen,
+        round(seen.levels[0], 3),
+    )
+
+
+@pytest.mark.redis
+async def test_settlements_sent_together_are_applied_one_by_one(
     backend: RedisBackend, redis_client: redis.asyncio.Redis
 ) -> None:
-    """A batch applies the sum of its deltas: a refund that would overflow offsets a charge."""
+    """A list of settlements lands as if each were its own call: clamped one at a time."""
     reservation = Reservation((RPM,), ONE_REQUEST, 0.0, (60.0,))
-    await asyncio.gather(
-        backend.adjust(reservation, Cost(requests=5), now=1_000.0),  # flies alone
-        backend.adjust(reservation, Cost(requests=-9), now=1_000.0),  # batch: -9 + 3 = -6
-        backend.adjust(reservation, Cost(requests=3), now=1_000.0),
-    )
-    # one by one: 60 - 5 = 55, min(60, 55 + 9) = 60, 60 - 3 = 57; summed: min(60, 55 + 6)
-    assert b"60 1000" == await redis_client.get(RPM.key)
+    backend.adjust(reservation, Cost(requests=5), now=1_000.0)
+    backend.adjust(reservation, Cost(requests=-9), now=1_000.0)
+    backend.adjust(reservation, Cost(requests=3), now=1_000.0)
+    await backend.flush()
+    # one by one: 60 - 5 = 55, min(60, 55 + 9) = 60, 60 - 3 = 57 (summed it would be 60)
+    assert b"57 1000" == await redis_client.get(RPM.key)
 
 
-async def test_a_failed_batch_fails_each_of_its_settlements() -> None:
-    """When Redis does not answer, every settlement queued behind the flight raises."""
+@pytest.mark.redis
+async def test_a_cap_follows_the_settlements_queued_before_it(
+    backend: RedisBackend, redis_client: redis.asyncio.Redis
+) -> None:
+    """A pull-down has the last word: queued refunds land first, then the ceiling applies."""
+    held = [await backend.reserve([RPM], ONE_REQUEST, max_wait=0, now=1_000.0) for _ in range(10)]
+    for reservation in held:
+        assert isinstance(reservation, Reservation)
+        backend.adjust(reservation, Cost(requests=-1), now=1_000.0)
+    await backend.cap([RPM], [55.0], now=1_000.0)
+    # refunds first: 50 -> 60, capped to 55; the other way round would leave 60
+    assert b"55 1000" == await redis_client.get(RPM.key)
+
+
+@pytest.mark.redis
+async def test_a_group_that_only_settles_is_flushed_every_max_pending(
+    redis_server: RedisServer, redis_client: redis.asyncio.Redis
+) -> None:
+    """Settlements never pile up: the 64th of a group sends them all without waiting."""
+    calls = Calls()
+    wire = RedisWire.from_url(redis_server.url)
+    backend = RedisBackend(wire, settle_delay=3_600, on_backend_call=calls)
+    reservation = Reservation((RPM,), ONE_REQUEST, 0.0, (0.0,))
+    try:
+        for _ in range(MAX_PENDING):
+            backend.adjust(reservation, Cost(requests=-1), now=1_000.0)
+        await asyncio.wait_for(calls.heard["adjust"].wait(), timeout=5)
+        stored = await redis_client.get(RPM.key)
+    finally:
+        await backend.aclose()
+    assert ([("adjust", True)], b"60 1000") == (calls.seen, stored)
+
+
+async def test_a_failed_flush_is_logged_and_counted_never_raised() -> None:
+    """When Redis does not answer, the flushed settlements are dropped with one warning and
+    one failed `adjust` call; the settling requests never see the error."""
+    calls = Calls()
     reservation = Reservation((RPM,), ONE_REQUEST, 0.0, (59.0,))
     async with hung_server() as url:
-        backend = RedisBackend(RedisWire.from_url(url, timeout=0.05))
-        try:
-            outcomes = await asyncio.gather(
-                *(backend.adjust(reservation, Cost(requests=-1)) for _ in range(3)),
-                return_exceptions=True,
-            )
-        finally:
+        wire = RedisWire.from_url(url, timeout=0.05)
+        backend = RedisBackend(wire, settle_delay=3_600, on_backend_call=calls)
+        with capture_logs() as logs:
+            for _ in range(3):
+                backend.adjust(reservation, Cost(requests=-1))
             await backend.aclose()
-    assert [LimitBackendError] * 3 == [type(outcome) for outcome in outcomes]
+    failures = [entry for entry in logs if entry["event"] == "limits.settle_failed"]
+    assert ([("adjust", False)], [3]) == (calls.seen, [f["settlements"] for f in failures])
+
+
+async def test_a_failed_reserve_drops_the_settlements_it_carried() -> None:
+    """The reserve raises LimitBackendError for the limiter; what it carried is logged lost."""
+    reservation = Reservation((RPM,), ONE_REQUEST, 0.0, (59.0,))
+    async with hung_server() as url:
+        backend = RedisBackend(RedisWire.from_url(url, timeout=0.05), settle_delay=3_600)
+        with capture_logs() as logs:
+            backend.adjust(reservation, Cost(requests=-1))
+            backend.adjust(reservation, Cost(requests=-1))
+            with pytest.raises(LimitBackendError):
+                await backend.reserve([RPM], ONE_REQUEST, max_wait=0)
+            await backend.aclose()
+    failures = [entry for entry in logs if entry["event"] == "limits.settle_failed"]
+    assert [2] == [f["settlements"] for f in failures]

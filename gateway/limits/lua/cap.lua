@@ -18,8 +18,7 @@ for i = 1, #KEYS do
   local cap, rate, ceiling = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
   local level = refilled_level(KEYS[i], cap, rate, now)
   if ceiling < level then
-    local ttl = math.ceil((cap - ceiling) / rate * 1000) + margin
-    redis.call('SET', KEYS[i], string.format('%.17g %.17g', ceiling, now), 'PX', string.format('%d', ttl))
+    store(KEYS[i], ceiling, now, cap, rate, margin)
     lowered = lowered + 1
   end
 end

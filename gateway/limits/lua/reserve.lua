@@ -1,49 +1,66 @@
--- Debit every bucket of one admission or none; one call, O(#KEYS) commands (a GET and a
--- SET each, plus one TIME). Transcribes refilled/need_ms/decide/ttl_ms of gateway/limits/model.py.
+-- Apply the settlements this call carries, then debit every bucket of one admission or none;
+-- one call, O(#KEYS) commands (a GET and a SET each, plus one TIME). Transcribes
+-- refilled/adjusted/need_ms/decide/ttl_ms of gateway/limits/model.py.
 --
--- KEYS[i]  bucket keys, all under one hash tag
+-- KEYS[1..n]  the admission's bucket keys, then buckets only settlements touch; one hash tag
 -- ARGV[1]  now in seconds from a test, or "" to read Redis TIME (production)
 -- ARGV[2]  max_wait in seconds
 -- ARGV[3]  expiry margin in milliseconds
--- ARGV[4 + 3(i-1) ..]  capacity, rate (per second), amount for bucket i
+-- ARGV[4]  n, the admission's bucket count
+-- ARGV[5 + 3(i-1) ..]  capacity, rate (per second), amount for bucket i <= n
+-- ARGV[5 + 3n ..]  carried settlements, as `apply_carried` in bucket.lua reads them
 --
 -- Returns {0, wait_ms, level_1, ..., level_n}: debited; levels after the debit, as strings
 --      or {1, i, wait_ms, level_i}: refused, nothing debited; bucket i needs the longest
--- Numbers that are not integers travel as '%.17g' strings: Redis truncates Lua numbers.
+-- Settlements are written either way. Numbers that are not integers travel as '%.17g'
+-- strings: Redis truncates Lua numbers.
 
 local now = clock_now(ARGV[1])
 local max_wait_ms = tonumber(ARGV[2]) * 1000
 local margin = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 
-local caps, rates, amounts, levels = {}, {}, {}, {}
+local caps, rates, amounts = {}, {}, {}
+for i = 1, n do
+  local base = 4 + 3 * (i - 1)
+  caps[i], rates[i], amounts[i] = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+end
+local settled, settled_at = apply_carried(n, 5 + 3 * n, now, caps, rates)
+
+local levels = {}
 local wait, worst = 0, 1
-for i = 1, #KEYS do
-  local base = 3 + 3 * (i - 1)
-  local cap, rate, amount = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  local level = refilled_level(KEYS[i], cap, rate, now)
-  local after = level - amount
+for i = 1, n do
+  local level
+  if settled[i] then
+    level = refilled(settled[i], settled_at[i], caps[i], rates[i], now)
+  else
+    level = refilled_level(KEYS[i], caps[i], rates[i], now)
+  end
+  local after = level - amounts[i]
   local need = 0
-  if amount > 0 and after < 0 then
-    need = math.ceil(-after / rate * 1000)
+  if amounts[i] > 0 and after < 0 then
+    need = math.ceil(-after / rates[i] * 1000)
   end
   if need > wait then
     wait, worst = need, i
   end
-  caps[i], rates[i], amounts[i], levels[i] = cap, rate, amount, level
+  levels[i] = level
 end
 
 if wait > max_wait_ms then
+  for i, level in pairs(settled) do
+    store(KEYS[i], level, settled_at[i], caps[i], rates[i], margin)
+  end
   return {1, worst, wait, string.format('%.17g', levels[worst])}
 end
 
 local reply = {0, wait}
-for i = 1, #KEYS do
+for i = 1, n do
   local after = levels[i] - amounts[i]
-  local ttl = margin
-  if after < caps[i] then
-    ttl = math.ceil((caps[i] - after) / rates[i] * 1000) + margin
-  end
-  redis.call('SET', KEYS[i], string.format('%.17g %.17g', after, now), 'PX', string.format('%d', ttl))
+  store(KEYS[i], after, now, caps[i], rates[i], margin)
   reply[#reply + 1] = string.format('%.17g', after)
+end
+for i = n + 1, #KEYS do
+  store(KEYS[i], settled[i], settled_at[i], caps[i], rates[i], margin)
 end
 return reply

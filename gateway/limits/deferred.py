@@ -1,0 +1,120 @@
+"""`DeferredSettlements`: a settlement rides on its hash tag's next script call.
+
+Each response settles its reservation (a charge or refund per bucket). Sent alone, that is a
+second round trip and script run per request, and a task waiting on it. Under load the same
+`{scope:group}` admits again within a millisecond, so a settlement instead waits in a list
+per hash tag and travels with that tag's next reserve, whose script applies it first. A tag
+that sends nothing for `delay` seconds has its list flushed in one adjust call instead.
+
+What this keeps:
+- this instance decides nothing on a tag without its own settlements: they go with the call;
+- each settlement is applied as one adjust call would apply it: in order, at its own time,
+  clamped one by one (the scripts replay the list);
+- other instances see a settlement within `delay`, or sooner with this instance's next
+  admission of the tag;
+- a flush or call that fails loses what it carried, as a failed adjust always did: those
+  buckets refill as if the reservation was used. The backend logs it.
+
+`add` never waits, so settling never holds up a response. Flushes of one tag fly one after
+another, in order; `landed` lets a caller wait for them (a cap must follow them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from gateway.limits.model import BucketSpec
+
+MAX_PENDING = 64
+"""Settlements one tag may hold; the next one flushes them at once, so script calls stay
+small even when a tag settles many requests without admitting any."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One adjust: `(bucket, amount)` of one hash tag at `now` (None: the store's clock)."""
+
+    touched: Sequence[tuple[BucketSpec, int]]
+    now: float | None
+
+
+Flush = Callable[[str, list[Settlement]], Awaitable[None]]
+"""Apply a tag's settlements in one call; handles (logs) its own failures, never raises."""
+
+
+class DeferredSettlements:
+    """Settlements per hash tag, waiting for the tag's next call or a flush."""
+
+    def __init__(self, flush: Flush, *, delay: float, max_pending: int = MAX_PENDING) -> None:
+        self._flush = flush
+        self._delay = delay
+        self._max_pending = max_pending
+        self._pending: dict[str, list[Settlement]] = {}
+        self._armed: set[str] = set()
+        """Tags with a flush timer running."""
+        self._flights: dict[str, asyncio.Task[None]] = {}
+        """The latest flush of each tag still flying; it waits for the one before it."""
+
+    def add(self, tag: str, settlement: Settlement) -> None:
+        """Queue a settlement of `tag`; it goes with the tag's next call, or by `delay`."""
+        pending = self._pending.setdefault(tag, [])
+        pending.append(settlement)
+        if len(pending) >= self._max_pending:
+            self._fly(tag)
+        elif tag not in self._armed:
+            self._armed.add(tag)
+            asyncio.get_running_loop().call_later(self._delay, self._due, tag)
+
+    def take(self, tag: str) -> list[Settlement]:
+        """The tag's queued settlements, now the caller's to send (in this order)."""
+        return self._pending.pop(tag, [])
+
+    async def landed(self, tag: str) -> None:
+        """Return once every flush of `tag` started so far has landed."""
+        flight = self._flights.get(tag)
+        if flight is not None:
+            await asyncio.shield(flight)
+
+    def flying(self, tag: str) -> bool:
+        """Whether a flush of `tag` is in flight (a call must wait for it to keep order)."""
+        return tag in self._flights
+
+    async def settled(self, tag: str) -> None:
+        """Send the tag's queued settlements now; return once every flush of it has landed."""
+        self._fly(tag)
+        await self.landed(tag)
+
+    async def drain(self) -> None:
+        """Flush every queued settlement now and return once all flushes have landed."""
+        for tag in list(self._pending):
+            self._fly(tag)
+        while self._flights:
+            await asyncio.gather(*self._flights.values(), return_exceptions=True)
+
+    def _due(self, tag: str) -> None:
+        """The tag's timer ran out: flush whatever no call has taken meanwhile."""
+        self._armed.discard(tag)
+        if self._pending.get(tag):
+            self._fly(tag)
+
+    def _fly(self, tag: str) -> None:
+        settlements = self._pending.pop(tag, [])
+        if not settlements:
+            return
+        before = self._flights.get(tag)
+        flight = asyncio.get_running_loop().create_task(self._send(tag, settlements, before))
+        self._flights[tag] = flight
+        flight.add_done_callback(lambda done: self._landed(tag, done))
+
+    async def _send(
+        self, tag: str, settlements: list[Settlement], before: asyncio.Task[None] | None
+    ) -> None:
+        if before is not None:  # keep a tag's flushes in order on pooled connections
+            await asyncio.wait([before])
+        await self._flush(tag, settlements)
+
+    def _landed(self, tag: str, flight: asyncio.Task[None]) -> None:
+        if self._flights.get(tag) is flight:
+            del self._flights[tag]
