@@ -41,7 +41,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: all but gateway+memory; quick: no redis)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
-    parser.add_argument("--duration", type=float, help="seconds of each timed req/s window")
+    parser.add_argument(
+        "--duration", type=float, help="seconds of timed req/s per target (split over --rounds)"
+    )
+    parser.add_argument("--rounds", type=int, help="req/s rounds, each target in turn")
     parser.add_argument("--streams", type=int, help="slow streams held open for RSS/stream")
     parser.add_argument("--concurrency", type=int, help="closed-loop concurrency (default 16)")
     parser.add_argument("--error-rate", type=float, help="529 fraction for --scenario errors")
@@ -74,7 +77,7 @@ def build_settings(args: argparse.Namespace) -> BenchSettings:
         if unknown:
             raise SystemExit(f"unknown targets: {', '.join(sorted(unknown))}")
         changes["targets"] = targets
-    for name in ("duration", "streams", "concurrency", "error_rate", "seed"):
+    for name in ("duration", "rounds", "streams", "concurrency", "error_rate", "seed"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     return dataclasses.replace(settings, **changes)

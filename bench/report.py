@@ -115,6 +115,14 @@ def _cpu_warnings(row: ProxyRow) -> list[str]:
     return out
 
 
+def _rounds(row: ProxyRow) -> str:
+    rates = ", ".join(f"{rate:,.0f}" for rate in row.round_rps)
+    line = f"- {row.target}: req/s per round {rates}"
+    if row.round_pct and row.target != "passthrough":
+        line += "; % of passthrough per round " + ", ".join(f"{p:.0f}" for p in row.round_pct)
+    return line
+
+
 def proxy_section(rows: list[ProxyRow], s: BenchSettings, placement: str) -> list[str]:
     by_name = {row.target: row for row in rows}
     direct, floor = by_name.get("direct"), by_name.get("passthrough")
@@ -139,7 +147,9 @@ def proxy_section(rows: list[ProxyRow], s: BenchSettings, placement: str) -> lis
         if row.skipped:
             table.append([row.target, f"skipped: {row.skipped}", *["-"] * (len(header) - 2)])
             continue
-        pct = 100 * row.rps / floor.rps if row.rps and floor and floor.rps else None
+        pct = row.pct_of_passthrough
+        if pct is None and row.rps and floor and floor.rps:
+            pct = 100 * row.rps / floor.rps
         base = direct if direct and not direct.skipped else None
         table.append(
             [
@@ -160,6 +170,8 @@ def proxy_section(rows: list[ProxyRow], s: BenchSettings, placement: str) -> lis
             ]
         )
         notes += _cpu_warnings(row)
+        if len(row.round_rps) > 1:
+            notes.append(_rounds(row))
         if row.rss_before_kb is not None:
             notes.append(
                 f"- {row.target}: RSS {row.rss_before_kb:,} KB before, {row.rss_during_kb:,} KB "
@@ -169,8 +181,10 @@ def proxy_section(rows: list[ProxyRow], s: BenchSettings, placement: str) -> lis
     return [
         "## Proxy overhead (default scenario)",
         "",
-        f"{placement}. req/s: {s.warmup:g} s warm-up, then "
-        f"{s.duration:g} s at concurrency {s.concurrency}; latency: {s.latency_samples} "
+        f"{placement}. req/s: {s.rounds} round(s), each driving every target in turn (rotated "
+        f"order): {s.warmup:g} s warm-up, then {s.duration / s.rounds:g} s at concurrency "
+        f"{s.concurrency}; the median round is reported, and % of passthrough is the median "
+        f"of per-round ratios; latency: {s.latency_samples} "
         f"sequential requests; TTFB: {s.ttfb_samples} sequential streams; RSS: {s.streams} "
         f"streams held open ~{s.stream_seconds:g} s each.",
         "",

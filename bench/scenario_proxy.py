@@ -1,16 +1,22 @@
 """The default scenario: what each hop costs (direct, passthrough, gateway[+memory, +redis]).
 
-Per target: req/s at concurrency 16 with the server's CPU time, latency at concurrency 1,
-stream TTFB, then (restarted against a slow-streaming mock) RSS per held-open stream.
+Every target's server runs at once (pinned to the same CPU, idle until driven). req/s at
+concurrency 16 is measured in rounds: each round drives every target in turn, in a rotated
+order, so a target and the passthrough it is compared with always ran seconds apart. On a
+shared VM whose speed drifts by 10-30% over minutes, one window per target made the "% of
+passthrough" swing with the drift; the median of per-round ratios does not. Then per target:
+latency at concurrency 1, stream TTFB, and (restarted against a slow-streaming mock) RSS per
+held-open stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import ClientSession
@@ -24,10 +30,10 @@ from bench.load import (
     percentile,
     stream_ttfb,
 )
-from bench.procs import Child, NotReadyError, rss_kb
+from bench.procs import Child, CpuUse, NotReadyError, cpu_use, rss_kb, sample_cpu
 from bench.settings import BenchSettings
 from bench.targets import Launcher, Placement
-from bench.window import CHUNK_SECONDS, quiet_samples, quietest_window
+from bench.window import CHUNK_SECONDS, quiet_samples
 
 LATENCY_WARMUP = 20
 MAX_SEQUENTIAL_SECONDS = 120.0  # bound on the concurrency-1 loops
@@ -45,6 +51,9 @@ class ProxyRow:
     other_cpu_pct: float | None = None  # everything else on the machine
     latency_other_cpu_pct: float | None = None  # the same, during the concurrency-1 loops
     cpu_ms_per_req: float | None = None
+    pct_of_passthrough: float | None = None  # median over rounds of this / passthrough req/s
+    round_rps: list[float] = field(default_factory=list)
+    round_pct: list[float] = field(default_factory=list)  # per round, % of passthrough
     p50_ms: float | None = None
     p99_ms: float | None = None
     ttfb_p50_ms: float | None = None
@@ -64,6 +73,40 @@ def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
         into[kind] = into.get(kind, 0) + count
 
 
+async def _started(
+    stack: AsyncExitStack, server: AbstractAsyncContextManager[Child], into: dict[str, Child],
+    target: str,
+) -> None:  # fmt: skip
+    """Enter `server` on `stack` (stopped when the stack closes) and file it under `target`."""
+    into[target] = await stack.enter_async_context(server)
+
+
+def _summarise(
+    row: ProxyRow,
+    runs: Sequence[tuple[CpuUse, LoopResult]],
+    floor: Sequence[tuple[CpuUse, LoopResult]] | None,
+) -> None:
+    """The median round's req/s and CPU; % of passthrough as the median per-round ratio."""
+    if not runs:
+        return
+    row.round_rps = [loop.rps for _, loop in runs]
+    use = sorted(runs, key=lambda run: run[1].rps)[len(runs) // 2][0]
+    row.rps = statistics.median(row.round_rps)
+    row.server_cpu_pct, row.load_cpu_pct = use.pct("server"), use.pct("load")
+    row.other_cpu_pct = use.other_pct
+    per_request = [1000 * u.seconds["server"] / lp.requests for u, lp in runs if lp.requests]
+    row.cpu_ms_per_req = statistics.median(per_request) if per_request else None
+    if floor is not None and len(floor) == len(runs):
+        row.round_pct = [
+            100 * lp.rps / base.rps
+            for (_, lp), (_, base) in zip(runs, floor, strict=True)
+            if base.rps
+        ]
+        row.pct_of_passthrough = statistics.median(row.round_pct) if row.round_pct else None
+    for _, lp in runs:
+        _add(row.failures, lp.failures)
+
+
 class ProxyScenario:
     """Runs the default scenario with one fast and one slow-streaming mock upstream."""
 
@@ -79,26 +122,27 @@ class ProxyScenario:
         slow = await self.launcher.mock(
             self.placement, chunk_delay=s.stream_chunk_delay, deltas=s.stream_deltas
         )
-        rows = []
+        rows = {target: ProxyRow(target) for target in s.targets}
         try:
-            for target in s.targets:
-                rows.append(await self._measure(target, fast, slow))
+            await self._fast_phase(rows, fast)
+            for row in rows.values():
+                if row.skipped is None:
+                    print(f"[bench] proxy scenario: {row.target} streams", file=sys.stderr)
+                    await self._guarded(row, self._streams_phase(row, slow))
         finally:
             for child in (fast, slow, self._redis):
                 if child is not None:
                     self.launcher.procs.stop(child)
-        return rows
+        return list(rows.values())
 
-    async def _measure(self, target: str, fast: Child, slow: Child) -> ProxyRow:
-        print(f"[bench] proxy scenario: {target}", file=sys.stderr)
-        row = ProxyRow(target)
+    @staticmethod
+    async def _guarded(row: ProxyRow, phase: Awaitable[None]) -> None:
+        """Run a phase; a server that does not come up marks the row skipped."""
         try:
-            await self._fast_phase(row, fast)
-            await self._streams_phase(row, slow)
+            await phase
         except NotReadyError as exc:
             row.skipped = str(exc).splitlines()[0]
-            print(f"[bench] {target} skipped: {exc}", file=sys.stderr)
-        return row
+            print(f"[bench] {row.target} skipped: {exc}", file=sys.stderr)
 
     @asynccontextmanager
     async def _server(self, target: str, upstream: Child) -> AsyncIterator[Child]:
@@ -129,39 +173,65 @@ class ProxyScenario:
         finally:
             launcher.procs.stop(child)
 
-    async def _fast_phase(self, row: ProxyRow, upstream: Child) -> None:
-        async with self._server(row.target, upstream) as server, client_session() as session:
-            load = [os.getpid()] + ([upstream.pid] if server is not upstream else [])
-            groups = {"server": [server.pid], "load": load}
-            await self._throughput(row, server, session, groups)
-            await self._latency(row, server, session, groups)
+    async def _fast_phase(self, rows: Mapping[str, ProxyRow], upstream: Child) -> None:
+        """Start every target against the fast mock; req/s in rounds, then latency each."""
+        async with AsyncExitStack() as stack:
+            servers: dict[str, Child] = {}
+            for target, row in rows.items():
+                print(f"[bench] proxy scenario: starting {target}", file=sys.stderr)
+                starting = self._server(target, upstream)
+                await self._guarded(row, _started(stack, starting, servers, target))
+            session = await stack.enter_async_context(client_session())
+            groups = {
+                target: {
+                    "server": [server.pid],
+                    "load": [os.getpid()] + ([upstream.pid] if server is not upstream else []),
+                }
+                for target, server in servers.items()
+            }
+            await self._throughput(rows, servers, session, groups)
+            for target, server in servers.items():
+                print(f"[bench] proxy scenario: {target} latency", file=sys.stderr)
+                await self._latency(rows[target], server, session, groups[target])
 
     async def _throughput(
-        self, row: ProxyRow, server: Child, session: ClientSession, groups: Groups
+        self,
+        rows: Mapping[str, ProxyRow],
+        servers: Mapping[str, Child],
+        session: ClientSession,
+        groups: Mapping[str, Groups],
     ) -> None:
-        """req/s and CPU at concurrency 16, from the quietest window."""
+        """req/s and CPU at concurrency 16: `rounds` rounds, each target in turn."""
         s = self.settings
-        urls = [server.url]
-        c = s.concurrency
+        runs: dict[str, list[tuple[CpuUse, LoopResult]]] = {target: [] for target in servers}
+        order = list(servers)
+        for number in range(s.rounds):
+            print(f"[bench] proxy scenario: req/s round {number + 1}/{s.rounds}", file=sys.stderr)
+            shift = number % len(order) if order else 0
+            for target in order[shift:] + order[:shift]:
+                runs[target].append(await self._window(servers[target], session, groups[target]))
+        floor = runs.get("passthrough")
+        for target, measured in runs.items():
+            _summarise(rows[target], measured, floor)
+
+    async def _window(
+        self, server: Child, session: ClientSession, groups: Groups
+    ) -> tuple[CpuUse, LoopResult]:
+        """A warm-up, then one timed closed loop with the CPU it used."""
+        s = self.settings
+        urls, c = [server.url], s.concurrency
         await closed_loop(
             session, urls, concurrency=c, duration=s.warmup, max_requests=s.max_requests
         )
-        window = await quietest_window(
+        before = sample_cpu(groups)
+        loop = await closed_loop(
             session,
             urls,
-            groups,
             concurrency=c,
-            windows=s.windows,
-            extra=s.extra_windows,
-            duration=s.duration,
+            duration=s.duration / s.rounds,
             max_requests=s.max_requests,
         )
-        use, done = window.use, window.loop.requests
-        row.rps = window.loop.rps
-        row.server_cpu_pct, row.load_cpu_pct = use.pct("server"), use.pct("load")
-        row.other_cpu_pct = use.other_pct
-        row.cpu_ms_per_req = 1000 * use.seconds["server"] / done if done else None
-        _add(row.failures, window.failures)
+        return cpu_use(before, sample_cpu(groups)), loop
 
     async def _latency(
         self, row: ProxyRow, server: Child, session: ClientSession, groups: Groups

@@ -18,7 +18,8 @@ class BenchSettings:
     targets: tuple[str, ...]
     concurrency: int
     warmup: float  # seconds of untimed load before each timed window
-    duration: float  # seconds of the timed req/s window
+    duration: float  # seconds of timed req/s per target, split over `rounds`
+    rounds: int  # req/s rounds; each drives every target in turn (see scenario_proxy)
     windows: int  # sub-windows of `duration`; the one with the least foreign CPU is reported
     extra_windows: int  # more sub-windows, run only while every one so far was disturbed
     max_requests: int  # hard cap on any closed loop
@@ -48,6 +49,7 @@ def preset(*, quick: bool) -> BenchSettings:
             concurrency=16,
             warmup=0.5,
             duration=1.5,
+            rounds=1,
             windows=1,
             extra_windows=0,
             max_requests=200_000,
@@ -68,6 +70,7 @@ def preset(*, quick: bool) -> BenchSettings:
         concurrency=16,
         warmup=1.0,
         duration=8.0,
+        rounds=4,
         windows=4,
         extra_windows=4,
         max_requests=1_000_000,
