@@ -3,8 +3,10 @@
 Each response settles its reservation (a charge or refund per bucket). Sent alone, that is a
 second round trip and script run per request, and a task waiting on it. Under load the same
 `{scope:group}` admits again within a millisecond, so a settlement instead waits in a list
-per hash tag and travels with that tag's next reserve, whose script applies it first. A tag
-that sends nothing for `delay` seconds has its list flushed in one adjust call instead.
+per hash tag and travels with that tag's next reserve, whose script applies it first. A list
+that no call has taken `delay` seconds after it started is flushed in one adjust call instead.
+The timers run on the event loop's own clock, which only schedules the flush; the buckets'
+time still comes from the store.
 
 What this keeps:
 - this instance decides nothing on a tag without its own settlements: they go with the call;
@@ -52,6 +54,8 @@ class DeferredSettlements:
         self._delay = delay
         self._max_pending = max_pending
         self._pending: dict[str, list[Settlement]] = {}
+        self._started: dict[str, float] = {}
+        """Loop time at which each tag's pending list got its first settlement."""
         self._armed: set[str] = set()
         """Tags with a flush timer running."""
         self._flights: dict[str, asyncio.Task[None]] = {}
@@ -59,16 +63,19 @@ class DeferredSettlements:
 
     def add(self, tag: str, settlement: Settlement) -> None:
         """Queue a settlement of `tag`; it goes with the tag's next call, or by `delay`."""
-        pending = self._pending.setdefault(tag, [])
+        pending = self._pending.get(tag)
+        if pending is None:
+            pending = self._pending[tag] = []
+            self._started[tag] = asyncio.get_running_loop().time()
         pending.append(settlement)
         if len(pending) >= self._max_pending:
             self._fly(tag)
         elif tag not in self._armed:
-            self._armed.add(tag)
-            asyncio.get_running_loop().call_later(self._delay, self._due, tag)
+            self._arm(tag, self._delay)
 
     def take(self, tag: str) -> list[Settlement]:
         """The tag's queued settlements, now the caller's to send (in this order)."""
+        self._started.pop(tag, None)
         return self._pending.pop(tag, [])
 
     async def landed(self, tag: str) -> None:
@@ -93,13 +100,25 @@ class DeferredSettlements:
         while self._flights:
             await asyncio.gather(*self._flights.values(), return_exceptions=True)
 
+    def _arm(self, tag: str, seconds: float) -> None:
+        self._armed.add(tag)
+        asyncio.get_running_loop().call_later(seconds, self._due, tag)
+
     def _due(self, tag: str) -> None:
-        """The tag's timer ran out: flush whatever no call has taken meanwhile."""
+        """The tag's timer ran out: flush its list if no call took it for `delay`; a list
+        started since (calls took the older ones) gets the rest of its own `delay`."""
         self._armed.discard(tag)
-        if self._pending.get(tag):
+        started = self._started.get(tag)
+        if started is None:
+            return
+        left = started + self._delay - asyncio.get_running_loop().time()
+        if left > 0:
+            self._arm(tag, left)
+        else:
             self._fly(tag)
 
     def _fly(self, tag: str) -> None:
+        self._started.pop(tag, None)
         settlements = self._pending.pop(tag, [])
         if not settlements:
             return

@@ -11,8 +11,8 @@ injected clients (fakeredis in tests). `from_url` picks.
 
 Settlements never cost a request a round trip: `adjust` queues them per `{scope:group}`
 (`deferred.py`) and they ride on that tag's next reserve, which `reserve.lua` applies first,
-or go in one adjust call once the tag is idle for `settle_delay` seconds. Under load that
-makes one EVALSHA per request, settlement included.
+or go in one adjust call when no reserve has taken them within `settle_delay` seconds.
+Under load that makes one EVALSHA per request, settlement included.
 
 Every failure (connection, timeout, script) leaves this module as `LimitBackendError`.
 """

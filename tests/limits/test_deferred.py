@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway.limits import Dimension
 from gateway.limits.deferred import DeferredSettlements, Settlement
 from tests.limits.conftest import bucket
@@ -91,3 +93,31 @@ async def test_flushes_of_one_tag_land_in_the_order_they_started() -> None:
         [settlements for _, settlements in store.flushed],
         deferred.flying(RPM.hash_tag),
     )
+
+
+async def test_a_list_is_flushed_once_no_call_took_it_for_the_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The delay runs from a list's first settlement: a timer armed for an older list that a
+    call took does not flush a newer one early (which would race the next admission)."""
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+    store = Store()
+    deferred = DeferredSettlements(store.flush, delay=1.0)
+    deferred.add(RPM.hash_tag, refund(1))  # the timer is due at +1.0
+    now[0] += 0.9
+    taken = deferred.take(RPM.hash_tag)  # an admission took it along
+    deferred.add(RPM.hash_tag, refund(2))  # a new list, started at +0.9
+    now[0] += 0.2
+    await _turns(3)  # the timer ran at +1.1 and re-armed for +1.9
+    early = list(store.flushed)
+    now[0] += 0.8
+    await _turns(5)
+    assert ([refund(1)], [], [(RPM.hash_tag, [refund(2)])]) == (taken, early, store.flushed)
+
+
+async def _turns(count: int) -> None:
+    """Let the event loop run `count` iterations (due timers, then the tasks they start)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
