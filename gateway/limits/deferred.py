@@ -15,7 +15,9 @@ What this keeps:
 - other instances see a settlement within `delay`, or sooner with this instance's next
   admission of the tag;
 - a flush or call that fails loses what it carried, as a failed adjust always did: those
-  buckets refill as if the reservation was used. The backend logs it.
+  buckets refill as if the reservation was used. The backend logs it, and also logs a call
+  cancelled before Redis answered, whose settlements may or may not have landed (never
+  sent twice).
 
 `add` never waits, so settling never holds up a response. Flushes of one tag fly one after
 another, in order; `landed` lets a caller wait for them (a cap must follow them).

@@ -19,6 +19,7 @@ Every failure (connection, timeout, script) leaves this module as `LimitBackendE
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any, Protocol
@@ -189,7 +190,10 @@ class RedisBackend:
         try:
             reply = await self._run(_RESERVE, keys, args)
         except LimitBackendError as exc:
-            _lost(tag, carried, exc)
+            _lost(tag, carried, str(exc))
+            raise
+        except asyncio.CancelledError:  # the request left mid-call: Redis may have run it
+            _lost(tag, carried, "admission cancelled before Redis answered; may be applied")
             raise
         try:
             return _outcome(buckets, cost, reply)
@@ -265,7 +269,7 @@ class RedisBackend:
             await self._run(_ADJUST, keys, args)
         except LimitBackendError as exc:
             self._observe("adjust", self._clock.now() - started, False)
-            _lost(tag, settlements, exc)
+            _lost(tag, settlements, str(exc))
         else:
             self._observe("adjust", self._clock.now() - started, True)
 
@@ -308,10 +312,11 @@ class RedisBackend:
             raise LimitBackendError(f"redis script failed: {exc}") from exc
 
 
-def _lost(tag: str, settlements: list[Settlement], error: LimitBackendError) -> None:
-    """Settlements whose call failed are dropped: their buckets refill as if fully used."""
+def _lost(tag: str, settlements: list[Settlement], error: str) -> None:
+    """Settlements whose call failed are dropped, never sent twice: their buckets refill as
+    if each reservation was used as reserved."""
     if settlements:
-        log.warning("limits.settle_failed", tag=tag, settlements=len(settlements), error=str(error))
+        log.warning("limits.settle_failed", tag=tag, settlements=len(settlements), error=error)
 
 
 def _outcome(buckets: Sequence[BucketSpec], cost: Cost, reply: Any) -> Reservation | Refused:

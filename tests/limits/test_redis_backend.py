@@ -329,3 +329,21 @@ async def test_a_failed_reserve_drops_the_settlements_it_carried() -> None:
             await backend.aclose()
     failures = [entry for entry in logs if entry["event"] == "limits.settle_failed"]
     assert [2] == [f["settlements"] for f in failures]
+
+
+async def test_a_cancelled_reserve_reports_the_settlements_it_carried() -> None:
+    """A request that leaves while its admission waits on Redis cannot tell whether the
+    settlements riding along were applied: they are not sent again, and a warning says so."""
+    reservation = Reservation((RPM,), ONE_REQUEST, 0.0, (59.0,))
+    async with hung_server() as url:
+        backend = RedisBackend(RedisWire.from_url(url, timeout=5), settle_delay=3_600)
+        with capture_logs() as logs:
+            backend.adjust(reservation, Cost(requests=-1))
+            admitting = asyncio.ensure_future(backend.reserve([RPM], ONE_REQUEST, max_wait=0))
+            await asyncio.sleep(0)  # its first step took the settlement, then awaits Redis
+            admitting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await admitting
+            await backend.aclose()
+    failures = [entry for entry in logs if entry["event"] == "limits.settle_failed"]
+    assert [(1, True)] == [(f["settlements"], "cancelled" in f["error"]) for f in failures]
