@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 from structlog.testing import capture_logs
 
@@ -347,3 +348,34 @@ async def test_a_cancelled_reserve_reports_the_settlements_it_carried() -> None:
             await backend.aclose()
     failures = [entry for entry in logs if entry["event"] == "limits.settle_failed"]
     assert [(1, True)] == [(f["settlements"], "cancelled" in f["error"]) for f in failures]
+
+
+@pytest.mark.redis
+async def test_cluster_admissions_carry_settlements_in_the_same_slot(
+    cluster_server: RedisServer,
+) -> None:
+    """On Redis Cluster a reserve carrying its group's settlements (one hash tag, so one
+    slot, extra buckets included) applies them first, and an idle flush lands too."""
+    calls = Calls()
+    backend = RedisBackend(
+        RedisCluster.from_url(cluster_server.url), settle_delay=0, on_backend_call=calls
+    )
+    admin = redis.asyncio.Redis.from_url(cluster_server.url)
+    try:
+        await admin.flushall()
+        first = await backend.reserve([RPM, ITPM], Cost(1, 600), max_wait=0, now=1_000.0)
+        assert isinstance(first, Reservation)
+        backend.adjust(first, Cost(-1, -600), now=1_000.0)  # carried by the next reserve
+        second = await backend.reserve([RPM], ONE_REQUEST, max_wait=0, now=1_000.0)
+        assert isinstance(second, Reservation)
+        backend.adjust(second, Cost(requests=-1), now=1_000.0)  # flushed alone
+        await asyncio.wait_for(calls.heard["adjust"].wait(), timeout=5)
+        stored = (await admin.get(RPM.key), await admin.get(ITPM.key))
+    finally:
+        await admin.aclose()
+        await backend.aclose()
+    assert ((59.0,), (b"60 1000", b"6000 1000"), [("adjust", True)]) == (
+        second.levels,
+        stored,
+        calls.seen,
+    )
