@@ -6,6 +6,8 @@ import gzip
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.limits import Cost
 from gateway.tokens import (
@@ -15,6 +17,7 @@ from gateway.tokens import (
     estimate_cost,
     estimate_input_tokens,
     image_tokens,
+    json_body_usage,
 )
 from tests.support.token_eval import corpus, corpus_errors, png_source, simulate
 
@@ -169,4 +172,44 @@ def test_usage_update_takes_only_integer_fields() -> None:
         known.updated(reported),
         known.updated(["not", "a", "dict"]),
         known.updated({"output_tokens": 2.5}),
+    )
+
+
+JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.text(alphabet='usage"\\{}:, é')
+KEYS = st.sampled_from(["usage", "id", "content", 'x"usage"', "usag", "usage "])
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400)
+@given(
+    document=st.dictionaries(KEYS, JSON_VALUES, max_size=4),
+    usage=st.none() | st.dictionaries(st.sampled_from(["input_tokens", "usage"]), JSON_VALUES),
+    indent=st.sampled_from([None, 0, 2]),
+    ascii_only=st.booleans(),
+)
+def test_json_body_usage_reads_what_a_full_parse_reads(
+    document: dict[str, object], usage: dict[str, object] | None, indent: int | None,
+    ascii_only: bool,
+) -> None:  # fmt: skip
+    """On any valid JSON body, the tail read gives exactly the full parse's `usage`: with
+    usage last, elsewhere, nested, absent, not an object, or named inside strings."""
+    if usage is not None:
+        document["usage"] = usage  # last unless it was already a key
+    body = json.dumps(document, indent=indent, ensure_ascii=ascii_only).encode()
+    expected = document.get("usage")
+    assert (expected if isinstance(expected, dict) else None) == json_body_usage(body)
+
+
+def test_json_body_usage_from_the_tail_of_a_body_broken_before_it() -> None:
+    """A body malformed before a well-formed last `usage` still yields it; one broken in
+    the tail, or not an object at the top, yields none."""
+    good = b'{"content": [{"text": "\xff\xfe broken}, "usage": {"output_tokens": 96}}'
+    assert ({"output_tokens": 96}, None, None) == (
+        json_body_usage(good),
+        json_body_usage(b'{"usage": {"output_tokens": 96}'),
+        json_body_usage(b'[{"usage": {"output_tokens": 96}}]'),
     )
