@@ -67,11 +67,19 @@ def reported_limits(headers: Mapping[str, str]) -> dict[Dimension, int]:
     return _reported(headers, "limit")
 
 
+_HEADER_NAMES = {
+    field: tuple(
+        (dimension, f"anthropic-ratelimit-{axis}-{field}") for dimension, axis in AXES.items()
+    )
+    for field in ("remaining", "limit")
+}  # built once: read on every settled response
+
+
 def _reported(headers: Mapping[str, str], field: str) -> dict[Dimension, int]:
     """`anthropic-ratelimit-<axis>-<field>` as an integer per axis that sent a valid one."""
     found: dict[Dimension, int] = {}
-    for dimension, axis in AXES.items():
-        value = _int(headers.get(f"anthropic-ratelimit-{axis}-{field}"))
+    for dimension, name in _HEADER_NAMES[field]:
+        value = _int(headers.get(name))
         if value is not None:
             found[dimension] = value
     return found

@@ -276,6 +276,9 @@ class RedisBackend:
     def _carry(self, settlements: list[Settlement], keys: list[str], args: list[str | int]) -> None:
         """Append `settlements` as the scripts' `apply_carried` reads them: buckets not yet in
         `keys` join it (capacity and rate first), then each settlement's time and amounts."""
+        if not settlements:
+            args += (0, 0)
+            return
         index = {key: position for position, key in enumerate(keys, start=1)}
         extra: list[str | int] = []
         entries: list[str | int] = [len(settlements)]
