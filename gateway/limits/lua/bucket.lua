@@ -1,5 +1,5 @@
 -- Shared prelude of every limiter script (prepended by redis_backend.py before loading):
--- the fleet clock, a bucket's stored state and refilled level, writing a bucket back, and
+-- the fleet clock, a bucket's refilled level, writing a bucket back, and
 -- the settlements a call carries. Transcribes `refilled`, `adjusted` and `ttl_ms` of
 -- gateway/limits/model.py; the contract suite proves the two agree.
 
@@ -13,29 +13,30 @@ local function clock_now(arg)
   return now
 end
 
--- The level stored at `key` and the time it was written; nil for a missing key (a full
--- bucket: keys expire only once they would be full).
-local function stored_state(key)
-  local stored = redis.call('GET', key)
-  if not stored then
-    return nil, nil
-  end
-  local space = string.find(stored, ' ', 1, true)
-  return tonumber(string.sub(stored, 1, space - 1)), tonumber(string.sub(stored, space + 1))
-end
-
 -- The level `was` written at `at`, refilled at `rate` until `now`, capped at `cap`.
 local function refilled(was, at, cap, rate, now)
   return math.min(cap, was + math.max(0, now - at) * rate)
 end
 
--- The level of the bucket at `key` now.
+-- The level of the bucket at `key` now: its stored "level at" refilled; a missing key is a
+-- full bucket (keys expire only once they would be full).
 local function refilled_level(key, cap, rate, now)
-  local was, at = stored_state(key)
-  if not was then
+  local stored = redis.call('GET', key)
+  if not stored then
     return cap
   end
+  local space = string.find(stored, ' ', 1, true)
+  local was, at = tonumber(string.sub(stored, 1, space - 1)), tonumber(string.sub(stored, space + 1))
   return refilled(was, at, cap, rate, now)
+end
+
+-- Key i's level at `t`: from `levels[i]` written at `ats[i]` when this call already touched
+-- it, else from Redis.
+local function level_at(i, levels, ats, caps, rates, t)
+  if levels[i] then
+    return refilled(levels[i], ats[i], caps[i], rates[i], t)
+  end
+  return refilled_level(KEYS[i], caps[i], rates[i], t)
 end
 
 -- Write `level` as of `at`; the key expires once the bucket would be full again.
@@ -69,15 +70,7 @@ local function apply_carried(n, p, now, caps, rates)
     for _ = 1, k do
       local i, amount = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
       p = p + 2
-      local level = caps[i]
-      if levels[i] then
-        level = refilled(levels[i], ats[i], caps[i], rates[i], t)
-      else
-        local was, at = stored_state(KEYS[i])
-        if was then
-          level = refilled(was, at, caps[i], rates[i], t)
-        end
-      end
+      local level = level_at(i, levels, ats, caps, rates, t)
       levels[i], ats[i] = math.min(caps[i], level - amount), t
     end
   end

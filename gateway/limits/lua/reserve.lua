@@ -30,12 +30,7 @@ local settled, settled_at = apply_carried(n, 5 + 3 * n, now, caps, rates)
 local levels = {}
 local wait, worst = 0, 1
 for i = 1, n do
-  local level
-  if settled[i] then
-    level = refilled(settled[i], settled_at[i], caps[i], rates[i], now)
-  else
-    level = refilled_level(KEYS[i], caps[i], rates[i], now)
-  end
+  local level = level_at(i, settled, settled_at, caps, rates, now)
   local after = level - amounts[i]
   local need = 0
   if amounts[i] > 0 and after < 0 then
