@@ -264,9 +264,9 @@ def json_body_usage(body: bytes) -> dict[str, Any] | None:
     """The top-level `usage` object of a JSON response body, or None.
 
     The API writes `usage` as the message's last member, so it is read from the tail: the
-    last `"usage"` key, its object, and nothing after it but the top-level `}`. That costs
-    the same for a 500 KB answer as for a short one, where parsing the whole body grows with
-    it (5 µs for the bench's 757 bytes). Any other shape is parsed whole. On valid JSON both
+    last `"usage"` key, its object, and nothing after it but the top-level `}`. A long answer
+    then costs one byte search (`rfind`), where parsing it whole grows with it (5.3 µs for
+    the bench's 757 bytes, 19.9 µs for 20 KB). Any other shape is parsed whole. On valid JSON both
     ways agree (a property test pins it); a body malformed before a well-formed tail still
     yields its usage.
     """
@@ -280,6 +280,7 @@ def json_body_usage(body: bytes) -> dict[str, Any] | None:
 
 _DECODER = json.JSONDecoder()
 _KEY = b'"usage"'
+_SPACE = b" \t\n\r\x0b\x0c"  # what bytes.strip() strips
 
 
 def _tail_usage(body: bytes) -> dict[str, Any] | None:
@@ -287,7 +288,10 @@ def _tail_usage(body: bytes) -> dict[str, Any] | None:
     key = body.rfind(_KEY)
     if key < 0 or not body.lstrip().startswith(b"{"):
         return None
-    if body[:key].rstrip()[-1:] not in (b"{", b","):  # a key follows `{` or `,`
+    before = key - 1
+    while before >= 0 and body[before] in _SPACE:  # no copy of the body, unlike rstrip()
+        before -= 1
+    if before < 0 or body[before] not in b"{,":  # a key follows `{` or `,`
         return None
     try:
         tail = body[key + len(_KEY) :].decode()
