@@ -25,7 +25,8 @@ from pathlib import Path
 import aiohttp
 
 from bench.load import client_session, closed_loop
-from bench.procs import Child, NotReadyError, Processes, free_port, wait_http, wait_tcp
+from bench.ports import free_port
+from bench.procs import Child, NotReadyError, Processes, wait_http, wait_tcp
 from bench.serving import run_main
 from bench.targets import Launcher, gateway_env, pinned_placement
 

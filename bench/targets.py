@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from bench.procs import Child, NotReadyError, Processes, free_port, wait_http, wait_tcp
+from bench.ports import free_port
+from bench.procs import Child, NotReadyError, Processes, wait_http, wait_tcp
 
 NEVER_HIT_LIMITS = """\
 # Written by bench: limits that are never hit, so only the backend's cost is measured.

@@ -83,10 +83,6 @@ start() {
     printf '%s %s\n' "$name" "$!" >>"$DIR/pids"
 }
 
-free_port() {
-    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # wait_http NAME URL: until URL answers 200, while the last started process lives.
 wait_http() {
     local name="$1" url="$2" pid="${PIDS[${#PIDS[@]} - 1]}" deadline=$((SECONDS + STARTUP_SECONDS))
@@ -142,11 +138,11 @@ fi
 # Every process runs in $DIR: the gateway reads an optional .env from its working directory.
 cd "$DIR"
 rm -f "$DIR/ready" "$DIR/pids" "$DIR/stack.env"
-REDIS_PORT="$(free_port)"
-G1_PORT="$(free_port)"
-G2_PORT="$(free_port)"
+# Distinct ports from below the ephemeral range, so no outgoing connection (a gateway's to
+# Redis, say) takes one before its server binds it: bench/ports.py says why.
+{ read -r REDIS_PORT; read -r G1_PORT; read -r G2_PORT; read -r PROM_PORT; } \
+    < <("$PY" "$ROOT/bench/ports.py" 4)
 LB_PORT="${STACK_LB_PORT:-8080}"
-PROM_PORT="$(free_port)"
 
 # Redis: the compose service's flags.
 redis_flags="$(compose redis-args)"

@@ -7,7 +7,6 @@ returns once it answers PING (and, for a one-node cluster, once every slot is se
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,14 +16,9 @@ from types import TracebackType
 
 import redis
 
+from bench.ports import free_port
+
 _SLOTS = 16_384
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -33,7 +27,7 @@ class RedisServer:
 
     cluster: bool = False
     binary: str = "redis-server"
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     _process: subprocess.Popen[bytes] | None = None
     _dir: tempfile.TemporaryDirectory[str] | None = None
     _slots_claimed: bool = False
@@ -59,7 +53,7 @@ class RedisServer:
         args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-            args += ["--cluster-port", str(_free_port())]  # default port+10000 may not exist
+            args += ["--cluster-port", str(free_port())]  # default port+10000 may not exist
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready(time.monotonic() + timeout)
