@@ -99,14 +99,20 @@ def pull_down_ceilings(
     if reported is None:
         reported = reported_remaining(outcome.headers)
     hold = _retry_after(outcome.headers) if outcome.status == 429 else None
+    ceilings: dict[Dimension, float] = {}
+    if not reported and hold is None:
+        return ceilings  # nothing to compare with: most responses of non-Anthropic upstreams
     elapsed = max(0.0, outcome.headers_at - admitted.reserved_at)
-    reservation, ceilings = admitted.reservation, {}
+    reservation = admitted.reservation
     for bucket, level in zip(reservation.buckets, reservation.levels, strict=True):
-        if bucket.dimension not in AXES or bucket.capacity <= 0:
+        remaining = reported.get(bucket.dimension)  # only AXES dimensions are reported
+        if remaining is None and (hold is None or bucket.dimension not in AXES):
             continue
-        local_level = min(bucket.capacity, level + elapsed * bucket.rate)
+        capacity = bucket.capacity
+        if capacity <= 0:
+            continue
+        local_level = min(capacity, level + elapsed * bucket.rate)
         ceiling = math.inf
-        remaining = reported.get(bucket.dimension)
         if remaining is not None and local_level - remaining > _threshold(bucket):
             ceiling = float(remaining)
         if hold is not None:
@@ -121,8 +127,7 @@ def actual_cost(admitted: Admitted, tap: UsageTap, outcome: Outcome, cache_reads
     usage = tap.usage
     reserved = admitted.reservation.cost
     if usage is not None:
-        charged = usage.cost(cache_reads_count=cache_reads)
-        return Cost(outcome.requests, charged.input_tokens, charged.output_tokens)
+        return usage.cost(cache_reads_count=cache_reads, requests=outcome.requests)
     if outcome.status >= 400 or tap.errored:
         return Cost(requests=outcome.requests)
     if outcome.client_left:

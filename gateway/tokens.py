@@ -178,13 +178,14 @@ class Usage:
             _count(reported, "cache_read_input_tokens", self.cache_read_input_tokens),
         )
 
-    def cost(self, *, cache_reads_count: bool = False) -> Cost:
-        """What the API charges: ITPM counts uncached input and cache writes (and cache
-        reads only on models where they count); OTPM counts output."""
+    def cost(self, *, cache_reads_count: bool = False, requests: int = 1) -> Cost:
+        """What the API charges for `requests` requests that used this: ITPM counts uncached
+        input and cache writes (and cache reads only on models where they count); OTPM
+        counts output."""
         charged = self.input_tokens + self.cache_creation_input_tokens
         if cache_reads_count:
             charged += self.cache_read_input_tokens
-        return Cost(1, charged, self.output_tokens)
+        return Cost(requests, charged, self.output_tokens)
 
     def by_kind(self) -> dict[str, int]:
         """Counts under the metric's `kind` labels."""
@@ -194,6 +195,10 @@ class Usage:
             "cache_read": self.cache_read_input_tokens,
             "cache_creation": self.cache_creation_input_tokens,
         }
+
+
+_NO_USAGE = Usage()
+"""What a response used before its first report (the start of every `updated` chain)."""
 
 
 class UsageTap:
@@ -236,7 +241,7 @@ class UsageTap:
         if self._parser is None and self._usage is None and self._body:
             reported = json_body_usage(bytes(self._body))
             if reported is not None:
-                self._usage = Usage().updated(reported)
+                self._usage = _NO_USAGE.updated(reported)
             self._body.clear()
         return self._usage
 
@@ -257,7 +262,7 @@ class UsageTap:
         message = document.get("message")
         reported = message.get("usage") if isinstance(message, dict) else document.get("usage")
         if isinstance(reported, dict):
-            self._usage = (self._usage or Usage()).updated(reported)
+            self._usage = (self._usage or _NO_USAGE).updated(reported)
 
 
 def json_body_usage(body: bytes) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.limits.model import DAY, Dimension
 from gateway.limits.policy import GroupLimits
@@ -121,17 +121,62 @@ def _absorb(mean: Mean, new: Samples, low: float, high: float) -> Mean:
 
 def _moved(mean: Mean, sample: float, low: float, high: float) -> Mean:
     """`_absorb` of a single sample: the weight is `max(ALPHA, 1 / (n + 1))`."""
-    weight = max(ALPHA, 1.0 / (mean.count + 1))
+    return Mean(
+        _moved_value(mean.value, mean.count, sample, low, high), min(mean.count + 1, COUNT_CAP)
+    )
+
+
+def _moved_value(value: float, count: int, sample: float, low: float, high: float) -> float:
+    """The value of `_moved`, on plain numbers: settlement updates figures in place."""
+    weight = max(ALPHA, 1.0 / (count + 1))
     clipped = max(low, min(high, sample))
-    return Mean(mean.value + weight * (clipped - mean.value), min(mean.count + 1, COUNT_CAP))
+    return value + weight * (clipped - value)
+
+
+@dataclass(slots=True)
+class _Figure:
+    """One running figure of a group and the samples it took since the last sync.
+
+    Mutable on purpose: every settlement moves it, and building frozen `Mean`s and `Samples`
+    for that cost more than the arithmetic (9.6 us per observe against 2.9, timeit).
+    """
+
+    value: float = 0.0
+    count: int = 0
+    total: float = 0.0
+    """Sum of the samples since the last sync."""
+    samples: int = 0
+
+    def move(self, sample: float, low: float, high: float) -> None:
+        """Take one sample: the running figure moves, the sample waits for the next sync."""
+        self.value = _moved_value(self.value, self.count, sample, low, high)
+        self.count = min(self.count + 1, COUNT_CAP)
+        self.total += sample
+        self.samples += 1
+
+    def mean(self) -> Mean:
+        return Mean(self.value, self.count)
+
+    def pending(self) -> Samples:
+        return Samples(self.total, self.samples)
+
+    def adopt(self, mean: Mean) -> None:
+        self.value, self.count = mean.value, mean.count
+
+    def keep(self, samples: Samples) -> None:
+        """Count `samples` (of a sync that failed) as gathered before the pending ones."""
+        self.total, self.samples = samples.total + self.total, samples.count + self.samples
 
 
 @dataclass(slots=True)
 class _Group:
-    figures: Figures = Figures()
-    log_ratios: Samples = Samples()
-    outputs: Samples = Samples()
-    """Samples since the last sync (or gathered while it was in flight)."""
+    ratio: _Figure = field(default_factory=_Figure)
+    """The input log-ratio."""
+    output: _Figure = field(default_factory=_Figure)
+    """The output tokens."""
+
+    def figures(self) -> Figures:
+        return Figures(self.ratio.mean(), self.output.mean())
 
 
 class Learning:
@@ -147,14 +192,14 @@ class Learning:
     def input_ratio(self, group: str) -> float:
         """Actual / estimated input tokens, learned so far (1.0 when nothing is known)."""
         state = self._groups.get(group)
-        return 1.0 if state is None else math.exp(state.figures.log_ratio.value)
+        return 1.0 if state is None else math.exp(state.ratio.value)
 
     def expected_output(self, group: str) -> float | None:
         """Mean output tokens of this group's complete responses, or None before the first."""
         state = self._groups.get(group)
-        if state is None or state.figures.output.count <= 0:
+        if state is None or state.output.count <= 0:
             return None
-        return state.figures.output.value
+        return state.output.value
 
     def observe(
         self, group: str, estimated: int | None, actual: int, output_tokens: int | None
@@ -166,17 +211,11 @@ class Learning:
         state = self._groups.get(group)
         if state is None:
             state = self._groups[group] = _Group()
-        log_ratio, output = state.figures.log_ratio, state.figures.output
         if estimated is not None and estimated > 0 and actual > 0:
             sample = max(-_CLIP, min(_CLIP, math.log(actual / estimated)))
-            log_ratio = _moved(log_ratio, sample, *_BOUNDS[0])
-            seen = state.log_ratios
-            state.log_ratios = Samples(seen.total + sample, seen.count + 1)
+            state.ratio.move(sample, *_BOUNDS[0])
         if output_tokens is not None:
-            output = _moved(output, float(output_tokens), *_BOUNDS[1])
-            seen = state.outputs
-            state.outputs = Samples(seen.total + output_tokens, seen.count + 1)
-        state.figures = Figures(log_ratio, output)
+            state.output.move(float(output_tokens), *_BOUNDS[1])
 
     def observe_input(self, group: str, estimated: int, actual: int) -> None:
         """Move the group's input ratio toward `actual / estimated` (raw, unscaled estimate)."""
@@ -196,24 +235,23 @@ class Learning:
         `adopt` or `restore` each one."""
         taken: dict[str, Lesson] = {}
         for name, state in self._groups.items():
-            if state.log_ratios.count or state.outputs.count:
-                taken[name] = Lesson(state.figures, state.log_ratios, state.outputs)
-                state.log_ratios, state.outputs = Samples(), Samples()
+            ratio, output = state.ratio, state.output
+            if ratio.samples or output.samples:
+                taken[name] = Lesson(state.figures(), ratio.pending(), output.pending())
+                ratio.total, ratio.samples, output.total, output.samples = 0.0, 0, 0.0, 0
         return taken
 
     def adopt(self, group: str, fleet: Figures) -> None:
         """Use the fleet's merged figures, plus any samples gathered since the lesson."""
         state = self._groups.setdefault(group, _Group())
-        state.figures = Figures(
-            _absorb(fleet.log_ratio, state.log_ratios, *_BOUNDS[0]),
-            _absorb(fleet.output, state.outputs, *_BOUNDS[1]),
-        )
+        state.ratio.adopt(_absorb(fleet.log_ratio, state.ratio.pending(), *_BOUNDS[0]))
+        state.output.adopt(_absorb(fleet.output, state.output.pending(), *_BOUNDS[1]))
 
     def restore(self, group: str, lesson: Lesson) -> None:
         """A lesson the backend did not take: keep its samples for the next sync."""
         state = self._groups.setdefault(group, _Group())
-        state.log_ratios = lesson.log_ratios.plus(state.log_ratios)
-        state.outputs = lesson.outputs.plus(state.outputs)
+        state.ratio.keep(lesson.log_ratios)
+        state.output.keep(lesson.outputs)
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9.-]")

@@ -148,7 +148,8 @@ class Limiter:
             clock, threshold=breaker_threshold, cooldown=breaker_cooldown
         )
         self._fallback = MemoryBackend(clock)
-        self._fill: dict[tuple[str, Dimension], tuple[float, BucketSpec, float]] = {}
+        self._fill: dict[str, tuple[Reservation, float]] = {}
+        """Per group, its latest reservation and when it was made (read at scrape time)."""
         self.learning = Learning()
         """What settled usage taught each group (input ratio, expected output)."""
         self._learn_all = learn_limits
@@ -164,8 +165,12 @@ class Limiter:
         """Last seen level / capacity per (group, dimension); below 0 means queued debt."""
         now = self._clock.now()
         return {
-            key: min(1.0, (level + bucket.rate * (now - seen_at)) / bucket.capacity)
-            for key, (level, bucket, seen_at) in self._fill.items()
+            (bucket.group, bucket.dimension): min(
+                1.0, (level + bucket.rate * (now - seen_at)) / bucket.capacity
+            )
+            for reservation, seen_at in self._fill.values()
+            for bucket, level in zip(reservation.buckets, reservation.levels, strict=True)
+            if bucket.capacity > 0
         }
 
     def queue_limit(self, requested: float | None) -> float:
@@ -236,10 +241,12 @@ class Limiter:
         """Reserve `cost` on `buckets` of `group`, sleeping out any queue wait."""
         outcome, fallback = await self._reserve(buckets, cost, self.queue_limit(max_wait))
         if isinstance(outcome, Reservation):
-            self._remember(outcome)
+            now = self._clock.now()
+            self._fill[group] = (outcome, now)  # one write per admission: read at scrape
             admitted = Admitted(outcome, outcome.wait, group, fallback)
-            admitted.reserved_at = self._clock.now()
-            await self._queue(admitted)
+            admitted.reserved_at = now
+            if outcome.wait > 0:
+                await self._queue(admitted)
             return admitted
         if isinstance(outcome, Refused):
             bucket = outcome.bucket
@@ -320,13 +327,15 @@ class Limiter:
     ) -> tuple[Reservation | Refused | NeverFits | BackendUnavailable, bool]:
         """Reserve on the backend, or per policy on the local fallback; True = fallback."""
         if self._breaker.allow():
+            started = self._clock.now()  # timed here, not by `_timed`: one coroutine less
             try:
-                outcome = await self._timed(
-                    "reserve", self._backend.reserve(buckets, cost, max_wait=max_wait)
-                )
+                outcome = await self._backend.reserve(buckets, cost, max_wait=max_wait)
             except LimitBackendError as exc:
+                self._observe("reserve", self._clock.now() - started, False)
+                self._breaker.failed()
                 log.warning("limits.backend_failed", error=str(exc), policy=self._policy)
             else:
+                self._observe("reserve", self._clock.now() - started, True)
                 self._breaker.succeeded()
                 return outcome, False
         if self._policy == "fail_closed":
@@ -353,16 +362,8 @@ class Limiter:
 
     async def _queue(self, admitted: Admitted) -> None:
         """Sleep out the reservation's wait; if cancelled meanwhile, refund and re-raise."""
-        if admitted.reservation.wait <= 0:
-            return
         try:
             await self._clock.sleep(admitted.reservation.wait)
         except asyncio.CancelledError:
             self.refund(admitted)
             raise
-
-    def _remember(self, reservation: Reservation) -> None:
-        now = self._clock.now()
-        for bucket, level in zip(reservation.buckets, reservation.levels, strict=True):
-            if bucket.capacity > 0:
-                self._fill[(bucket.group, bucket.dimension)] = (level, bucket, now)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Protocol
 
@@ -46,6 +47,7 @@ from gateway.limits.model import (
     EXPIRY_MARGIN_MS,
     BucketSpec,
     Cost,
+    Dimension,
     NeverFits,
     Refused,
     Reservation,
@@ -63,6 +65,17 @@ _WIRE_SCHEMES = ("redis://", "unix://")
 _MARGIN = str(EXPIRY_MARGIN_MS)
 _ENCODED_MAX = 4_096
 """Buckets whose key and rates are kept encoded; beyond this the cache starts over."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One admission's buckets as reserve.lua takes them: keys, then per bucket its
+    dimension (to pick the cost's amount), capacity and rate."""
+
+    buckets: Sequence[BucketSpec]
+    """Held so that no other object can take its `id` while the plan is cached."""
+    keys: tuple[str, ...]
+    rows: tuple[tuple[Dimension, str, str], ...]
 
 
 def _script(name: str) -> Script:
@@ -128,7 +141,8 @@ class RedisBackend:
         """`on_backend_call` hears of each settlement flush (`adjust`), timed on `clock`;
         reserves and caps are timed by their caller, the `Limiter`."""
         self._transport: _Transport = client if isinstance(client, RedisWire) else _RedisPy(client)
-        self._encoded: dict[BucketSpec, tuple[str, str, str, str]] = {}
+        self._encoded: dict[BucketSpec, tuple[str, str, str]] = {}
+        self._plans: dict[int, _Plan] = {}
         self._deferred = DeferredSettlements(self._flush, delay=settle_delay)
         self._observe = on_backend_call or ignore_backend_call
         self._clock = clock or SystemClock()
@@ -176,15 +190,14 @@ class RedisBackend:
         never = check_request(buckets, cost)
         if never is not None:
             return never
-        tag = self._encode(buckets[0])[1]
+        tag = buckets[0].hash_tag
         if self._deferred.flying(tag):
             await self._deferred.landed(tag)
-        keys: list[str] = []
+        plan = self._plan(buckets)
+        keys = list(plan.keys)
         args: list[str | int] = [_now_arg(now), repr(float(max_wait)), _MARGIN, len(buckets)]
-        for bucket in buckets:
-            key, _, capacity, rate = self._encode(bucket)
-            keys.append(key)
-            args += (capacity, rate, cost.on(bucket.dimension))
+        for dimension, capacity, rate in plan.rows:
+            args += (capacity, rate, cost.on(dimension))
         carried = self._deferred.take(tag)
         self._carry(carried, keys, args)
         try:
@@ -208,7 +221,7 @@ class RedisBackend:
         """
         touched = changes(reservation.buckets, delta)
         if touched:
-            self._deferred.add(self._encode(touched[0][0])[1], Settlement(touched, now))
+            self._deferred.add(touched[0][0].hash_tag, Settlement(touched, now))
 
     async def cap(
         self, buckets: Sequence[BucketSpec], ceilings: Sequence[float], *, now: float | None = None
@@ -217,12 +230,11 @@ class RedisBackend:
         queued settlements are applied first, so the ceiling has the last word."""
         if not buckets:
             return
-        tag = self._encode(buckets[0])[1]
-        await self._deferred.settled(tag)
+        await self._deferred.settled(buckets[0].hash_tag)
         keys: list[str] = []
         args: list[str | int] = [_now_arg(now), _MARGIN]
         for bucket, ceiling in zip(buckets, ceilings, strict=True):
-            key, _, capacity, rate = self._encode(bucket)
+            key, capacity, rate = self._encode(bucket)
             keys.append(key)
             args += (capacity, rate, repr(float(ceiling)))
         await self._run(_CAP, keys, args)
@@ -285,9 +297,9 @@ class RedisBackend:
         for settlement in settlements:
             entries += (_now_arg(settlement.now), len(settlement.touched))
             for bucket, amount in settlement.touched:
-                key, _, capacity, rate = self._encode(bucket)
-                position = index.get(key)
+                position = index.get(bucket.key)
                 if position is None:
+                    key, capacity, rate = self._encode(bucket)
                     keys.append(key)
                     position = index[key] = len(keys)
                     extra += (capacity, rate)
@@ -296,16 +308,39 @@ class RedisBackend:
         args += extra
         args += entries
 
-    def _encode(self, bucket: BucketSpec) -> tuple[str, str, str, str]:
-        """A bucket's key, hash tag, capacity and rate as the scripts take them (cached:
-        buckets are rebuilt per request, but from a handful of distinct values)."""
+    def _encode(self, bucket: BucketSpec) -> tuple[str, str, str]:
+        """A bucket's key, capacity and rate as the scripts take them (cached: buckets are
+        rebuilt per request, but from a handful of distinct values)."""
         encoded = self._encoded.get(bucket)
         if encoded is None:
             if len(self._encoded) >= _ENCODED_MAX:
                 self._encoded.clear()
-            encoded = (bucket.key, bucket.hash_tag, repr(bucket.capacity), repr(bucket.rate))
+            encoded = (bucket.key, repr(bucket.capacity), repr(bucket.rate))
             self._encoded[bucket] = encoded
         return encoded
+
+    def _plan(self, buckets: Sequence[BucketSpec]) -> _Plan:
+        """`buckets` encoded for reserve.lua. The limiter passes the same tuple for every
+        admission of a (group, scope), so a tuple's plan is kept, found by `id`: no hashing
+        of its specs per request. The plan holds its tuple, so no other object can take that
+        `id` while the plan is kept. A list (a caller may change it) is encoded anew."""
+        plan = self._plans.get(id(buckets))
+        if plan is not None:
+            return plan
+        encoded = [self._encode(bucket) for bucket in buckets]
+        plan = _Plan(
+            buckets,
+            tuple(key for key, _, _ in encoded),
+            tuple(
+                (bucket.dimension, capacity, rate)
+                for bucket, (_, capacity, rate) in zip(buckets, encoded, strict=True)
+            ),
+        )
+        if isinstance(buckets, tuple):
+            if len(self._plans) >= _ENCODED_MAX:
+                self._plans.clear()
+            self._plans[id(buckets)] = plan
+        return plan
 
     async def _run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         """Run one script; map every transport failure to LimitBackendError."""

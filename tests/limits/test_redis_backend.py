@@ -379,3 +379,33 @@ async def test_cluster_admissions_carry_settlements_in_the_same_slot(
         stored,
         calls.seen,
     )
+
+
+@pytest.mark.redis
+async def test_a_new_bucket_tuple_is_encoded_afresh_even_with_the_same_keys(
+    backend: RedisBackend,
+) -> None:
+    """Reserve keeps each tuple's encoding (found by identity); a group whose limits changed
+    gets a new tuple with the same keys, and the script must see its new capacity."""
+    small = (bucket(Dimension.REQUESTS, 10),)
+    large = (bucket(Dimension.REQUESTS, 100),)
+    assert small[0].key == large[0].key
+    first = await backend.reserve(small, ONE_REQUEST, max_wait=0, now=1_000.0)
+    again = await backend.reserve(small, ONE_REQUEST, max_wait=0, now=1_000.0)
+    grown = await backend.reserve(large, ONE_REQUEST, max_wait=0, now=1_060.0)
+    assert isinstance(first, Reservation)
+    assert isinstance(again, Reservation)
+    assert isinstance(grown, Reservation)
+    assert (first.levels, again.levels, grown.levels) == ((9.0,), (8.0,), (99.0,))
+
+
+@pytest.mark.redis
+async def test_a_list_of_buckets_is_encoded_on_every_call(backend: RedisBackend) -> None:
+    """Only tuples keep their encoding: a caller may change a list between calls."""
+    buckets = [bucket(Dimension.REQUESTS, 10)]
+    first = await backend.reserve(buckets, ONE_REQUEST, max_wait=0, now=1_000.0)
+    buckets[0] = bucket(Dimension.REQUESTS, 100)
+    grown = await backend.reserve(buckets, ONE_REQUEST, max_wait=0, now=1_060.0)
+    assert isinstance(first, Reservation)
+    assert isinstance(grown, Reservation)
+    assert (first.levels, grown.levels) == ((9.0,), (99.0,))
