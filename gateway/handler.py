@@ -23,7 +23,7 @@ from gateway.limits.policy import Endpoint
 from gateway.messages import COUNT_TOKENS_PATH, PARSED_PATHS, RequestFacts, parse_facts, route_of
 from gateway.relay import Ending, relay
 from gateway.retry import MAX_RETRIES_HEADER, requested_retries
-from gateway.services import SERVICES, BodyLimits
+from gateway.services import SERVICES, BodyLimits, Services
 from gateway.settlement import Outcome, settle
 from gateway.tokens import UsageTap, estimate_input_tokens, max_output_tokens
 from gateway.upstream import Opened
@@ -52,7 +52,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     credential = credential_of(request.headers)
     services.credentials.apply(headers, credential)
     max_retries = requested_retries(request.headers.get(MAX_RETRIES_HEADER), upstream.policy)
-    decision = await admit(request, facts, credential)
+    decision = await admit(request, services, exchange, facts, credential)
     exchange.upstream_sent_at = services.clock.now()
     try:  # one admission covers every attempt; upstream.py retries, counts attempts and 429s
         opened = await upstream.open(
@@ -74,17 +74,21 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     is_stream = upstream_response.content_type == "text/event-stream"
     if is_stream:
         services.metrics.stream_opened()
-    return await _relay_and_settle(request, decision, opened, is_stream)
+    return await _relay_and_settle(
+        request, services, exchange, decision, opened=opened, is_stream=is_stream
+    )
 
 
 async def _relay_and_settle(
     request: web.Request,
+    services: Services,
+    exchange: Exchange,
     decision: Admission | None,
+    *,
     opened: Opened,
     is_stream: bool,
 ) -> web.StreamResponse:
     """Relay the response with a usage tap, then settle the admission, whatever happened."""
-    services, exchange = request.app[SERVICES], exchange_of(request)
     upstream_response = opened.response
     extra_headers = {REQUEST_ID: exchange.request_id, **opened.client_headers()}
     if isinstance(decision, Admitted) and decision.waited_seconds > 0:
@@ -128,10 +132,14 @@ async def _relay_and_settle(
 
 
 async def admit(
-    request: web.Request, facts: RequestFacts | None, credential: Credential | None
+    request: web.Request,
+    services: Services,
+    exchange: Exchange,
+    facts: RequestFacts | None,
+    credential: Credential | None,
 ) -> Admission | None:
     """Ask the limiter whether a limited call may go now, after a wait, or not at all."""
-    limiter = request.app[SERVICES].limiter
+    limiter = services.limiter
     if limiter is None:
         return None
     endpoint = _endpoint_of(request.method, request.path)
@@ -143,8 +151,7 @@ async def admit(
         return None  # the API answers this one itself (400: model is required)
     scope = credential.scope if credential else ANONYMOUS_SCOPE
     max_wait = requested_max_wait(request.headers)
-    metrics, exchange = request.app[SERVICES].metrics, exchange_of(request)
-    counter = request.app[SERVICES].exact_counter
+    metrics, counter = services.metrics, services.exact_counter
     caller = Caller(request.headers, request.raw_path, credential)
     metrics.queue_entered()
     try:
