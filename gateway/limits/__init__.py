@@ -14,18 +14,18 @@ from __future__ import annotations
 
 from gateway.limits.backend import LimitBackend, LimitBackendError
 from gateway.limits.learning_sync import LearningSync
-from gateway.limits.limiter import (
+from gateway.limits.limiter import Limiter
+from gateway.limits.memory_backend import MemoryBackend
+from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
+from gateway.limits.outcomes import (
     Admission,
     Admitted,
     BackendUnavailable,
-    Limiter,
     NeverFitsRejection,
     Rejected,
     UnknownModel,
     Unlimited,
 )
-from gateway.limits.memory_backend import MemoryBackend
-from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
 from gateway.limits.policy import GroupLimits, LimitsConfig, LimitsFileError, load_limits
 
 __all__ = [

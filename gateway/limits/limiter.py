@@ -1,17 +1,16 @@
 """`Limiter`: admit a request against its buckets, queue it, settle what it really used.
 
-Over-limit is a value: `admit` returns one of the `Admission` outcomes below and raises only
-`CancelledError`. When the backend fails, the limits file's `redis_failure` policy decides:
-`fail_open` admits on a local `MemoryBackend` holding `fail_open_share` of each limit,
-`fail_closed` returns `BackendUnavailable`. A circuit breaker skips a failing backend for a
-cooldown, so a dead Redis costs no latency per request.
+Over-limit is a value: `admit` returns one of the `Admission` outcomes (`outcomes.py`) and
+raises only `CancelledError`. When the backend fails, the limits file's `redis_failure`
+policy decides: `fail_open` admits on a local `MemoryBackend` holding `fail_open_share` of
+each limit, `fail_closed` returns `BackendUnavailable`. A circuit breaker (`breaker.py`)
+skips a failing backend for a cooldown, so a dead Redis costs no latency per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import structlog
@@ -23,107 +22,25 @@ from gateway.limits.backend import (
     LimitBackendError,
     ignore_backend_call,
 )
+from gateway.limits.breaker import CircuitBreaker
 from gateway.limits.bucket_cache import BucketCache
 from gateway.limits.learning import MAX_MODEL_GROUPS, LearnedLimits, Learning
 from gateway.limits.memory_backend import MemoryBackend
 from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
+from gateway.limits.outcomes import (
+    Admission,
+    Admitted,
+    BackendUnavailable,
+    NeverFitsRejection,
+    Rejected,
+    UnknownModel,
+    Unlimited,
+)
 from gateway.limits.policy import Endpoint, GroupLimits, LimitsConfig
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 _NO_COST = Cost()
-
-
-@dataclass(frozen=True, slots=True)
-class Unlimited:
-    """No limit applies: the model's group sets none, or unmatched models pass."""
-
-
-@dataclass(slots=True)
-class Admitted:
-    """Go: the buckets are debited (and any queue wait is over); settle when done."""
-
-    reservation: Reservation
-    waited_seconds: float
-    group: str
-    fallback: bool = False
-    """Held by the local fail-open backend, not the shared one."""
-    settled: bool = field(default=False, compare=False, repr=False)
-    reserved_at: float = field(default=0.0, compare=False, repr=False)
-    """This instance's clock when the buckets were debited (before any queue wait)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """Too busy: the wait would exceed the queue cap; nothing was debited."""
-
-    group: str
-    bucket: BucketSpec
-    retry_after_seconds: float
-    remaining: float
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class NeverFitsRejection:
-    """The request costs more than a bucket holds: no wait can ever admit it."""
-
-    group: str
-    bucket: BucketSpec
-    cost: int
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class UnknownModel:
-    """No group matches the model and `unmatched_models` is `reject`."""
-
-    model: str
-
-
-@dataclass(frozen=True, slots=True)
-class BackendUnavailable:
-    """The backend failed (or its breaker is open) and the policy is `fail_closed`."""
-
-
-Admission = Unlimited | Admitted | Rejected | NeverFitsRejection | UnknownModel | BackendUnavailable
-
-
-class CircuitBreaker:
-    """Skip a backend after `threshold` consecutive errors; after `cooldown` seconds let one
-    call try it, closing on success and waiting another cooldown on failure."""
-
-    def __init__(self, clock: Clock, *, threshold: int, cooldown: float) -> None:
-        self._clock = clock
-        self._threshold = threshold
-        self._cooldown = cooldown
-        self._failures = 0
-        self._opened_at: float | None = None
-
-    @property
-    def is_open(self) -> bool:
-        """Whether calls are being skipped (between trials) right now."""
-        return self._opened_at is not None
-
-    def allow(self) -> bool:
-        """Whether to call the backend now; an allowed trial restarts the cooldown."""
-        if self._opened_at is None:
-            return True
-        if self._clock.now() - self._opened_at < self._cooldown:
-            return False
-        self._opened_at = self._clock.now()
-        return True
-
-    def succeeded(self) -> None:
-        """Record a good call: close the breaker."""
-        self._failures = 0
-        self._opened_at = None
-
-    def failed(self) -> None:
-        """Record an error: open (or re-open) after `threshold` in a row."""
-        self._failures += 1
-        if self._failures >= self._threshold:
-            self._opened_at = self._clock.now()
 
 
 class Limiter:
