@@ -21,6 +21,7 @@ from gateway.tokens import estimate_input_tokens
 from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream, Hang, RecordedRequest, Reply
+from tests.support.processes import free_port
 from tests.test_admission import MODEL, limits_file
 
 NO_WAIT = {"x-gateway-max-wait": "0"}
@@ -417,3 +418,21 @@ def test_check_config_shows_each_groups_estimate(
         "estimate_timeout_seconds=0.5",
         "  haiku [claude-haiku-*]: estimate=heuristic",
     ] == [line for line in lines if line.startswith(("  sonnet ", "  haiku "))]
+
+
+async def test_unreachable_count_gives_its_count_tokens_slot_back(
+    make_gateway: GatewayFactory,
+    fake_upstream: FakeUpstream,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A count that never reached the API (connection refused) refunds its count_tokens
+    request: the client's own count_tokens call still gets the one a minute allows."""
+    gateway = await exact_gateway(make_gateway, tmp_path, count_tokens_requests_per_minute=1)
+    counter = gateway.app[SERVICES].exact_counter
+    assert counter is not None
+    monkeypatch.setattr(counter, "_base", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    message = (await post(gateway, headers=NO_WAIT))[0]
+    client_count = (await post(gateway, SMALL_BODY, path=COUNT_TOKENS_PATH, headers=NO_WAIT))[0]
+    assert (200, 200, 1.0) == (message, client_count, estimates(gateway, "heuristic", "error"))
+    assert 1 == fake_upstream.count_tokens_calls  # the client's own: the gateway's never arrived
