@@ -69,8 +69,8 @@ def preset(*, quick: bool) -> BenchSettings:
         targets=FULL_TARGETS,
         concurrency=16,
         warmup=1.0,
-        duration=8.0,
-        rounds=4,
+        duration=16.0,
+        rounds=8,  # a median of 8 per-round ratios: one slow VM phase moves it less than of 4
         windows=4,
         extra_windows=4,
         max_requests=1_000_000,
