@@ -179,9 +179,9 @@ class Usage:
         )
 
     def cost(self, *, cache_reads_count: bool = False, requests: int = 1) -> Cost:
-        """What the API charges for `requests` requests that used this: ITPM counts uncached
-        input and cache writes (and cache reads only on models where they count); OTPM
-        counts output."""
+        """What the API charges: `requests` requests (every attempt it answered), and this
+        usage: ITPM counts uncached input and cache writes (and cache reads only on models
+        where they count); OTPM counts output."""
         charged = self.input_tokens + self.cache_creation_input_tokens
         if cache_reads_count:
             charged += self.cache_read_input_tokens

@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from bench.ports import free_port
 from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.processes import free_port
 from tests.support.redis_server import RedisServer
 
 MODEL = "claude-sonnet-4-6"

@@ -36,8 +36,9 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from bench.ports import free_port
 from gateway.config import Settings
-from tests.support.processes import ROOT, free_port, gateway_env, wait_healthy
+from tests.support.processes import ROOT, gateway_env, wait_healthy
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"

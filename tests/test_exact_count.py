@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from bench.ports import free_port
 from gateway.cli import check_config
 from gateway.config import Settings
 from gateway.limits import LimitsFileError, load_limits
@@ -21,7 +22,6 @@ from gateway.tokens import estimate_input_tokens
 from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream, Hang, RecordedRequest, Reply
-from tests.support.processes import free_port
 from tests.test_admission import MODEL, limits_file
 
 NO_WAIT = {"x-gateway-max-wait": "0"}

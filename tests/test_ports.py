@@ -27,12 +27,12 @@ def test_a_port_in_use_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> N
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", ports.free_port()))
         taken.listen()
-        port = taken.getsockname()[1]
+        port: int = taken.getsockname()[1]
         assert not ports.is_free(port)
         offered = itertools.chain([port, port], itertools.count(ports.LOWEST_PORT))
 
         class Offer(random.Random):
-            def randrange(self, *_: object, **__: object) -> int:  # type: ignore[override]
+            def randrange(self, start: int, stop: int | None = None, step: int = 1) -> int:
                 return next(offered)
 
         chosen = ports.free_port(Offer())

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 import yaml
 
+from bench.ports import free_port
 from tests.conftest import TEST_KEY, GatewayFactory
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.processes import free_port
 from tests.test_dashboards import RULES, concrete, dashboard, panel_queries, require
 
 PROMETHEUS_DIR = RULES.parent

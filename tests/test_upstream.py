@@ -15,6 +15,7 @@ import anthropic
 import pytest
 from multidict import CIMultiDict
 
+from bench.ports import free_port
 from gateway.errors import GatewayError
 from gateway.retry import RetryPolicy
 from gateway.services import SERVICES
@@ -22,7 +23,6 @@ from gateway.upstream import Upstream, UpstreamSettings, open_session
 from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import ErrorMidStream, FakeUpstream, Reply, Stream
-from tests.support.processes import free_port
 
 MODEL = "claude-sonnet-4-6"
 SEED = 11

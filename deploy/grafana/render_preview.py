@@ -29,8 +29,9 @@ import aiohttp
 import matplotlib as mpl
 import yaml
 
+from bench.ports import free_port
 from tests.support.fake_upstream import Delay, FakeUpstream, Reply, Stream
-from tests.support.processes import free_port, running_gateway
+from tests.support.processes import running_gateway
 
 mpl.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the Agg backend

@@ -144,7 +144,7 @@ class _Figure:
     value: float = 0.0
     count: int = 0
     total: float = 0.0
-    """Sum of the samples since the last sync."""
+    """Sum of the samples since the last sync (or gathered while it was in flight)."""
     samples: int = 0
 
     def move(self, sample: float, low: float, high: float) -> None:
