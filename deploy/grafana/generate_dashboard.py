@@ -265,6 +265,22 @@ def upstream() -> list[Panel]:
             ],
             width=12,
         ),
+        panel(
+            "Input estimates by method",
+            "How admissions estimated their input tokens: count_tokens (the API's exact count, "
+            "groups with `estimate: count_tokens`) or the heuristic; for a count that fell "
+            "back, why (timeout, error, rate_limited).",
+            [
+                (
+                    "sum by (model_group, method, reason) "
+                    f"(rate(gateway_input_estimates_total{{{INST_GROUP}}}[{RATE}]))",
+                    "{{model_group}} {{method}} {{reason}}",
+                )
+            ],
+            unit="reqps",
+            stack=True,
+            width=12,
+        ),
     ]
 
 
