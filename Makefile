@@ -1,24 +1,39 @@
 # claude-gateway: every developer and CI command. `make test` works on a fresh machine.
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-dev
+#
+# Python packages come only from uv.lock (runtime, tests and tools, every file hash-pinned),
+# installed by a pinned uv (requirements-uv.txt); the TypeScript SDK from tests/ts/package-lock.json.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+TOOLS   := .tools
+UV      := $(TOOLS)/bin/uv
+STAMP   := $(VENV)/.installed-dev
 RUNTIME := $(VENV)/.installed-runtime
-SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# uv: never fetch a Python of its own (the machine's python3 is the one we test), install into
+# $(VENV), and use the public index whatever a local pip configuration says.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export UV_PYTHON := python3
+EXPORT  := $(UV) export --frozen --no-dev --group build --no-emit-project --format requirements-txt --quiet
 
-.PHONY: install system-deps run test test-fast lint fmt typecheck imports check bench stack clean
+.PHONY: install system-deps run test test-fast test-latest lint lock lock-check fmt typecheck \
+	imports check bench stack clean
 
-$(RUNTIME): pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+$(UV): requirements-uv.txt
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --require-hashes --no-deps -r requirements-uv.txt
+	touch $(UV)
+
+$(RUNTIME): $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --no-dev --inexact --quiet
 	touch $(RUNTIME)
 
-$(STAMP): $(RUNTIME) pyproject.toml tests/ts/package-lock.json
-	$(PY) -m pip install -q -e '.[dev]'
+$(STAMP): $(UV) pyproject.toml uv.lock tests/ts/package-lock.json
+	$(UV) sync --locked --quiet
 	npm ci --silent --prefix tests/ts
-	touch $(STAMP)
+	touch $(RUNTIME) $(STAMP)
 
-install: system-deps $(STAMP)  ## venv with the package and dev tools, TS SDK, redis-server
+install: system-deps $(STAMP)  ## venv from uv.lock (package, tests, tools), TS SDK, redis-server
 
 system-deps:  ## redis-server, node and prometheus (+promtool) from the distribution, when missing
 	@missing=""; \
@@ -40,11 +55,23 @@ test: install  ## the whole suite (real redis-server, real SDKs)
 test-fast: $(STAMP)  ## everything that needs no redis-server or node
 	$(PY) -m pytest -m "not redis and not node"
 
+test-latest: $(UV) system-deps  ## the suite against the newest Python and TypeScript SDKs, in a throwaway venv
+	UV=$(abspath $(UV)) tests/latest_sdks.sh
+
+lock:  $(UV)  ## after changing dependencies: re-resolve uv.lock and export requirements.lock
+	$(UV) lock
+	$(EXPORT) > requirements.lock
+
+lock-check: $(UV)  ## fail when pyproject.toml, uv.lock and requirements.lock disagree
+	$(UV) lock --check
+	$(EXPORT) | diff -u requirements.lock - >/dev/null \
+		|| { echo "requirements.lock is not uv.lock's export: run 'make lock'" >&2; exit 1; }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway tests bench deploy
 	$(VENV)/bin/ruff format --check gateway tests bench deploy
 	$(VENV)/bin/hadolint Dockerfile
-	shellcheck deploy/local-stack.sh
+	shellcheck deploy/local-stack.sh tests/latest_sdks.sh
 
 stack: $(STAMP)  ## the docker-compose topology as local processes (see docs/deploy.md)
 	deploy/local-stack.sh
@@ -59,10 +86,10 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-check: lint typecheck imports test  ## what CI runs
+check: lock-check lint typecheck imports test  ## what CI runs
 
 bench: $(STAMP)  ## benchmark table (see bench/README.md)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) tests/ts/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) tests/ts/node_modules .mypy_cache .ruff_cache .pytest_cache

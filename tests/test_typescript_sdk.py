@@ -19,14 +19,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import unused_port
 
+from bench.ports import free_port
 from tests.support.fake_upstream import FakeUpstream, Stream
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-TS_DIR = ROOT / "tests" / "ts"
+# `make test-latest` points this at a copy holding the newest SDK (tests/latest_sdks.sh).
+TS_DIR = Path(os.environ.get("GATEWAY_TEST_TS_DIR") or ROOT / "tests" / "ts")
 START_DEADLINE = 30.0
 RUN_DEADLINE = 60.0
 
@@ -37,8 +38,14 @@ def node_binary() -> str:
     if node is None:
         pytest.fail("node is not on PATH; install Node.js >= 20 to run the TypeScript SDK test")
     if not (TS_DIR / "node_modules" / "@anthropic-ai" / "sdk").is_dir():
-        pytest.fail("tests/ts/node_modules is missing: run `npm ci --prefix tests/ts` first")
+        pytest.fail(f"{TS_DIR}/node_modules is missing: run `npm ci --prefix tests/ts` first")
     return node
+
+
+def installed_sdk_version() -> str:
+    """The TS SDK's version under TS_DIR: the locked one, or the newest under test-latest."""
+    manifest = TS_DIR / "node_modules" / "@anthropic-ai" / "sdk" / "package.json"
+    return str(json.loads(manifest.read_text())["version"])
 
 
 def read_log(path: Path) -> str:
@@ -73,7 +80,7 @@ class GatewayProcess:
 @contextlib.asynccontextmanager
 async def gateway_process(upstream_url: str, log: Path) -> AsyncIterator[GatewayProcess]:
     """`python -m gateway serve` on a free port, healthy; SIGTERMed on exit."""
-    port = unused_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
     env |= {
         "GATEWAY_HOST": "127.0.0.1",
@@ -135,6 +142,6 @@ async def test_typescript_sdk_streams_text_and_usage_through_the_gateway(tmp_pat
         "model": "claude-sonnet-4-6",
     }
     upstream = [(r.method, r.path, r.headers.get("user-agent")) for r in fake.requests]
-    expected_upstream = [("POST", "/v1/messages", "Anthropic/JS 1.14.0")]
+    expected_upstream = [("POST", "/v1/messages", f"Anthropic/JS {installed_sdk_version()}")]
     exit_code = gateway.process.returncode
     assert (expected, expected_upstream, 0) == (result, upstream, exit_code), read_log(log)
