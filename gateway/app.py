@@ -23,9 +23,7 @@ from gateway.limits import (
     LimitBackend,
     LimitBackendError,
     Limiter,
-    LimitsConfig,
     MemoryBackend,
-    load_limits,
 )
 from gateway.limits.redis_backend import RedisBackend
 from gateway.logs import get_logger
@@ -34,6 +32,7 @@ from gateway.middlewares import gateway_middleware
 from gateway.ops import READINESS_CHECKS, add_ops_routes
 from gateway.retry import RetryPolicy
 from gateway.services import SERVICES, BodyLimits, Services
+from gateway.startup import Startup, startup_for
 from gateway.upstream import Upstream, UpstreamSettings, open_session
 
 log = get_logger("gateway.app")
@@ -81,23 +80,17 @@ def upstream_ctx(
     return ctx
 
 
-def load_limits_file(settings: Settings) -> LimitsConfig | None:
-    """The validated limits file, or None when none is configured."""
-    return None if settings.limits_file is None else load_limits(settings.limits_file)
-
-
-def limiter_ctx(
-    settings: Settings, limits: LimitsConfig | None
-) -> Callable[[web.Application], AsyncIterator[None]]:
+def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[None]]:
     """Open the limiter's backend (Redis when configured, else in-process) for the app."""
+    settings = startup.settings
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = app[SERVICES]
-        if limits is None and not settings.learn_limits:
-            log.info("limits_disabled", reason="no GATEWAY_LIMITS_FILE: plain pass-through")
+        if startup.limits is None:
+            log.info("limits_disabled", reason=f"{startup.pass_through_reason}: plain pass-through")
             yield
             return
-        config = LimitsConfig() if limits is None else limits  # no file: learn per model
+        config = startup.limits
         backend: LimitBackend
         if settings.redis_url is not None:
             backend = RedisBackend.from_url(
@@ -165,13 +158,14 @@ def _pinger(backend: LimitBackend) -> Callable[[], Awaitable[bool]]:
 def create_app(
     settings: Settings,
     *,
-    limits: LimitsConfig | None = None,
+    startup: Startup | None = None,
     clock: Clock | None = None,
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
-    """Build the gateway application from validated settings (and the parsed limits file)."""
-    if limits is None:
-        limits = load_limits_file(settings)
+    """Build the gateway application from validated settings (`startup`: what `prepare()`
+    made of them; without it, they are validated here, raising `ConfigError`)."""
+    if startup is None:
+        startup = startup_for(settings)
     services = Services(
         clock=clock or SystemClock(),
         metrics=GatewayMetrics(registry),
@@ -187,7 +181,7 @@ def create_app(
     app[SERVICES] = services
     app[READINESS_CHECKS] = {}
     app.cleanup_ctx.append(upstream_ctx(upstream_settings(settings)))
-    app.cleanup_ctx.append(limiter_ctx(settings, limits))
+    app.cleanup_ctx.append(limiter_ctx(startup))
     add_ops_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
     return app
@@ -213,7 +207,7 @@ async def serve(settings: Settings, app: web.Application) -> None:
         "listening",
         host=settings.host,
         port=_bound_port(site, settings.port),
-        upstream=settings.upstream_base,
+        upstream=settings.upstream_shown,
     )
     try:
         await stop.wait()

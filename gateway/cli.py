@@ -1,7 +1,10 @@
-"""Command line: `serve`, `check-config`, `--version`; readable errors and exit codes.
+"""Command line: `serve`, `check-config [--probe]`, `--version`; readable errors, exit codes.
 
 Exit codes: 0 ok, 2 invalid configuration (one line naming the setting, no traceback),
-1 a failure while running.
+1 a failure while running (a port in use, a probe that failed).
+
+Both commands start from `startup.prepare()`, so `check-config` accepts exactly what `serve`
+would run with and rejects, with the same line, everything `serve` would reject.
 """
 
 from __future__ import annotations
@@ -9,14 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.app import create_app, load_limits_file
+from gateway.app import create_app, upstream_settings
 from gateway.app import serve as serve_app
-from gateway.config import ConfigError, Settings, load_settings, masked
-from gateway.limits import LimitsConfig, LimitsFileError
+from gateway.clock import SystemClock
+from gateway.config import ConfigError, masked, probe_api_key
+from gateway.limits import LimitsConfig
 from gateway.logs import configure_logging, get_logger
+from gateway.probe import probe_all
+from gateway.startup import Startup, prepare
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -33,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"claude-gateway {__version__}")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the gateway (the default)")
-    commands.add_parser(
+    check = commands.add_parser(
         "check-config", help="validate the environment and limits file, print the effective config"
+    )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also reach Redis (PING, SCRIPT LOAD) and the upstream (connect; GET /v1/models "
+        "with ANTHROPIC_API_KEY when set), and report each with its latency",
     )
     return parser
 
@@ -43,42 +55,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `claude-gateway` and `python -m gateway`."""
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
-        limits = check_limits_file(settings)
+        startup = prepare()
     except ConfigError as exc:
-        print(f"claude-gateway: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return config_error(exc)
     if args.command == "check-config":
-        return check_config(settings, limits)
-    return serve(settings, limits)
+        return check_config(startup, probe=args.probe)
+    return serve(startup)
 
 
-def check_limits_file(settings: Settings) -> LimitsConfig | None:
-    """Validate the limits file, if any, so a bad one fails before the port opens."""
-    try:
-        return load_limits_file(settings)
-    except LimitsFileError as exc:
-        raise ConfigError(str(exc)) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"GATEWAY_LIMITS_FILE: cannot read {settings.limits_file}: {exc.strerror}"
-        ) from None
+def config_error(exc: ConfigError) -> int:
+    """Print the one line a configuration mistake gets; the exit code says which kind."""
+    print(f"claude-gateway: invalid configuration: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
-def check_config(settings: Settings, limits: LimitsConfig | None) -> int:
-    """Print the effective configuration with secrets masked, and the limits in force."""
+def check_config(startup: Startup, *, probe: bool = False) -> int:
+    """Print the effective configuration with secrets masked, the limits in force, any
+    warning, and (with `probe`) what reaching Redis and the upstream found."""
     print(f"claude-gateway {__version__}: configuration is valid")
-    for name, value in masked(settings).items():
+    for name, value in masked(startup.settings).items():
         print(f"  {name}={value}")
-    if limits is None:
-        learning = settings.learn_limits
-        print(
-            "limits: learned per model from the API's headers"
-            if learning
-            else "limits: none (plain pass-through)"
-        )
+    for warning in startup.warnings:
+        print(f"warning: {warning}")
+    if startup.limits is None:
+        print(f"limits: none, plain pass-through ({startup.pass_through_reason})")
+    else:
+        print_limits(startup.limits, learning=startup.settings.learn_limits)
+    if not probe:
         return EXIT_OK
-    print(f"limits: {len(limits.groups)} group(s), unmatched models: {limits.unmatched_models}")
+    settings = startup.settings
+    results = asyncio.run(
+        probe_all(settings, upstream_settings(settings), SystemClock(), probe_api_key())
+    )
+    for result in results:
+        print(result.line())
+    return EXIT_OK if all(result.ok for result in results) else EXIT_FAILURE
+
+
+def print_limits(limits: LimitsConfig, *, learning: bool) -> None:
+    """The groups, endpoint limits and queue policy a limiter will enforce."""
+    if not limits.groups:
+        print(
+            "limits: no model groups: "
+            + (
+                "learned per model from the API's headers"
+                if learning
+                else "Messages calls are not limited"
+            )
+        )
+    else:
+        print(f"limits: {len(limits.groups)} group(s), unmatched models: {limits.unmatched_models}")
     for group in limits.groups:
         shown = [f"{dim.value}={value}" for dim, value in group.limits().items()]
         shown.append(f"estimate={group.estimate}")
@@ -103,32 +129,22 @@ def check_config(settings: Settings, limits: LimitsConfig | None) -> int:
             else ""
         )
     )
-    return EXIT_OK
 
 
-def serve(settings: Settings, limits: LimitsConfig | None = None) -> int:
-    """Configure logging, pick the event loop and serve until a signal."""
+def serve(startup: Startup) -> int:
+    """Configure logging, log any warning, and serve on the chosen loop until a signal."""
+    settings = startup.settings
     configure_logging(settings.log_level, settings.log_format, cache=True)
     log = get_logger("gateway.cli")
-    loop_factory, loop_name = _loop_factory(settings.event_loop)
-    log.info("starting", version=__version__, event_loop=loop_name)
+    log.info("starting", version=__version__, event_loop=startup.loop_name)
+    for warning in startup.warnings:
+        log.warning("configuration_warning", warning=warning)
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve_app(settings, create_app(settings, limits=limits)))
+        with asyncio.Runner(loop_factory=startup.loop_factory) as runner:
+            runner.run(serve_app(settings, create_app(settings, startup=startup)))
+    except ConfigError as exc:  # prepare() checks all it can; this guards what it cannot
+        return config_error(exc)
     except OSError as exc:
         log.error("cannot_listen", host=settings.host, port=settings.port, error=str(exc))
         return EXIT_FAILURE
     return EXIT_OK
-
-
-def _loop_factory(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
-    """uvloop when asked or available ("auto"); the README's benchmark gives the reason."""
-    if choice == "asyncio":
-        return None, "asyncio"
-    try:
-        import uvloop  # noqa: PLC0415 (optional dependency, absent on Windows)
-    except ImportError:
-        if choice == "uvloop":
-            raise ConfigError("GATEWAY_EVENT_LOOP: uvloop is not installed") from None
-        return None, "asyncio"
-    return uvloop.new_event_loop, "uvloop"

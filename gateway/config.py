@@ -7,9 +7,13 @@ gateway receives the section it needs as an argument. A bad value becomes one
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+from dotenv import dotenv_values
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -122,6 +126,11 @@ class Settings(BaseSettings):
         """The upstream URL without a trailing slash, ready to prefix a path."""
         return str(self.upstream_url).rstrip("/")
 
+    @property
+    def upstream_shown(self) -> str:
+        """`upstream_base` fit for a log line or a terminal: credentials masked."""
+        return mask_url(self.upstream_base)
+
 
 def load_settings(env_file: Path | None = Path(".env")) -> Settings:
     """Read and validate the settings, raising `ConfigError` with one readable line."""
@@ -131,21 +140,47 @@ def load_settings(env_file: Path | None = Path(".env")) -> Settings:
         raise ConfigError(describe_validation_error(exc)) from None
 
 
+def probe_api_key() -> str | None:
+    """`ANTHROPIC_API_KEY`, the key `check-config --probe` lists models with (the SDKs' own
+    variable, so no key has to be typed on a command line)."""
+    return os.environ.get("ANTHROPIC_API_KEY") or None
+
+
+def unknown_settings(env_file: Path | None = Path(".env")) -> list[str]:
+    """A warning for each `GATEWAY_*` name in the environment or `env_file` that is no
+    setting, naming the closest setting when one is near (a typo would otherwise be silently
+    ignored, and the default used)."""
+    names: Iterable[str] = os.environ
+    if env_file is not None and env_file.is_file():
+        names = [*names, *dotenv_values(env_file)]
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    warnings = []
+    for name in sorted({name.upper() for name in names}):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        hint = f": did you mean {close[0]}?" if close else " (ignored)"
+        warnings.append(f"{name} is not a setting{hint}")
+    return warnings
+
+
 def describe_validation_error(exc: ValidationError) -> str:
-    """`GATEWAY_PORT: Input should be less than or equal to 65535 (got '70000')`, one per line."""
+    """`GATEWAY_PORT: Input should be less than or equal to 65535 (got '70000')`, one per line.
+
+    A value is echoed only with its credentials masked, and never for a secret setting."""
     lines = []
     for error in exc.errors(include_url=False):
         name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
         given = error.get("input")
-        shown = "" if isinstance(given, dict) or "secret" in name.lower() else f" (got {given!r})"
-        if name.endswith("REDIS_URL"):
-            shown = ""
+        shown = ""
+        if isinstance(given, str) and "secret" not in name.lower():
+            shown = f" (got {mask_url(given)!r})"
         lines.append(f"{name}: {error['msg']}{shown}")
     return "; ".join(lines)
 
 
 def masked(settings: Settings) -> dict[str, str]:
-    """The effective settings as strings with secrets hidden, for `check-config`."""
+    """The effective settings as strings with credentials hidden, for `check-config`."""
     shown: dict[str, str] = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
@@ -154,16 +189,21 @@ def masked(settings: Settings) -> dict[str, str]:
         elif value is None:
             text = "(unset)"
         else:
-            text = str(value)
+            text = mask_url(str(value))
         shown[ENV_PREFIX + name.upper()] = text
     return shown
 
 
 def mask_url(url: str) -> str:
-    """Hide a password in `redis://user:password@host:port/db`."""
+    """Hide the credentials of a URL: `redis://user:pw@host` -> `redis://user:***@host`.
+
+    A lone user name (`https://token@host`) may be a token and is hidden whole. Everything
+    up to the last `@` counts as credentials, so a password holding `/` or `@` is hidden too.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
     credentials, _, host = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return f"{scheme}://{user + ':' if user else ':'}***@{host}"
+    user, colon, _ = credentials.partition(":")
+    shown = f"{user}:***" if colon and "/" not in user else "***"
+    return f"{scheme}://{shown}@{host}"

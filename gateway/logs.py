@@ -21,15 +21,18 @@ SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/\-]+=*"),
     re.compile(r"(?i)(x-api-key['\"]?\s*[:=]\s*['\"]?)[^'\",\s]+"),
     re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",]+"),
-    re.compile(r"(redis(?:s)?://[^:/@\s]*:)[^@\s]+(@)"),
+    # user:password@ and a lone user@ (it may be a token), unless already masked as ***
+    re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)(?!\*\*\*@)[^@\s]+(@)", re.IGNORECASE),
+    re.compile(r"([a-z][a-z0-9+.-]*://)(?!\*\*\*@)[^:/@\s]+(@)", re.IGNORECASE),
 )
-MAYBE_SECRET = re.compile(r"sk-ant-|bearer|x-api-key|authorization|rediss?://", re.IGNORECASE)
+MAYBE_SECRET = re.compile(r"sk-ant-|bearer|x-api-key|authorization|://[^/\s]*@", re.IGNORECASE)
 """Every SECRET_PATTERNS match contains one of these: one search clears most values at once."""
 SECRET_KEYS = frozenset({"x-api-key", "authorization", "api_key", "password", "token"})
 REDACTED = "[REDACTED]"
 
 
-def _scrub(text: str) -> str:
+def scrub(text: str) -> str:
+    """`text` with every credential SECRET_PATTERNS finds masked."""
     for pattern in SECRET_PATTERNS:
         if pattern.groups == 2:
             text = pattern.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
@@ -58,7 +61,7 @@ def redact_secrets(
         if name in SECRET_KEYS:
             event[key] = REDACTED
         elif isinstance(value, str) and MAYBE_SECRET.search(value):
-            event[key] = _scrub(value)
+            event[key] = scrub(value)
     return event
 
 

@@ -34,4 +34,4 @@ python_sdk="$("$WORK/venv/bin/python" -c 'import anthropic; print(anthropic.__ve
 ts_sdk="$(node -p "require('$WORK/ts/node_modules/@anthropic-ai/sdk/package.json').version")"
 echo "test-latest: anthropic (Python) $python_sdk, @anthropic-ai/sdk (TypeScript) $ts_sdk"
 
-GATEWAY_TEST_TS_DIR="$WORK/ts" "$WORK/venv/bin/python" -m pytest -p no:cacheprovider "$@"
+CLAUDE_GATEWAY_TEST_TS_DIR="$WORK/ts" "$WORK/venv/bin/python" -m pytest -p no:cacheprovider "$@"

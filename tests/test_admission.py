@@ -224,3 +224,20 @@ async def test_redis_keys_hold_a_hash_of_the_key_never_the_key(
     assert [f"{tag}:input_tokens", f"{tag}:output_tokens", f"{tag}:requests"] == keys
     assert all(0 < ttl <= 61_000 for ttl in ttls), ttls
     assert not any(TEST_KEY in key or "sk-ant" in key for key in keys)
+
+
+async def test_one_request_per_minute_survives_the_default_headroom(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """`requests_per_minute: 1` with 2% headroom admits the first request, then one per 61.2 s."""
+    path = limits_file(tmp_path, "    requests_per_minute: 1\n", headroom=0.02)
+    path.write_text(path.read_text().replace("headroom: 0\n", ""))
+    gateway = await make_gateway(limits_file=str(path), clock=FakeClock())
+    first, _, _ = await send(gateway.url)
+    second, _, headers = await send(gateway.url, headers={"x-gateway-max-wait": "0"})
+    assert (200, 429, "62", "61225") == (
+        first,
+        second,
+        headers["retry-after"],
+        headers["x-gateway-ratelimit-retry-after-ms"],
+    )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from gateway import __version__
-from tests.support.processes import run_cli
+from tests.support.processes import run_cli, running_gateway
 
 
 def test_version(tmp_path: Path) -> None:
@@ -91,3 +94,72 @@ def test_missing_limits_file_is_a_config_error(tmp_path: Path) -> None:
     assert 2 == result.returncode
     assert "nope.yaml" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "line"),
+    [
+        (
+            "http://localhost:6379",
+            "GATEWAY_REDIS_URL: must start with redis://, rediss:// or unix:// "
+            "(got 'http://localhost:6379')",
+        ),
+        (
+            "redis://:hunter2@localhost:sixty/0",
+            "GATEWAY_REDIS_URL: Port could not be cast to integer value as 'sixty' "
+            "(got 'redis://:***@localhost:sixty/0')",
+        ),
+    ],
+)
+def test_check_config_and_serve_refuse_a_bad_redis_url_alike(
+    tmp_path: Path, redis_url: str, line: str
+) -> None:
+    """A Redis URL serve could not use fails check-config and serve with one same line, exit 2."""
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("groups:\n  - name: all\n    models: ['*']\n    requests_per_minute: 60\n")
+    results = [
+        run_cli(command, cwd=tmp_path, redis_url=redis_url, limits_file=str(limits))
+        for command in ("check-config", "serve")
+    ]
+    expected = (2, [f"claude-gateway: invalid configuration: {line}"], "")
+    assert [expected, expected] == [
+        (r.returncode, r.stderr.splitlines(), r.stdout) for r in results
+    ]
+
+
+def test_a_misspelt_setting_is_named_with_its_closest_setting(tmp_path: Path) -> None:
+    """check-config prints a warning for GATEWAY_REDIS_ULR; serve logs the same warning."""
+    result = run_cli("check-config", cwd=tmp_path, redis_ulr="redis://localhost")
+    warning = "GATEWAY_REDIS_ULR is not a setting: did you mean GATEWAY_REDIS_URL?"
+    assert 0 == result.returncode
+    assert f"warning: {warning}" in result.stdout.splitlines()
+    with running_gateway(tmp_path, redis_ulr="redis://localhost") as gateway:
+        logged = [json.loads(line) for line in gateway.logs().splitlines()]
+    assert [warning] == [e["warning"] for e in logged if e["event"] == "configuration_warning"]
+
+
+def test_an_empty_limits_file_means_pass_through_to_both_commands(tmp_path: Path) -> None:
+    """check-config and serve agree that an empty limits file limits nothing."""
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("")
+    result = run_cli("check-config", cwd=tmp_path, limits_file=str(limits))
+    with running_gateway(tmp_path, limits_file=str(limits)) as gateway:
+        logged = [json.loads(line) for line in gateway.logs().splitlines()]
+    reason = f"{limits} sets no limits"
+    assert f"limits: none, plain pass-through ({reason})" in result.stdout.splitlines()
+    assert [f"{reason}: plain pass-through"] == [
+        e["reason"] for e in logged if e["event"] == "limits_disabled"
+    ]
+
+
+def test_credentials_in_the_upstream_url_are_masked_everywhere(tmp_path: Path) -> None:
+    """A proxy password in GATEWAY_UPSTREAM_URL is hidden in check-config and in the logs."""
+    upstream = "https://gw-user:s3cr3t-pa55@proxy.example/anthropic"
+    shown = "https://gw-user:***@proxy.example/anthropic"
+    result = run_cli("check-config", cwd=tmp_path, upstream_url=upstream)
+    with running_gateway(tmp_path, upstream_url=upstream) as gateway:
+        logs = gateway.logs()
+    listening = [json.loads(line) for line in logs.splitlines() if '"listening"' in line]
+    assert f"  GATEWAY_UPSTREAM_URL={shown}" in result.stdout.splitlines()
+    assert [shown] == [line["upstream"] for line in listening]
+    assert "s3cr3t" not in result.stdout + result.stderr + logs

@@ -68,8 +68,12 @@ def test_masked_hides_redis_password(monkeypatch: pytest.MonkeyPatch) -> None:
         ("redis://localhost:6379/0", "redis://localhost:6379/0"),
         ("redis://:pw@h:1", "redis://:***@h:1"),
         ("rediss://u:pw@h:1/2", "rediss://u:***@h:1/2"),
+        ("https://gw:pa55@proxy.example/anthropic", "https://gw:***@proxy.example/anthropic"),
+        ("https://ghp_token@proxy.example", "https://***@proxy.example"),
+        ("redis://u:pa/ss@h:1", "redis://u:***@h:1"),
+        ("https://api.anthropic.com", "https://api.anthropic.com"),
     ],
 )
 def test_mask_url(url: str, expected: str) -> None:
-    """Passwords in URLs are replaced by ***."""
+    """Passwords (and lone user names, which may be tokens) in URLs are replaced by ***."""
     assert expected == mask_url(url)

@@ -18,6 +18,7 @@ from gateway.config import Settings
 from gateway.limits import LimitsFileError, load_limits
 from gateway.messages import COUNT_TOKENS_PATH
 from gateway.services import SERVICES
+from gateway.startup import startup_for
 from gateway.tokens import estimate_input_tokens
 from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
@@ -411,7 +412,7 @@ def test_check_config_shows_each_groups_estimate(
         "  - name: haiku\n    models: ['claude-haiku-*']\n"
     )
     settings = Settings(_env_file=None, limits_file=path)  # type: ignore[call-arg]
-    assert 0 == check_config(settings, load_limits(path))
+    assert 0 == check_config(startup_for(settings))
     lines = capsys.readouterr().out.splitlines()
     assert [
         "  sonnet [claude-sonnet-*]: requests=5, estimate=count_tokens, "

@@ -69,12 +69,15 @@ async def test_one_access_line_per_request_with_its_facts(
     assert line["request_id"].startswith("gw_")
 
 
-def test_redaction_masks_keys_tokens_and_redis_passwords() -> None:
+def test_redaction_masks_keys_tokens_and_url_credentials() -> None:
     """The redaction processor masks each credential shape, and secret-named fields whole."""
     event = {
         "a": "key sk-ant-api03-abcDEF_123 here",
         "b": "Authorization: Bearer abc.def-ghi",
         "c": "redis://user:pa55@redis:6379/0",
+        "d": "upstream https://gw:pr0xy-pa55@proxy.example/anthropic failed",
+        "e": "https://ghp_token123@host/x and rediss://:pw@r:1",
+        "f": "already masked: https://gw:***@proxy.example",
         "x-api-key": "anything",
     }
     redacted = redact_secrets(None, "info", event)
@@ -82,6 +85,9 @@ def test_redaction_masks_keys_tokens_and_redis_passwords() -> None:
         "a": f"key {REDACTED} here",
         "b": f"Authorization: {REDACTED}",
         "c": f"redis://user:{REDACTED}@redis:6379/0",
+        "d": f"upstream https://gw:{REDACTED}@proxy.example/anthropic failed",
+        "e": f"https://{REDACTED}@host/x and rediss://:{REDACTED}@r:1",
+        "f": "already masked: https://gw:***@proxy.example",
         "x-api-key": REDACTED,
     } == redacted
 

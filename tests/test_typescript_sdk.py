@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.node, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 # `make test-latest` points this at a copy holding the newest SDK (tests/latest_sdks.sh).
-TS_DIR = Path(os.environ.get("GATEWAY_TEST_TS_DIR") or ROOT / "tests" / "ts")
+TS_DIR = Path(os.environ.get("CLAUDE_GATEWAY_TEST_TS_DIR") or ROOT / "tests" / "ts")
 START_DEADLINE = 30.0
 RUN_DEADLINE = 60.0
 

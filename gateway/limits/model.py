@@ -36,6 +36,11 @@ class Dimension(StrEnum):
     TOKENS_PER_DAY = "tokens_per_day"
 
     @property
+    def per_period_name(self) -> str:
+        """The limits file's name for a limit on this dimension, e.g. `requests_per_minute`."""
+        return "tokens_per_day" if self is Dimension.TOKENS_PER_DAY else f"{self}_per_minute"
+
+    @property
     def period(self) -> float:
         """Seconds in which an empty bucket of this dimension refills to capacity."""
         return DAY if self is Dimension.TOKENS_PER_DAY else MINUTE
@@ -73,9 +78,10 @@ class BucketSpec:
     """One bucket: whose (scope), which model group, what it counts and how much it holds.
 
     `limit` is the configured figure per period; `capacity` is what the bucket really holds
-    once headroom (and, on the fail-open fallback, the local share) is taken off. The
-    derived `hash_tag`, `key` and `rate` are computed once, at construction: backends read
-    them several times per request, and the limiter reuses one spec across many requests.
+    once headroom (and, on the fail-open fallback, the local share) is taken off, and
+    `refill` what it regains per period (None: `capacity`). The derived `hash_tag`, `key`
+    and `rate` are computed once, at construction: backends read them several times per
+    request, and the limiter reuses one spec across many requests.
     """
 
     scope: str
@@ -83,6 +89,7 @@ class BucketSpec:
     dimension: Dimension
     limit: int
     capacity: float
+    refill: float | None = None
     hash_tag: str = field(init=False, repr=False, compare=False)
     """The Redis Cluster hash tag every bucket of one admission shares."""
     key: str = field(init=False, repr=False, compare=False)
@@ -100,7 +107,8 @@ class BucketSpec:
         hash_tag = f"{{{self.scope}:{self.group}}}"
         object.__setattr__(self, "hash_tag", hash_tag)
         object.__setattr__(self, "key", f"cgw:{hash_tag}:{self.dimension.value}")
-        object.__setattr__(self, "rate", self.capacity / self.dimension.period)
+        refill = self.capacity if self.refill is None else self.refill
+        object.__setattr__(self, "rate", refill / self.dimension.period)
 
     def __hash__(self) -> int:
         """The key's (cached) string hash: specs key dicts on the Redis path, and equal
@@ -111,12 +119,22 @@ class BucketSpec:
     def create(
         cls, scope: str, group: str, dimension: Dimension, limit: int, *, headroom: float = 0.0
     ) -> BucketSpec:
-        """A bucket holding `limit` less `headroom` (a fraction, 0.02 = 2%)."""
-        return cls(scope, group, dimension, limit, limit * (1.0 - headroom))
+        """A bucket refilling at `limit` less `headroom` (a fraction, 0.02 = 2%) per period.
+
+        It holds as much, except that headroom never takes a requests bucket below one
+        request: `requests_per_minute: 1` admits its first request at once, then one every
+        61.2 s. (A token bucket needs no such floor: a request fits while its cost is within
+        the limit, see `check_request`.)
+        """
+        sustained = limit * (1.0 - headroom)
+        if dimension is Dimension.REQUESTS and sustained < min(limit, 1):
+            return cls(scope, group, dimension, limit, min(limit, 1), sustained)
+        return cls(scope, group, dimension, limit, sustained)
 
     def scaled(self, share: float) -> BucketSpec:
-        """The same bucket holding only `share` of its capacity (the fail-open fallback)."""
-        return replace(self, capacity=self.capacity * share)
+        """The same bucket holding and refilling only `share` (the fail-open fallback)."""
+        refill = None if self.refill is None else self.refill * share
+        return replace(self, capacity=self.capacity * share, refill=refill)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +163,7 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class NeverFits:
-    """Nothing was debited: `cost` exceeds `bucket`'s capacity, so no wait can help."""
+    """Nothing was debited: `cost` exceeds `bucket`'s limit, so no wait can help."""
 
     bucket: BucketSpec
     cost: int
@@ -154,6 +172,9 @@ class NeverFits:
 def check_request(buckets: Sequence[BucketSpec], cost: Cost) -> NeverFits | None:
     """Validate one admission and find a bucket it can never fit, before any I/O.
 
+    A cost never fits when it exceeds the bucket's limit, the most the API's own bucket
+    holds. One between the capacity (the limit less headroom) and the limit fits: it takes
+    the bucket into debt and waits until that is repaid, like any queued request.
     One pass with no set or string building: this runs on every reserve.
     """
     tag = buckets[0].hash_tag if buckets else ""
@@ -163,7 +184,7 @@ def check_request(buckets: Sequence[BucketSpec], cost: Cost) -> NeverFits | None
             raise ValueError("all buckets of one admission must share scope and group")
         if never is None:
             amount = cost.on(bucket.dimension)
-            if amount > bucket.capacity:
+            if amount > bucket.limit or (amount > 0 and bucket.rate == 0):
                 never = NeverFits(bucket, amount)
     if cost.requests < 0 or cost.input_tokens < 0 or cost.output_tokens < 0:
         raise ValueError(f"a reserved cost cannot be negative: {cost}")

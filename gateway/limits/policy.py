@@ -59,6 +59,11 @@ Endpoint = Literal["count_tokens", "batches"]
 """Endpoints with their own upstream RPM, apart from the Messages buckets (reference 1.8)."""
 ENDPOINT_GROUPS: dict[str, str] = {name: f"_{name}" for name in get_args(Endpoint)}
 """The reserved group name of each endpoint's bucket, e.g. `cgw:{<scope>:_batches}:requests`."""
+_ENDPOINT_SETTINGS: dict[str, str] = {
+    "count_tokens": "count_tokens_requests_per_minute",
+    "batches": "batch_requests_per_minute",
+}
+"""The limits file's key for each endpoint's own RPM."""
 LEARNED_DIMENSIONS = (Dimension.REQUESTS, Dimension.INPUT_TOKENS, Dimension.OUTPUT_TOKENS)
 """What `learn_limits` learns from the API's `anthropic-ratelimit-*-limit` headers."""
 
@@ -192,6 +197,30 @@ class LimitsConfig(_Section):
             seen.add(group.name)
         return groups
 
+    @property
+    def sets_limits(self) -> bool:
+        """Whether the file limits anything: a group, or an endpoint's own RPM. A file that
+        does not (an empty one included) means the same as no file: plain pass-through."""
+        return bool(self.groups) or any(
+            self.endpoint_limit(endpoint) is not None for endpoint in get_args(Endpoint)
+        )
+
+    def closed_limits(self) -> list[str]:
+        """One line per limit of 0: it admits nothing, every request it covers gets 413."""
+        lines = [
+            f"groups[{index}] ({group.name}): {dimension.per_period_name} is 0: every request "
+            f"for {', '.join(group.models)} is refused (413)"
+            for index, group in enumerate(self.groups)
+            for dimension, limit in group.limits().items()
+            if limit == 0
+        ]
+        for endpoint in get_args(Endpoint):
+            if self.endpoint_limit(endpoint) == 0:
+                lines.append(
+                    f"{_ENDPOINT_SETTINGS[endpoint]} is 0: every {endpoint} call is refused (413)"
+                )
+        return lines
+
     def group_for(self, model: str) -> GroupLimits | None:
         """The first group whose patterns match `model`, or None."""
         return next((group for group in self.groups if group.matches(model)), None)
@@ -205,9 +234,8 @@ class LimitsConfig(_Section):
 
     def endpoint_limit(self, endpoint: Endpoint) -> int | None:
         """The RPM the file sets for `endpoint`, or None."""
-        if endpoint == "count_tokens":
-            return self.count_tokens_requests_per_minute
-        return self.batch_requests_per_minute
+        limit: int | None = getattr(self, _ENDPOINT_SETTINGS[endpoint])
+        return limit
 
     def endpoint_buckets(self, endpoint: Endpoint, scope: str) -> list[BucketSpec]:
         """The one RPM bucket `endpoint` has in `scope`, or none when the file sets no limit."""
@@ -219,7 +247,7 @@ class LimitsConfig(_Section):
 
 
 def load_limits(path: Path) -> LimitsConfig:
-    """Read and validate a limits file; an empty file means no limits."""
+    """Read and validate a limits file; an empty one is valid and limits nothing."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

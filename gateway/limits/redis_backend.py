@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
@@ -54,7 +55,7 @@ from gateway.limits.model import (
     changes,
     check_request,
 )
-from gateway.limits.redis_wire import RedisWire, Script, WireError
+from gateway.limits.redis_wire import Address, RedisWire, Script, WireError
 
 log = structlog.get_logger(__name__)
 _REFUSED = 1
@@ -87,6 +88,7 @@ def _script(name: str) -> Script:
 
 _RESERVE, _ADJUST, _CAP = _script("reserve.lua"), _script("adjust.lua"), _script("cap.lua")
 _LEARN = _script("learn.lua")
+SCRIPTS = (_RESERVE, _ADJUST, _CAP, _LEARN)
 
 
 def _now_arg(now: float | None) -> str:
@@ -102,6 +104,10 @@ class _Transport(Protocol):
         ...
 
     async def ping(self) -> None: ...
+
+    async def script_load(self, script: Script) -> None:
+        """SCRIPT LOAD `script` (on every primary of a Cluster)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -122,6 +128,9 @@ class _RedisPy:
 
     async def ping(self) -> None:
         await self._client.ping()
+
+    async def script_load(self, script: Script) -> None:
+        await self._client.script_load(script.source)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -165,6 +174,7 @@ class RedisBackend:
         node so a burst waits briefly for a free connection instead of opening one per
         request. `timeout` bounds connecting and every command, so a hung server fails fast.
         """
+        check_url(url, cluster=cluster)
         if not cluster and url.startswith(_WIRE_SCHEMES):
             return cls(RedisWire.from_url(url, timeout=timeout), on_backend_call=on_backend_call)
         settings: dict[str, Any] = {
@@ -261,6 +271,16 @@ class RedisBackend:
         except (RedisError, WireError, OSError) as exc:
             raise LimitBackendError(f"redis ping failed: {exc}") from exc
 
+    async def load_scripts(self) -> int:
+        """Load every script the limiter runs (a start-up probe: permissions, Lua support);
+        return how many. Requests never need this: EVALSHA loads a missing script itself."""
+        try:
+            for script in SCRIPTS:
+                await self._transport.script_load(script)
+        except (RedisError, WireError, OSError) as exc:
+            raise LimitBackendError(f"redis SCRIPT LOAD failed: {exc}") from exc
+        return len(SCRIPTS)
+
     async def flush(self) -> None:
         """Send every queued settlement now; return once all have landed (or failed)."""
         await self._deferred.drain()
@@ -348,6 +368,23 @@ class RedisBackend:
             return await self._transport.evalsha(script, keys, args)
         except (RedisError, WireError, OSError) as exc:
             raise LimitBackendError(f"redis script failed: {exc}") from exc
+
+
+def check_url(url: str, *, cluster: bool = False) -> None:
+    """Raise `ValueError`, in words fit for an operator, when `from_url` could not use `url`.
+
+    It runs the parser the chosen client will run, so `check-config` rejects exactly what
+    `serve` would. The message never contains the URL (it may hold a password).
+    """
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    if cluster and scheme == "unix":
+        raise ValueError("a Redis Cluster is reached with redis:// or rediss://, not unix://")
+    if not cluster and url.startswith(_WIRE_SCHEMES):
+        Address.from_url(url)
+    else:
+        parse_url(url)
 
 
 def _lost(tag: str, settlements: list[Settlement], error: str) -> None:

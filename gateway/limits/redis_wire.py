@@ -80,11 +80,11 @@ class Address:
         password = unquote(parts.password) if parts.password is not None else None
         if parts.scheme == "unix":
             return cls(path=unquote(parts.path), username=user, password=password,
-                       db=int(query.get("db", 0)))  # fmt: skip
+                       db=_db(query.get("db", "0")))  # fmt: skip
         if parts.scheme != "redis":
             raise ValueError(f"RedisWire speaks redis:// and unix://, not {parts.scheme}://")
-        db = parts.path.strip("/") or query.get("db", "0")
-        return cls(parts.hostname or "127.0.0.1", parts.port or 6379, None, user, password, int(db))
+        db = _db(parts.path.strip("/") or query.get("db", "0"))
+        return cls(parts.hostname or "127.0.0.1", parts.port or 6379, None, user, password, db)
 
     def handshake(self) -> list[tuple[str | bytes, ...]]:
         """The commands a fresh connection sends before any other (AUTH, SELECT)."""
@@ -95,6 +95,13 @@ class Address:
         if self.db:
             commands.append((b"SELECT", str(self.db)))
         return commands
+
+
+def _db(text: str) -> int:
+    """The database number of a URL (`/2` or `?db=2`)."""
+    if not text.isdigit():
+        raise ValueError(f"the database must be a number, not {text!r}")
+    return int(text)
 
 
 class _Connection(asyncio.Protocol):
@@ -204,6 +211,12 @@ class RedisWire:
     async def execute(self, *args: str | bytes | int) -> Any:
         """Run any one command; Redis error replies raise `WireReplyError`."""
         return await self._call(_pack(args))
+
+    async def script_load(self, script: Script) -> None:
+        """SCRIPT LOAD `script`, checking that Redis names it by the SHA1 EVALSHA will use."""
+        sha = await self.execute("SCRIPT", "LOAD", script.source)
+        if sha != script.sha:
+            raise WireReplyError(f"SCRIPT LOAD answered {sha!r}, expected {script.sha!r}")
 
     async def ping(self) -> None:
         """Return when Redis answers PING."""

@@ -148,14 +148,36 @@ async def test_retry_after_is_honest(
     assert 0.0 == admitted.wait
 
 
-async def test_cost_above_capacity_never_fits(backend: LimitBackend, clock: FakeClock) -> None:
-    """A cost larger than a bucket's capacity is refused at once and debits nothing."""
+async def test_cost_above_the_limit_never_fits(backend: LimitBackend, clock: FakeClock) -> None:
+    """A cost larger than a bucket's limit is refused at once and debits nothing."""
     rpm = bucket(Dimension.REQUESTS, 60)
     itpm = bucket(Dimension.INPUT_TOKENS, 6_000, headroom=0.5)  # holds 3,000
-    never = await backend.reserve([rpm, itpm], Cost(1, 3_001), max_wait=60, now=clock.now())
+    never = await backend.reserve([rpm, itpm], Cost(1, 6_001), max_wait=60, now=clock.now())
     after = await reserved(backend, [rpm], ONE_REQUEST, clock)
-    assert NeverFits(itpm, 3_001) == never
+    assert NeverFits(itpm, 6_001) == never
     assert (59.0,) == after.levels
+
+
+async def test_cost_between_capacity_and_limit_waits_in_debt(
+    backend: LimitBackend, clock: FakeClock
+) -> None:
+    """A cost above what headroom leaves but within the limit queues until its debt is repaid."""
+    itpm = bucket(Dimension.INPUT_TOKENS, 6_000, headroom=0.5)  # holds 3,000, 50 a second
+    admitted = await backend.reserve([itpm], Cost(input_tokens=3_100), max_wait=2, now=clock.now())
+    assert isinstance(admitted, Reservation)
+    assert (2.0, (-100.0,)) == (admitted.wait, admitted.levels)
+
+
+async def test_headroom_leaves_a_requests_bucket_one_request(
+    backend: LimitBackend, clock: FakeClock
+) -> None:
+    """`requests_per_minute: 1` with 2% headroom admits at once, then after 61.2 s, not 60."""
+    rpm = bucket(Dimension.REQUESTS, 1, headroom=0.02)
+    first = await reserved(backend, [rpm], ONE_REQUEST, clock)
+    clock.advance(60.0)
+    early = await backend.reserve([rpm], ONE_REQUEST, max_wait=0, now=clock.now())
+    assert isinstance(early, Refused)
+    assert (0.0, 1.225, 0.98) == (first.wait, early.retry_after, round(early.remaining, 9))
 
 
 async def test_refund_gives_capacity_back(backend: LimitBackend, clock: FakeClock) -> None:

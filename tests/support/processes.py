@@ -110,12 +110,16 @@ async def start_fleet(
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, **settings: str
+    *args: str,
+    cwd: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    **settings: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m gateway ARGS` to completion with the given GATEWAY_* settings."""
+    """Run `python -m gateway ARGS` to completion with the given GATEWAY_* settings (and
+    `extra_env` verbatim)."""
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
-        env=gateway_env(**settings),
+        env=gateway_env(**settings) | dict(extra_env or {}),
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -1,0 +1,121 @@
+"""`prepare()`: what `serve` would refuse, refused first; what it would run, described."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError
+from gateway.startup import prepare
+
+BAD_REDIS_URLS = [
+    ("http://localhost:6379", "must start with redis://, rediss:// or unix://"),
+    ("redis://localhost:abc/0", "Port could not be cast to integer value as 'abc'"),
+    ("redis://localhost:6379/x", "the database must be a number, not 'x'"),
+    ("unix:///run/redis.sock?db=two", "the database must be a number, not 'two'"),
+    ("rediss://localhost:99999", "Port out of range 0-65535"),
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No GATEWAY_* variable of the outer environment leaks into these tests."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("GATEWAY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize(("url", "reason"), BAD_REDIS_URLS)
+def test_a_redis_url_the_client_cannot_use_is_refused(
+    monkeypatch: pytest.MonkeyPatch, url: str, reason: str
+) -> None:
+    """A Redis URL the client would choke on is one ConfigError naming the setting."""
+    monkeypatch.setenv("GATEWAY_REDIS_URL", url)
+    with pytest.raises(ConfigError) as caught:
+        prepare(env_file=None)
+    assert f"GATEWAY_REDIS_URL: {reason} (got {url!r})" == str(caught.value)
+
+
+def test_a_unix_socket_is_no_cluster_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GATEWAY_REDIS_CLUSTER with a unix:// URL is refused before the cluster client sees it."""
+    monkeypatch.setenv("GATEWAY_REDIS_URL", "unix:///run/redis.sock")
+    monkeypatch.setenv("GATEWAY_REDIS_CLUSTER", "true")
+    with pytest.raises(ConfigError, match="a Redis Cluster is reached with redis:// or rediss://"):
+        prepare(env_file=None)
+
+
+def test_a_bad_redis_url_never_shows_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refused URL is echoed with its password masked."""
+    monkeypatch.setenv("GATEWAY_REDIS_URL", "http://app:hunter2@redis:6379")
+    with pytest.raises(ConfigError) as caught:
+        prepare(env_file=None)
+    assert "(got 'http://app:***@redis:6379')" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_typo_in_a_setting_name_warns_with_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Unknown GATEWAY_* names, from the environment or .env, warn; near ones get a hint."""
+    monkeypatch.setenv("GATEWAY_REDIS_ULR", "redis://localhost")
+    env_file = tmp_path / ".env"
+    env_file.write_text("GATEWAY_LOG_LEVL=debug\nGATEWAY_SOMETHING_ELSE=1\n")
+    assert (
+        "GATEWAY_LOG_LEVL is not a setting: did you mean GATEWAY_LOG_LEVEL?",
+        "GATEWAY_REDIS_ULR is not a setting: did you mean GATEWAY_REDIS_URL?",
+        "GATEWAY_SOMETHING_ELSE is not a setting (ignored)",
+    ) == prepare(env_file=env_file).warnings
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "headroom: 0.05\n"])
+def test_a_limits_file_that_limits_nothing_means_pass_through(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str
+) -> None:
+    """An empty limits file (or one with no group and no endpoint limit) is no limiter."""
+    path = tmp_path / "limits.yaml"
+    path.write_text(text)
+    monkeypatch.setenv("GATEWAY_LIMITS_FILE", str(path))
+    startup = prepare(env_file=None)
+    assert (None, f"{path} sets no limits") == (startup.limits, startup.pass_through_reason)
+
+
+def test_an_endpoint_limit_alone_runs_a_limiter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A file with only count_tokens' own RPM still limits: a limiter runs."""
+    path = tmp_path / "limits.yaml"
+    path.write_text("count_tokens_requests_per_minute: 100\n")
+    monkeypatch.setenv("GATEWAY_LIMITS_FILE", str(path))
+    startup = prepare(env_file=None)
+    assert startup.limits is not None
+    assert (100, None) == (
+        startup.limits.count_tokens_requests_per_minute,
+        startup.pass_through_reason,
+    )
+
+
+def test_a_limit_of_zero_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A limit that can admit nothing is valid but gets a warning saying what it does."""
+    path = tmp_path / "limits.yaml"
+    path.write_text(
+        "groups:\n  - name: opus\n    models: ['claude-opus-*']\n    output_tokens_per_minute: 0\n"
+        "batch_requests_per_minute: 0\n"
+    )
+    monkeypatch.setenv("GATEWAY_LIMITS_FILE", str(path))
+    assert (
+        "groups[0] (opus): output_tokens_per_minute is 0: every request for claude-opus-* "
+        "is refused (413)",
+        "batch_requests_per_minute is 0: every batches call is refused (413)",
+    ) == prepare(env_file=None).warnings
+
+
+def test_learning_without_a_file_runs_a_limiter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GATEWAY_LEARN_LIMITS without a file learns per model: a limiter with no groups."""
+    monkeypatch.setenv("GATEWAY_LEARN_LIMITS", "true")
+    startup = prepare(env_file=None)
+    assert startup.limits is not None
+    assert ((), None) == (startup.limits.groups, startup.pass_through_reason)
