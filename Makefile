@@ -81,7 +81,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format gateway tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict gateway
+	$(VENV)/bin/mypy --strict gateway tests bench
 
 imports: $(STAMP)
 	$(VENV)/bin/lint-imports

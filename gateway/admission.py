@@ -1,4 +1,8 @@
-"""Turn a limiter decision into "go" or a gateway error with honest headers.
+"""The limiter's answers in the gateway's words: a metrics label, and the error each refusal is.
+
+One vocabulary: `Admitted` and `Unlimited` go; `Refused` becomes `RateLimited` (429),
+`NeverFits` a `RequestTooLarge` (413, outcome `never_fits`), `UnknownModel` an
+`InvalidRequest` (400) and `BackendUnavailable` an `Overloaded` (503).
 
 A local 429 looks like the API's: `rate_limit_error` in the envelope, `retry-after` in whole
 seconds rounded up, plus `x-gateway-ratelimit-*` naming the bucket and its state. Past 60 s
@@ -11,33 +15,42 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from gateway.errors import GatewayError, InvalidRequest, NeverFits, Overloaded, RateLimited
+from gateway.errors import GatewayError, InvalidRequest, Overloaded, RateLimited, RequestTooLarge
 from gateway.limits import (
     Admission,
     Admitted,
     BackendUnavailable,
-    NeverFitsRejection,
-    Rejected,
+    NeverFits,
+    Refused,
     UnknownModel,
 )
+from gateway.retry import SDK_RETRY_AFTER_CAP
 
 MAX_WAIT_HEADER = "x-gateway-max-wait"
-SDK_RETRY_AFTER_CAP = 60
 
 
-def decision_labels(decision: Admission) -> tuple[str, str]:
-    """(group, decision) labels for metrics."""
+def decision_label(decision: Admission) -> str:
+    """The `decision` label of `gateway_limiter_admissions_total` for one answer."""
     if isinstance(decision, Admitted):
-        return decision.group, "queued" if decision.waited_seconds > 0 else "now"
-    if isinstance(decision, Rejected):
-        return decision.group, "rejected"
-    if isinstance(decision, NeverFitsRejection):
-        return decision.group, "never_fits"
+        return "queued" if decision.wait > 0 else "now"
+    if isinstance(decision, Refused):
+        return "rejected"
+    if isinstance(decision, NeverFits):
+        return "never_fits"
     if isinstance(decision, UnknownModel):
-        return "none", "unknown_model"
+        return "unknown_model"
     if isinstance(decision, BackendUnavailable):
-        return "none", "unavailable"
-    return "none", "unlimited"
+        return "unavailable"
+    return "unlimited"
+
+
+def group_of(decision: Admission) -> str:
+    """The model group an answer concerns (`none` when it concerns none)."""
+    if isinstance(decision, Admitted):
+        return decision.group
+    if isinstance(decision, Refused | NeverFits):
+        return decision.bucket.group
+    return "none"
 
 
 def requested_max_wait(headers: Mapping[str, str]) -> float | None:
@@ -56,16 +69,18 @@ def requested_max_wait(headers: Mapping[str, str]) -> float | None:
 
 def refusal(decision: Admission) -> GatewayError | None:
     """The error to answer with, or None when the request may go."""
-    if isinstance(decision, Rejected):
+    if isinstance(decision, Refused):
         return _rate_limited(decision)
-    if isinstance(decision, NeverFitsRejection):
-        dimension = decision.bucket.dimension.value
-        return NeverFits(
+    if isinstance(decision, NeverFits):
+        bucket = decision.bucket
+        dimension = bucket.dimension.value
+        return RequestTooLarge(
             f"This request needs {decision.cost} {dimension} but the gateway's "
-            f"'{decision.group}' limit is {decision.limit} {dimension}"
-            f"{_per(decision.bucket.dimension.value)}: it can never be admitted. "
+            f"'{bucket.group}' limit is {bucket.limit} {dimension}"
+            f"{_per(dimension)}: it can never be admitted. "
             "Lower max_tokens or shorten the prompt.",
             headers={"x-should-retry": "false"},
+            outcome="never_fits",
         )
     if isinstance(decision, UnknownModel):
         return InvalidRequest(
@@ -82,22 +97,23 @@ def _per(dimension: str) -> str:
     return " per day" if dimension == "tokens_per_day" else " per minute"
 
 
-def _rate_limited(decision: Rejected) -> RateLimited:
-    retry_after = max(1, math.ceil(decision.retry_after_seconds))
-    dimension = decision.bucket.dimension.value
+def _rate_limited(decision: Refused) -> RateLimited:
+    bucket = decision.bucket
+    retry_after = max(1, math.ceil(decision.retry_after))
+    dimension = bucket.dimension.value
     headers = {
         "retry-after": str(retry_after),
-        "x-gateway-ratelimit-group": decision.group,
+        "x-gateway-ratelimit-group": bucket.group,
         "x-gateway-ratelimit-bucket": dimension,
-        "x-gateway-ratelimit-limit": str(decision.limit),
+        "x-gateway-ratelimit-limit": str(bucket.limit),
         "x-gateway-ratelimit-remaining": str(max(0, math.floor(decision.remaining))),
-        "x-gateway-ratelimit-retry-after-ms": str(math.ceil(decision.retry_after_seconds * 1000)),
+        "x-gateway-ratelimit-retry-after-ms": str(math.ceil(decision.retry_after * 1000)),
     }
     if retry_after > SDK_RETRY_AFTER_CAP:
         headers["x-should-retry"] = "false"
     return RateLimited(
-        f"This request would exceed the gateway's '{decision.group}' limit of "
-        f"{decision.limit} {dimension}{_per(dimension)}; capacity frees in "
+        f"This request would exceed the gateway's '{bucket.group}' limit of "
+        f"{bucket.limit} {dimension}{_per(dimension)}; capacity frees in "
         f"{retry_after} s, longer than this request may wait in the queue.",
         headers=headers,
     )

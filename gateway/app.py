@@ -1,28 +1,31 @@
-"""`create_app()`: the one composition root: services, routes, middlewares, cleanup contexts.
+"""`create_app()`: the one composition root: resources, routes, middlewares, cleanup contexts.
 
-Shared clients open and close in `app.cleanup_ctx`; state lives under typed `AppKey`s; no
-module globals. `run()` serves an app with graceful SIGTERM/SIGINT draining.
+Each resource that opens something opens and closes in its own `app.cleanup_ctx` and is
+published under its typed `AppKey` (`services.py`); no module globals. `open_backend()` is
+the one place that picks the limiter's backend. Serving the app is `server.py`'s job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway.background import Background
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.exact_count import ExactCounter
 from gateway.handler import handle_v1
+from gateway.headers import CredentialPolicy
 from gateway.limits import (
     LearningSync,
     LimitBackend,
     LimitBackendError,
     Limiter,
+    LimitsConfig,
     MemoryBackend,
 )
 from gateway.limits.redis_backend import RedisBackend
@@ -31,11 +34,27 @@ from gateway.metrics import GatewayMetrics
 from gateway.middlewares import gateway_middleware
 from gateway.ops import READINESS_CHECKS, add_ops_routes
 from gateway.retry import RetryPolicy
-from gateway.services import SERVICES, BodyLimits, Services
+from gateway.services import (
+    ADMISSIONS,
+    BACKGROUND,
+    BODY_LIMITS,
+    CLOCK,
+    CREDENTIALS,
+    LIFECYCLE,
+    METRICS,
+    UPSTREAM,
+    BodyLimits,
+    Lifecycle,
+)
 from gateway.startup import Startup, startup_for
+from gateway.ticket import LimitedAdmissions, NoLimits
 from gateway.upstream import Upstream, UpstreamSettings, open_session
 
 log = get_logger("gateway.app")
+SETTLEMENT_DRAIN_SECONDS = 5.0
+"""How long shutdown waits for settlements still running in the background."""
+EXACT_COUNTER = web.AppKey("exact_counter", ExactCounter)
+"""The API's own token counter, on the upstream session (for `estimate: count_tokens`)."""
 
 
 def upstream_settings(settings: Settings) -> UpstreamSettings:
@@ -59,19 +78,13 @@ def upstream_settings(settings: Settings) -> UpstreamSettings:
     )
 
 
-def upstream_ctx(
-    cfg: UpstreamSettings,
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Open the pooled upstream session (and its retry loop) for the app's lifetime."""
+def upstream_ctx(cfg: UpstreamSettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Open the pooled upstream session (the retry loop and the exact counter share it)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         session = open_session(cfg)
-        services = app[SERVICES]
-        rng = random.Random(cfg.jitter_seed)
-        services.upstream = Upstream(session, cfg, services.clock, rng, services.metrics)
-        services.exact_counter = ExactCounter(
-            session, cfg.base_url, credentials=services.credentials, observer=services.metrics
-        )
+        app[UPSTREAM] = Upstream(session, cfg, app[CLOCK], random.Random(cfg.jitter_seed))
+        app[EXACT_COUNTER] = ExactCounter(session, cfg.base_url, credentials=app[CREDENTIALS])
         try:
             yield
         finally:
@@ -80,68 +93,78 @@ def upstream_ctx(
     return ctx
 
 
+def open_backend(settings: Settings, clock: Clock, metrics: GatewayMetrics) -> LimitBackend:
+    """The limiter's backend: Redis when `GATEWAY_REDIS_URL` is set, else in process."""
+    if settings.redis_url is None:
+        return MemoryBackend(clock)
+    return RedisBackend.from_url(
+        settings.redis_url.get_secret_value(),
+        cluster=settings.redis_cluster,
+        kind=settings.redis_client,
+        timeout=settings.redis_timeout_seconds,
+        on_backend_call=metrics.backend_call,
+    )
+
+
 def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Open the limiter's backend (Redis when configured, else in-process) for the app."""
+    """Open the limiter's backend for the app and publish its admissions (`NoLimits` when
+    nothing is limited)."""
     settings = startup.settings
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        services = app[SERVICES]
         if startup.limits is None:
             log.info("limits_disabled", reason=f"{startup.pass_through_reason}: plain pass-through")
+            app[ADMISSIONS] = NoLimits()
             yield
             return
-        config = startup.limits
-        backend: LimitBackend
-        if settings.redis_url is not None:
-            backend = RedisBackend.from_url(
-                settings.redis_url.get_secret_value(),
-                cluster=settings.redis_cluster,
-                timeout=settings.redis_timeout_seconds,
-                on_backend_call=services.metrics.backend_call,
-            )
-            app[READINESS_CHECKS]["redis"] = _pinger(backend)
-        else:
-            backend = MemoryBackend(services.clock)
-        services.limiter = Limiter(
+        clock, metrics, config = app[CLOCK], app[METRICS], startup.limits
+        backend = open_backend(settings, clock, metrics)
+        limiter = Limiter(
             backend,
             config,
-            services.clock,
-            on_backend_call=services.metrics.backend_call,
+            clock,
+            on_backend_call=metrics.backend_call,
             learn_limits=settings.learn_limits,
         )
-        limiter = services.limiter
-        services.metrics.limits_configured(
-            {(g.name, d.value): n for g in config.groups for d, n in g.limits().items()}
+        app[ADMISSIONS] = LimitedAdmissions(
+            limiter, app[EXACT_COUNTER], clock, metrics, app[BACKGROUND]
         )
-        services.metrics.watch_learning(limiter.learning.snapshot)
+        _watch(metrics, limiter, config)
         syncing: asyncio.Task[None] | None = None
-        if settings.redis_url is not None:  # in process there is no fleet to share with
+        if isinstance(backend, RedisBackend):  # in process there is no fleet to share with
+            app[READINESS_CHECKS]["redis"] = _pinger(backend)
             sync = LearningSync(
-                limiter.learning,
-                backend,
-                services.clock,
-                on_backend_call=services.metrics.backend_call,
+                limiter.learning, backend, clock, on_backend_call=metrics.backend_call
             )
             syncing = asyncio.get_running_loop().create_task(sync.run())
-        services.metrics.watch_limiter(
-            lambda: {(g, d.value): ratio for (g, d), ratio in limiter.bucket_fill().items()},
-            lambda: limiter.breaker_open,
-        )
         log.info(
             "limits_enabled",
-            backend="redis" if settings.redis_url is not None else "memory",
+            backend="redis" if isinstance(backend, RedisBackend) else "memory",
             groups=[group.name for group in config.groups],
             learn_limits=settings.learn_limits,
         )
         try:
             yield
         finally:
+            await app[BACKGROUND].drain(SETTLEMENT_DRAIN_SECONDS)
             if syncing is not None:
                 syncing.cancel()
                 await asyncio.gather(syncing, return_exceptions=True)
             await backend.aclose()
 
     return ctx
+
+
+def _watch(metrics: GatewayMetrics, limiter: Limiter, config: LimitsConfig) -> None:
+    """Let the metrics read the limiter's state at scrape time."""
+    metrics.limits_configured(
+        {(g.name, d.value): n for g in config.groups for d, n in g.limits().items()}
+    )
+    metrics.watch_learning(limiter.learning.snapshot)
+    metrics.watch_limiter(
+        lambda: {(g, d.value): ratio for (g, d), ratio in limiter.bucket_fill().items()},
+        lambda: limiter.breaker_open,
+    )
 
 
 def _pinger(backend: LimitBackend) -> Callable[[], Awaitable[bool]]:
@@ -166,60 +189,22 @@ def create_app(
     made of them; without it, they are validated here, raising `ConfigError`)."""
     if startup is None:
         startup = startup_for(settings)
-    services = Services(
-        clock=clock or SystemClock(),
-        metrics=GatewayMetrics(registry),
-        body_limits=BodyLimits(
-            buffered=settings.max_body_bytes, streamed=settings.max_upload_bytes
-        ),
-    )
     app = web.Application(
         middlewares=[gateway_middleware],
         client_max_size=settings.max_upload_bytes,
         handler_args={"max_field_size": 65536},
     )
-    app[SERVICES] = services
+    app[CLOCK] = clock or SystemClock()
+    app[METRICS] = GatewayMetrics(registry)
+    app[BODY_LIMITS] = BodyLimits(
+        buffered=settings.max_body_bytes, streamed=settings.max_upload_bytes
+    )
+    app[CREDENTIALS] = CredentialPolicy()
+    app[LIFECYCLE] = Lifecycle()
+    app[BACKGROUND] = Background()
     app[READINESS_CHECKS] = {}
     app.cleanup_ctx.append(upstream_ctx(upstream_settings(settings)))
     app.cleanup_ctx.append(limiter_ctx(startup))
     add_ops_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
     return app
-
-
-async def serve(settings: Settings, app: web.Application) -> None:
-    """Serve until SIGTERM/SIGINT, then drain: /readyz fails, in-flight work finishes."""
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        handler_cancellation=True,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-        access_log=None,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    log.info(
-        "listening",
-        host=settings.host,
-        port=_bound_port(site, settings.port),
-        upstream=settings.upstream_shown,
-    )
-    try:
-        await stop.wait()
-        log.info("shutting_down", grace_seconds=settings.shutdown_grace_seconds)
-        app[SERVICES].lifecycle.accepting = False
-        await app[SERVICES].clock.sleep(settings.shutdown_drain_seconds)
-    finally:
-        await runner.cleanup()
-        log.info("stopped")
-
-
-def _bound_port(site: web.TCPSite, configured: int) -> int:
-    server = site._server  # the asyncio server; aiohttp exposes no public accessor
-    sockets = getattr(server, "sockets", None) or []
-    return int(sockets[0].getsockname()[1]) if sockets else configured

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.app import create_app, upstream_settings
-from gateway.app import serve as serve_app
 from gateway.clock import SystemClock
 from gateway.config import ConfigError, masked, probe_api_key
 from gateway.limits import LimitsConfig
 from gateway.logs import configure_logging, get_logger
 from gateway.probe import probe_all
+from gateway.server import serve as serve_app
 from gateway.startup import Startup, prepare
 
 EXIT_OK = 0

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     redis_cluster: bool = Field(
         False, description="Treat GATEWAY_REDIS_URL as a seed node of a Redis Cluster."
     )
+    redis_client: Literal["pipelined", "redis-py"] = Field(
+        "pipelined",
+        description="pipelined: the gateway's own pipelined client for redis:// and unix:// "
+        "(redis-py for Cluster and rediss://); redis-py: redis-py for every URL.",
+    )
     redis_timeout_seconds: float = Field(
         0.5, gt=0, description="Bound on connecting to Redis and on every Redis call."
     )

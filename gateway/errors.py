@@ -5,8 +5,8 @@ Exception tree::
     GatewayError                     status, error type and a client-safe message
     ├── InvalidRequest               400 invalid_request_error  (malformed JSON, bad header value)
     ├── NotFound                     404 not_found_error        (a path outside /v1 and ops)
-    ├── RequestTooLarge              413 request_too_large      (body over the configured limit)
-    │   └── NeverFits                413 request_too_large      (a cost no bucket can ever hold)
+    ├── RequestTooLarge              413 request_too_large      (a body over the configured limit;
+    │                                                            never_fits: a cost over a limit)
     ├── RateLimited                  429 rate_limit_error       (queue wait would exceed the cap)
     ├── InternalError                500 api_error              (a bug; details only in the log)
     ├── UpstreamUnavailable          502 api_error              (connect failed, connection dropped)
@@ -31,10 +31,18 @@ class GatewayError(Exception):
     error_type: str = "api_error"
     outcome: str = "gateway_error"  # the metrics/access-log outcome label
 
-    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        outcome: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers: dict[str, str] = dict(headers or {})
+        if outcome is not None:
+            self.outcome = outcome
 
 
 class InvalidRequest(GatewayError):
@@ -52,12 +60,6 @@ class RequestTooLarge(GatewayError):
     status = 413
     error_type = "request_too_large"
     outcome = "invalid_request"
-
-
-class NeverFits(RequestTooLarge):
-    """A request costing more than a bucket's capacity: no wait can admit it."""
-
-    outcome = "never_fits"
 
 
 class RateLimited(GatewayError):

@@ -19,11 +19,11 @@ The call::
     body     only COUNTED_FIELDS of the Messages body (no max_tokens, stream, sampling,
              metadata, stop_sequences, service_tier, ...)
 
-It counts against `count_tokens_requests_per_minute` when the limits file sets one: one
-request admitted there without waiting. No room means the heuristic (`rate_limited`), never a
-429. The request is given back when the API was never reached, or when the client left during
-the count (a disconnected request keeps nothing reserved); otherwise it stays charged, like
-the client's own count_tokens calls.
+It counts against `count_tokens_requests_per_minute` when the limits file sets one: the
+admission ticket (`gateway/ticket.py`) takes one request there without waiting. No room means
+the heuristic (`rate_limited`), never a 429. The request is given back when the API was never
+reached, or when the client left during the count (a disconnected request keeps nothing
+reserved); otherwise it stays charged, like the client's own count_tokens calls.
 
 Fallback reasons (the `reason` label of `gateway_input_estimates_total`): `timeout` (over
 `estimate_timeout_seconds`), `error` (connection failure, a status other than 200, a body
@@ -37,19 +37,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.headers import Credential, CredentialPolicy, Headers
-from gateway.limits import Admitted, Cost, Limiter, Unlimited
-from gateway.logs import get_logger
+from gateway.limits import GroupLimits
 from gateway.messages import COUNT_TOKENS_PATH, MESSAGES_PATH
-
-log = get_logger("gateway.exact_count")
 
 COUNTED_FIELDS = frozenset(
     {
@@ -103,11 +100,10 @@ class Caller:
     path_qs: str
     credential: Credential | None
 
-
-class EstimateObserver(Protocol):
-    """Protocol: told how each admission's input was estimated; `GatewayMetrics` satisfies it."""
-
-    def input_estimate(self, group: str, method: str, reason: str) -> None: ...
+    @property
+    def path(self) -> str:
+        """The request's path, without its query string."""
+        return self.path_qs.partition("?")[0]
 
 
 def counted_body(body: Mapping[str, Any]) -> bytes:
@@ -129,75 +125,27 @@ def count_headers(
 
 
 class ExactCounter:
-    """Makes the input estimate a model group asks for; shares the app's upstream session."""
+    """Asks the API to count a request's input; shares the app's upstream session."""
 
     def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        base_url: str,
-        *,
-        credentials: CredentialPolicy,
-        observer: EstimateObserver,
+        self, session: aiohttp.ClientSession, base_url: str, *, credentials: CredentialPolicy
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._credentials = credentials
-        self._observer = observer
 
-    async def input_cost(
-        self,
-        limiter: Limiter,
-        model: str,
-        body: Mapping[str, Any],
-        heuristic: Cost,
-        *,
-        scope: str,
-        caller: Caller,
-    ) -> Cost:
-        """`heuristic` with its input replaced by the API's count when the model's group asks
-        for one and it comes in time; `heuristic` itself otherwise, and always for the legacy
-        `/v1/complete` (no `messages` to count)."""
-        group = limiter.group_for(model)
-        path = caller.path_qs.partition("?")[0]
-        if group is None or group.estimate == "heuristic" or path != MESSAGES_PATH:
-            name = "none" if group is None else group.name
-            self._observer.input_estimate(name, "heuristic", "configured")
-            return heuristic
-        result = await self._count_on_bucket(
-            limiter, body, caller, scope=scope, time_limit=group.estimate_timeout_seconds
-        )
-        if isinstance(result, NotCounted):
-            self._observer.input_estimate(group.name, "heuristic", result.reason)
-            log.info(
-                "exact_count_fallback", group=group.name, reason=result.reason, detail=result.detail
-            )
-            return heuristic
-        self._observer.input_estimate(group.name, "count_tokens", "configured")
-        return replace(heuristic, input_tokens=result.input_tokens)
+    def counts(self, group: GroupLimits | None, path: str) -> bool:
+        """Whether a request to `path` of `group` is counted by the API: groups with
+        `estimate: count_tokens`, Messages only (a legacy Complete has nothing to count)."""
+        return group is not None and group.estimate == "count_tokens" and path == MESSAGES_PATH
 
-    async def _count_on_bucket(
-        self,
-        limiter: Limiter,
-        body: Mapping[str, Any],
-        caller: Caller,
-        *,
-        scope: str,
-        time_limit: float,
+    async def count_for(
+        self, body: Mapping[str, Any], caller: Caller, *, time_limit: float
     ) -> Counted | NotCounted:
-        """Take one request from the count_tokens bucket (no wait), then count once."""
-        slot = await limiter.admit_endpoint(scope=scope, endpoint="count_tokens", max_wait=0)
-        if not isinstance(slot, Admitted | Unlimited):
-            return NotCounted("rate_limited", reached=False, detail=type(slot).__name__)
+        """Count `body` as `caller` would, within `time_limit` seconds."""
         headers = count_headers(caller.headers, caller.credential, self._credentials)
         query = caller.path_qs.partition("?")[2]
-        try:
-            result = await self.count(body, headers, query, time_limit=time_limit)
-        except asyncio.CancelledError:  # the client left: keep nothing reserved
-            limiter.refund(slot)
-            raise
-        if isinstance(result, NotCounted) and not result.reached:
-            limiter.refund(slot)
-        return result
+        return await self.count(body, headers, query, time_limit=time_limit)
 
     async def count(
         self, body: Mapping[str, Any], headers: CIMultiDict[str], query: str, *, time_limit: float

@@ -112,9 +112,15 @@ class CredentialPolicy:
         del credential  # the client's header was copied through as is
 
 
-def upstream_request_headers(incoming: Headers) -> CIMultiDict[str]:
-    """The client's headers minus hop-by-hop ones, `host`, and the gateway's own controls."""
-    return _copy_except(incoming, _NOT_FORWARDED_UPSTREAM)
+def upstream_request_headers(
+    incoming: Headers, *, streamed_length: int | None = None
+) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop ones, `host`, and the gateway's own controls;
+    a body streamed through keeps its `Content-Length` (`streamed_length`) when it had one."""
+    outgoing = _copy_except(incoming, _NOT_FORWARDED_UPSTREAM)
+    if streamed_length is not None:
+        outgoing["Content-Length"] = str(streamed_length)
+    return outgoing
 
 
 def downstream_response_headers(upstream: Headers) -> CIMultiDict[str]:

@@ -10,21 +10,24 @@ No request ids, keys or tenants without a configured name ever become labels.
 Gauges that describe shared state (bucket fill) are read at scrape time from a callback that
 returns the limiter's last known levels: a scrape costs no Redis call.
 
-Metrics updated per request are lock-free cells (gateway/metric_cells.py) rather than
-prometheus_client objects, with the same exposition; metrics read at scrape time or set
-rarely (bucket fill, learned figures, breaker, limits, build info) stay prometheus_client's.
+A request's metrics are all updated once, when it ends, from its `RequestRecord`
+(`request_finished`); only the live gauges (in flight, queue depth, open streams) and the
+limiter's backend timings move while it runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
+    Counter,
     Gauge,
+    Histogram,
     Info,
 )
 from prometheus_client.core import GaugeMetricFamily
@@ -32,13 +35,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.metric_cells import (
-    CounterCell,
-    CounterFamily,
-    GaugeFamily,
-    HistogramCell,
-    HistogramFamily,
-)
+from gateway.record import RequestRecord
 
 MAX_MODELS = 50
 OTHER = "other"
@@ -48,7 +45,6 @@ DURATION_BUCKETS = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
 RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 4.0)
-TOKEN_KINDS = ("input", "output", "cache_read", "cache_creation")
 FillReader = Callable[[], Mapping[tuple[str, str], float]]
 
 
@@ -107,10 +103,6 @@ class GatewayMetrics:
                 registry.register(collector)
         self.registry = registry
         self._models: set[str] = set()
-        self._per_route: dict[
-            str, tuple[HistogramCell, HistogramCell, HistogramCell, CounterCell]
-        ] = {}
-        """Per route: the duration, ttfb, overhead and bytes cells, found in one lookup."""
         self._define_requests(registry)
         self._define_limiter(registry)
         self._define_upstream(registry)
@@ -125,7 +117,7 @@ class GatewayMetrics:
         )
 
     def _define_requests(self, registry: CollectorRegistry) -> None:
-        self._requests = CounterFamily(
+        self._requests = Counter(
             "gateway_requests",
             "Requests answered, by outcome: ok, queued_ok, rejected, never_fits, "
             "invalid_request, upstream_error, upstream_unavailable, upstream_timeout, "
@@ -133,34 +125,34 @@ class GatewayMetrics:
             ["model_group", "model", "route", "status", "outcome"],
             registry=registry,
         )
-        self._duration = HistogramFamily(
+        self._duration = Histogram(
             "gateway_request_duration_seconds",
             "Time from request received to last byte sent.",
             ["route"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._ttfb = HistogramFamily(
+        self._ttfb = Histogram(
             "gateway_time_to_first_byte_seconds",
             "Time from request received to the first response body byte relayed.",
             ["route"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._overhead = HistogramFamily(
+        self._overhead = Histogram(
             "gateway_overhead_seconds",
             "Time the gateway itself spent before sending upstream, queue wait excluded.",
             ["route"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._in_flight = GaugeFamily(
+        self._in_flight = Gauge(
             "gateway_in_flight_requests", "Requests being handled.", registry=registry
-        ).labels()
-        self._open_streams = GaugeFamily(
+        )
+        self._open_streams = Gauge(
             "gateway_open_streams", "SSE responses being relayed.", registry=registry
-        ).labels()
-        self._bytes_out = CounterFamily(
+        )
+        self._bytes_out = Counter(
             "gateway_response_bytes",
             "Response body bytes relayed to clients.",
             ["route"],
@@ -168,42 +160,42 @@ class GatewayMetrics:
         )
 
     def _define_limiter(self, registry: CollectorRegistry) -> None:
-        self._admissions = CounterFamily(
+        self._admissions = Counter(
             "gateway_limiter_admissions",
             "Limiter decisions: now, queued, rejected, never_fits, unknown_model, unavailable.",
             ["model_group", "decision"],
             registry=registry,
         )
-        self._queue_wait = HistogramFamily(
+        self._queue_wait = Histogram(
             "gateway_queue_wait_seconds",
             "Time admitted requests waited for capacity (0 when sent at once).",
             ["model_group"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._queue_depth = GaugeFamily(
+        self._queue_depth = Gauge(
             "gateway_queue_depth",
             "Requests of this instance waiting for admission (limiter call and queue wait).",
             registry=registry,
-        ).labels()
-        self._backend_latency = HistogramFamily(
+        )
+        self._backend_latency = Histogram(
             "gateway_limiter_backend_seconds",
             "Latency of one limiter backend call (Redis round trip), by operation.",
             ["operation"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._backend_errors = CounterFamily(
+        self._backend_errors = Counter(
             "gateway_limiter_backend_errors",
             "Limiter backend calls that failed (Redis errors, timeouts), by operation.",
             ["operation"],
             registry=registry,
         )
-        self._fail_open = CounterFamily(
+        self._fail_open = Counter(
             "gateway_limiter_fail_open",
             "Admissions decided on local buckets because the shared backend failed.",
             registry=registry,
-        ).labels()
+        )
         self._breaker_open = Gauge(
             "gateway_limiter_breaker_open",
             "1 while the circuit breaker skips the shared backend.",
@@ -218,30 +210,30 @@ class GatewayMetrics:
         )
 
     def _define_upstream(self, registry: CollectorRegistry) -> None:
-        self._attempts = CounterFamily(
+        self._attempts = Counter(
             "gateway_upstream_attempts",
             "Upstream attempts by status (or connect_error, timeout).",
             ["status"],
             registry=registry,
         )
-        self._retries = CounterFamily(
+        self._retries = Counter(
             "gateway_upstream_retries",
             "Retries by cause: status code, connect_error, timeout.",
             ["cause"],
             registry=registry,
         )
-        self._retry_budget_exhausted = CounterFamily(
+        self._retry_budget_exhausted = Counter(
             "gateway_upstream_retry_budget_exhausted",
             "Retries skipped because the retry budget was spent.",
             registry=registry,
-        ).labels()
-        self._upstream_429 = CounterFamily(
+        )
+        self._upstream_429 = Counter(
             "gateway_upstream_rate_limited",
             "Upstream 429 responses (should stay at zero: the gateway's promise).",
             ["model_group"],
             registry=registry,
         )
-        self._api_remaining = GaugeFamily(
+        self._api_remaining = Gauge(
             "gateway_upstream_ratelimit_remaining",
             "The API's own anthropic-ratelimit-*-remaining, last seen, per group and axis.",
             ["model_group", "axis"],
@@ -249,20 +241,20 @@ class GatewayMetrics:
         )
 
     def _define_tokens(self, registry: CollectorRegistry) -> None:
-        self._tokens = CounterFamily(
+        self._tokens = Counter(
             "gateway_tokens",
             "Tokens used, from settled usage, by kind: input, output, cache_read, cache_creation.",
             ["model_group", "kind"],
             registry=registry,
         )
-        self._estimate_ratio = HistogramFamily(
+        self._estimate_ratio = Histogram(
             "gateway_token_estimate_ratio",
             "Actual / estimated input tokens per settled request (1.0 = exact).",
             ["model_group"],
             buckets=RATIO_BUCKETS,
             registry=registry,
         )
-        self._missing_usage = CounterFamily(
+        self._missing_usage = Counter(
             "gateway_usage_missing",
             "Responses that ended without usage; the reservation was charged as is.",
             ["model_group"],
@@ -289,53 +281,52 @@ class GatewayMetrics:
     def request_started(self) -> None:
         self._in_flight.inc()
 
-    def request_finished(
-        self,
-        *,
-        route: str,
-        model_group: str,
-        model: str | None,
-        status: int,
-        outcome: str,
-        duration: float,
-        ttfb: float | None,
-        overhead: float | None,
-        bytes_out: int,
-    ) -> None:
-        """Count one answered request and its timings."""
+    def request_finished(self, record: RequestRecord) -> None:
+        """Everything one finished request did: its answer and timings, the limiter's
+        decision, its upstream attempts and the usage it settled."""
         self._in_flight.dec()
-        name = self.model_label(model, register=status < 400)
-        self._requests.labels(model_group, name, route, str(status), outcome).inc()
-        per_route = self._per_route.get(route)
-        if per_route is None:
-            per_route = self._per_route[route] = (
-                self._duration.labels(route),
-                self._ttfb.labels(route),
-                self._overhead.labels(route),
-                self._bytes_out.labels(route),
-            )
-        duration_child, ttfb_child, overhead_child, bytes_child = per_route
-        duration_child.observe(duration)
+        name = self.model_label(record.model, register=record.status < 400)
+        route, group = record.route, record.group
+        self._requests.labels(group, name, route, str(record.status), record.outcome).inc()
+        self._duration.labels(route).observe(record.ended_at - record.started_at)
+        ttfb, overhead = record.ttfb, record.overhead
         if ttfb is not None:
-            ttfb_child.observe(ttfb)
+            self._ttfb.labels(route).observe(ttfb)
         if overhead is not None:
-            overhead_child.observe(max(0.0, overhead))
-        if bytes_out:
-            bytes_child.inc(bytes_out)
+            self._overhead.labels(route).observe(max(0.0, overhead))
+        if record.bytes_out:
+            self._bytes_out.labels(route).inc(record.bytes_out)
+        if record.decision is not None:
+            self._admitted(record)
+        if record.attempts:
+            self._upstream(record)
+        if record.usage is not None or record.usage_missing or record.api_remaining:
+            self._settled(record)
 
-    def stream_opened(self) -> None:
+    @contextmanager
+    def streaming(self, active: bool) -> Iterator[None]:
+        """Count an SSE response as open while it is relayed (`active`: it is one)."""
+        if not active:
+            yield
+            return
         self._open_streams.inc()
-
-    def stream_closed(self) -> None:
-        self._open_streams.dec()
+        try:
+            yield
+        finally:
+            self._open_streams.dec()
 
     # Limiter --------------------------------------------------------------------------
 
-    def admission(self, *, group: str, decision: str, waited: float | None) -> None:
-        """Count one limiter decision; `waited` is set for admitted requests."""
+    def _admitted(self, record: RequestRecord) -> None:
+        """The limiter's decision, how long it queued, and how input was estimated."""
+        group, decision = record.group, record.decision or "unlimited"
         self._admissions.labels(group, decision).inc()
-        if waited is not None:
-            self._queue_wait.labels(group).observe(waited)
+        if decision in ("now", "queued"):
+            self._queue_wait.labels(group).observe(record.queue_wait)
+        if record.fail_open:
+            self._fail_open.inc()
+        if record.estimate is not None:
+            self._input_estimates.labels(group, *record.estimate).inc()
 
     def queue_entered(self) -> None:
         self._queue_depth.inc()
@@ -348,9 +339,6 @@ class GatewayMetrics:
         self._backend_latency.labels(operation).observe(seconds)
         if not ok:
             self._backend_errors.labels(operation).inc()
-
-    def fail_open_used(self) -> None:
-        self._fail_open.inc()
 
     def limits_configured(self, limits: Mapping[tuple[str, str], int]) -> None:
         """The limits file's limit per (group, dimension), for utilisation panels."""
@@ -368,50 +356,44 @@ class GatewayMetrics:
 
     # Upstream -------------------------------------------------------------------------
 
-    def upstream_attempt(self, status: str) -> None:
-        """One attempt upstream: its HTTP status, or `connect_error` / `timeout`."""
-        self._attempts.labels(status).inc()
-
-    def upstream_retry(self, cause: str) -> None:
-        self._retries.labels(cause).inc()
-
-    def retry_budget_exhausted(self) -> None:
-        self._retry_budget_exhausted.inc()
-
-    def upstream_rate_limited(self, group: str) -> None:
-        self._upstream_429.labels(group).inc()
-
-    def api_remaining(self, group: str, axis: str, remaining: float) -> None:
-        """The API's `anthropic-ratelimit-<axis>-remaining` for a group."""
-        self._api_remaining.labels(group, axis).set(remaining)
+    def _upstream(self, record: RequestRecord) -> None:
+        """Each attempt, each retry and why, the retry budget, upstream 429s."""
+        for status in record.attempts:
+            self._attempts.labels(status).inc()
+        for cause in record.retries:
+            self._retries.labels(cause).inc()
+        if record.budget_ran_out:
+            self._retry_budget_exhausted.inc()
+        if record.upstream_429s:
+            self._upstream_429.labels(record.group).inc(record.upstream_429s)
 
     # Tokens ---------------------------------------------------------------------------
 
-    def tokens_used(self, group: str, usage: Mapping[str, int]) -> None:
-        """Settled usage by kind (`input`, `output`, `cache_read`, `cache_creation`)."""
-        for kind in TOKEN_KINDS:
-            amount = usage.get(kind, 0)
+    def _settled(self, record: RequestRecord) -> None:
+        """The usage a request settled, the estimator's error on it, the API's remaining
+        limits; or that a response ended without usage."""
+        group, usage = record.group, record.usage
+        for axis, remaining in record.api_remaining.items():
+            self._api_remaining.labels(group, axis).set(remaining)
+        if usage is None:
+            if record.usage_missing:
+                self._missing_usage.labels(group).inc()
+            return
+        for kind, amount in usage.by_kind().items():
             if amount:
                 self._tokens.labels(group, kind).inc(amount)
-
-    def estimate_observed(self, group: str, estimated: int, actual: int) -> None:
-        """The estimator's error on one request, as actual / estimated input tokens."""
-        if estimated > 0:
-            self._estimate_ratio.labels(group).observe(actual / estimated)
-
-    def usage_missing(self, group: str) -> None:
-        self._missing_usage.labels(group).inc()
+        total_input = (
+            usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens
+        )
+        if record.reserved_input > 0:
+            self._estimate_ratio.labels(group).observe(total_input / record.reserved_input)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
 
-    # Input estimates ------------------------------------------------------------------
-    # How each model-group admission estimated its input: `estimate: count_tokens` groups
-    # ask the API (gateway/exact_count.py) and fall back to the heuristic; `reason` says why.
-
     def _define_estimates(self, registry: CollectorRegistry) -> None:
-        self._input_estimates = CounterFamily(
+        self._input_estimates = Counter(
             "gateway_input_estimates",
             "Input estimates at admission by method (count_tokens, heuristic) and reason: "
             "configured (the group's method), or why an exact count fell back: timeout, "
@@ -419,7 +401,3 @@ class GatewayMetrics:
             ["model_group", "method", "reason"],
             registry=registry,
         )
-
-    def input_estimate(self, group: str, method: str, reason: str) -> None:
-        """One admission's input estimate: how it was made and, for a fallback, why."""
-        self._input_estimates.labels(group, method, reason).inc()

@@ -1,24 +1,26 @@
 """Request id and log context; gateway errors -> Anthropic envelope; one access line, metrics.
 
-Every request gets an `Exchange` and an `x-gateway-request-id`. A `GatewayError` becomes
+Every request gets a `RequestRecord` and an `x-gateway-request-id`. A `GatewayError` becomes
 the API's error envelope with its status; aiohttp's own HTTP errors (unknown path, wrong
-method) are rendered the same way; anything unexpected is a 500 `api_error` whose
-traceback goes to the log and never to the client.
+method) are rendered the same way; anything unexpected is a 500 `api_error` whose traceback
+goes to the log and never to the client. When the request is over, its record derives the
+outcome once and feeds the access line and the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
 from gateway.errors import GatewayError, envelope
-from gateway.exchange import EXCHANGE_KEY, Exchange, new_request_id
 from gateway.headers import REQUEST_ID
 from gateway.logs import get_logger
-from gateway.services import SERVICES, Services
+from gateway.record import RECORD, RequestRecord
+from gateway.services import CLOCK, METRICS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 access_log = get_logger("gateway.access")
@@ -34,6 +36,13 @@ HTTP_ERROR_TYPES = {
     413: "request_too_large",
     429: "rate_limit_error",
 }
+CLIENT_CLOSED = 499
+"""The status recorded for a request whose client left before any answer (nginx's code)."""
+
+
+def new_request_id() -> str:
+    """The gateway's own request id: plainly not an upstream `req_...` id."""
+    return f"gw_{secrets.token_hex(12)}"
 
 
 def error_response(
@@ -53,46 +62,48 @@ def error_response(
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Wrap one request: id, error rendering, access line and metrics."""
-    services = request.app[SERVICES]
-    exchange = Exchange(request_id=new_request_id(), started_at=services.clock.now())
-    request[EXCHANGE_KEY] = exchange
-    structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
-    services.metrics.request_started()
+    clock, metrics = request.app[CLOCK], request.app[METRICS]
+    record = RequestRecord(new_request_id(), clock.now(), request.method, request.path)
+    request[RECORD] = record
+    structlog.contextvars.bind_contextvars(request_id=record.request_id)
+    metrics.request_started()
     try:
-        response = await _answer(request, handler, exchange)
+        response = await _answer(request, handler, record)
     except asyncio.CancelledError:
-        exchange.outcome = "client_disconnect"
-        exchange.status = exchange.status or 499
+        record.cancelled = True
+        record.status = record.status or CLIENT_CLOSED
         raise
     finally:
-        _record(request, services, exchange)
+        record.ended_at = clock.now()
+        record.route = record.route or ("ops" if request.path in OPS_PATHS else "unmatched")
+        record.finish()
+        metrics.request_finished(record)
+        _log_access(record)
         structlog.contextvars.unbind_contextvars("request_id")
     return response
 
 
-async def _answer(request: web.Request, handler: Handler, exchange: Exchange) -> web.StreamResponse:
-    rid = exchange.request_id
+async def _answer(
+    request: web.Request, handler: Handler, record: RequestRecord
+) -> web.StreamResponse:
+    rid = record.request_id
     try:
         response = await handler(request)
     except GatewayError as exc:
-        exchange.outcome = exc.outcome
+        record.error_outcome = exc.outcome
         response = error_response(exc.status, exc.error_type, exc.message, rid, exc.headers)
     except web.HTTPException as exc:
-        exchange.outcome = "invalid_request"
+        record.error_outcome = "invalid_request"
         error_type = HTTP_ERROR_TYPES.get(exc.status, "api_error")
         message = _http_message(request, exc)
         response = error_response(exc.status, error_type, message, rid, {})
     except Exception:
         error_log.exception("unhandled_error", method=request.method, path=request.path)
-        exchange.outcome = "internal_error"
+        record.error_outcome = "internal_error"
         response = error_response(500, "api_error", "Internal gateway error.", rid, {})
     else:
         response.headers.setdefault(REQUEST_ID, rid)
-        if exchange.outcome == "ok" and response.status >= 400:
-            exchange.outcome = "upstream_error"
-        elif exchange.outcome == "ok" and exchange.queue_wait > 0:
-            exchange.outcome = "queued_ok"
-    exchange.status = response.status
+    record.status = response.status
     return response
 
 
@@ -104,37 +115,24 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
     return exc.reason
 
 
-def _record(request: web.Request, services: Services, exchange: Exchange) -> None:
-    now = services.clock.now()
-    duration = now - exchange.started_at
-    ttfb = None if exchange.first_byte_at is None else exchange.first_byte_at - exchange.started_at
-    route = exchange.route or ("ops" if request.path in OPS_PATHS else "unmatched")
-    services.metrics.request_finished(
-        route=route,
-        model_group=exchange.model_group,
-        model=exchange.model,
-        status=exchange.status,
-        outcome=exchange.outcome,
-        duration=duration,
-        ttfb=ttfb,
-        overhead=exchange.overhead,
-        bytes_out=exchange.bytes_out,
-    )
-    if request.path in OPS_PATHS and exchange.status < 400:
+def _log_access(record: RequestRecord) -> None:
+    """The access line: one per request (a successful ops call has none)."""
+    if record.route == "ops" and record.status < 400:
         return
+    ttfb = record.ttfb
     access_log.info(
         "request",
-        method=request.method,
-        path=request.path,
-        route=route,
-        model=exchange.model,
-        stream=exchange.stream,
-        status=exchange.status,
-        outcome=exchange.outcome,
-        duration_ms=round(duration * 1000, 3),
+        method=record.method,
+        path=record.path,
+        route=record.route,
+        model=record.model,
+        stream=record.stream,
+        status=record.status,
+        outcome=record.outcome,
+        duration_ms=round((record.ended_at - record.started_at) * 1000, 3),
         ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3),
-        model_group=exchange.model_group,
-        queue_wait_ms=round(exchange.queue_wait * 1000, 3),
-        upstream_request_id=exchange.upstream_request_id,
-        bytes_out=exchange.bytes_out,
+        model_group=record.group,
+        queue_wait_ms=round(record.queue_wait * 1000, 3),
+        upstream_request_id=record.upstream_request_id,
+        bytes_out=record.bytes_out,
     )

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.services import SERVICES
+from gateway.services import LIFECYCLE, METRICS, UPSTREAM
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, ReadinessCheck])
@@ -32,10 +32,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready: accepting, upstream session open, every dependency check passing."""
-    services = request.app[SERVICES]
+    app = request.app
+    upstream = app.get(UPSTREAM)
     checks: dict[str, bool] = {
-        "accepting": services.lifecycle.accepting,
-        "upstream": services.upstream is not None and services.upstream.is_open,
+        "accepting": app[LIFECYCLE].accepting,
+        "upstream": upstream is not None and upstream.is_open,
     }
     for name, check in request.app[READINESS_CHECKS].items():
         try:
@@ -48,7 +49,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of the app's registry."""
-    body = request.app[SERVICES].metrics.render()
+    body = request.app[METRICS].render()
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -59,7 +59,10 @@ async def probe_redis(settings: Settings, clock: Clock) -> ProbeResult:
     url = settings.redis_url.get_secret_value()
     target = f"redis {mask_url(url)}"
     backend = RedisBackend.from_url(
-        url, cluster=settings.redis_cluster, timeout=settings.redis_timeout_seconds
+        url,
+        cluster=settings.redis_cluster,
+        kind=settings.redis_client,
+        timeout=settings.redis_timeout_seconds,
     )
     try:
         started = clock.now()

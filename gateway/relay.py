@@ -15,6 +15,7 @@ Endings:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -35,9 +36,11 @@ class Ending(Enum):
 
 @dataclass(slots=True)
 class RelayResult:
-    """What happened while relaying, for the access log and settlement."""
+    """What happened while relaying, for the record and settlement; filled in as it goes,
+    so the caller still has it when the relay is cancelled."""
 
-    ending: Ending = Ending.COMPLETE
+    ending: Ending | None = None
+    """None until the body ended (a cancellation mid-body leaves it CLIENT_DISCONNECT)."""
     bytes_out: int = 0
     first_byte_at: float | None = None
 
@@ -47,16 +50,22 @@ async def relay(
     upstream: aiohttp.ClientResponse,
     extra_headers: Mapping[str, str],
     now: Callable[[], float],
-    tap: Callable[[bytes], None] | None = None,
-) -> tuple[web.StreamResponse, RelayResult]:
-    """Send `upstream`'s status, headers and body to the client; see the module docstring."""
+    tap: Callable[[bytes], None] | None,
+    *,
+    result: RelayResult,
+) -> web.StreamResponse:
+    """Send `upstream`'s status, headers and body to the client; see the module docstring.
+
+    Every byte upstream sent has reached the client once `result.ending` is COMPLETE: a
+    client that closes its connection after that (during the final chunk) does not make a
+    complete response a disconnect.
+    """
     headers = downstream_response_headers(upstream.headers)
     headers.update(extra_headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     length = upstream.headers.get("content-length")
     if length is not None and length.isdigit():
         response.content_length = int(length)
-    result = RelayResult()
     try:
         await response.prepare(request)
         async for chunk in _ChunkIter(upstream, result):
@@ -66,21 +75,24 @@ async def relay(
                 tap(chunk)
             await response.write(chunk)
             result.bytes_out += len(chunk)
+        if result.ending is None:
+            result.ending = Ending.COMPLETE
     except ConnectionResetError:
         upstream.close()
-        result.ending = Ending.CLIENT_DISCONNECT
-        return response, result
+        result.ending = result.ending or Ending.CLIENT_DISCONNECT
+        return response
     except asyncio.CancelledError:
         upstream.close()
-        result.ending = Ending.CLIENT_DISCONNECT
+        result.ending = result.ending or Ending.CLIENT_DISCONNECT
         raise
     finally:
         upstream.release()
     if result.ending is Ending.UPSTREAM_DROPPED:
         _break_client_connection(request)
-    else:
+        return response
+    with contextlib.suppress(ConnectionResetError):  # all was sent; the client left early
         await response.write_eof()
-    return response, result
+    return response
 
 
 class _ChunkIter:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import math
 import random
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from gateway.clock import Clock
+from gateway.encoding import decoded
 from gateway.errors import InvalidRequest
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
@@ -242,14 +242,10 @@ def _positive(raw: str | None) -> float | None:
 
 def _decoded(body: bytes, encoding: str) -> str | None:
     """The body as text, gunzipped or inflated when so encoded; None when unreadable."""
-    encoding = encoding.strip().lower()
+    plain = decoded(body, encoding, limit=1 << 20)
     try:
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            body = zlib.decompressobj(wbits=47).decompress(body, 1 << 20)
-        elif encoding not in ("", "identity"):
-            return None
-        return body.decode("utf-8")
-    except (zlib.error, UnicodeDecodeError):
+        return None if plain is None else plain.decode("utf-8")
+    except UnicodeDecodeError:
         return None
 
 

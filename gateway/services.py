@@ -1,21 +1,22 @@
-"""The shared objects one request needs, under one typed `AppKey`.
+"""The app's shared resources, one typed `web.AppKey` each.
 
-`app.create_app()` builds a `Services` and stores it; handlers, middlewares and ops
-endpoints read it with `request.app[SERVICES]`. Nothing here opens or closes anything:
-that is `app.py`'s cleanup context.
+`app.create_app()` sets the ones that need no I/O; each resource that opens something (the
+upstream session, the limiter's backend) is set by its own cleanup context in `app.py`,
+which also closes it. Handlers read `request.app[UPSTREAM]` and friends; there is no
+optional field to check: a gateway without limits has `NoLimits` admissions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.background import Background
 from gateway.clock import Clock
-from gateway.exact_count import ExactCounter
 from gateway.headers import CredentialPolicy
-from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
+from gateway.ticket import Admissions
 from gateway.upstream import Upstream
 
 
@@ -26,7 +27,7 @@ class Lifecycle:
     accepting: bool = True
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BodyLimits:
     """Largest request bodies the gateway buffers (Messages) and streams (uploads)."""
 
@@ -34,18 +35,14 @@ class BodyLimits:
     streamed: int
 
 
-@dataclass(slots=True)
-class Services:
-    """Everything a request handler may use; built once per app."""
-
-    clock: Clock
-    metrics: GatewayMetrics
-    body_limits: BodyLimits
-    credentials: CredentialPolicy = field(default_factory=CredentialPolicy)
-    lifecycle: Lifecycle = field(default_factory=Lifecycle)
-    upstream: Upstream | None = None
-    exact_counter: ExactCounter | None = None
-    limiter: Limiter | None = None
-
-
-SERVICES = web.AppKey("services", Services)
+CLOCK = web.AppKey("clock", Clock)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+BODY_LIMITS = web.AppKey("body_limits", BodyLimits)
+CREDENTIALS = web.AppKey("credentials", CredentialPolicy)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+BACKGROUND = web.AppKey("background", Background)
+"""Settlements that outlive their request's task (`ticket.py`); drained at shutdown."""
+UPSTREAM = web.AppKey("upstream", Upstream)
+"""Set by the upstream cleanup context (the pooled session's lifetime)."""
+ADMISSIONS = web.AppKey("admissions", Admissions)
+"""Set by the limiter cleanup context: `LimitedAdmissions`, or `NoLimits`."""

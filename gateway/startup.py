@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gateway.config import ConfigError, Settings, load_settings, mask_url, unknown_settings
 from gateway.limits import LimitsConfig, LimitsFileError, load_limits
-from gateway.limits.redis_backend import check_url
+from gateway.limits.redis import check_url
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -48,7 +48,7 @@ def startup_for(settings: Settings) -> Startup:
     if settings.redis_url is not None:
         url = settings.redis_url.get_secret_value()
         try:
-            check_url(url, cluster=settings.redis_cluster)
+            check_url(url, cluster=settings.redis_cluster, kind=settings.redis_client)
         except ValueError as exc:
             raise ConfigError(f"GATEWAY_REDIS_URL: {exc} (got {mask_url(url)!r})") from None
     loop_factory, loop_name = _loop_factory(settings.event_loop)

@@ -61,21 +61,24 @@ class UpstreamSettings:
 
 
 class AttemptObserver(Protocol):
-    """Protocol: what the attempt loop reports; `GatewayMetrics` satisfies it."""
+    """Protocol: what the attempt loop reports; the request's `RequestRecord` satisfies it."""
 
     def upstream_attempt(self, status: str) -> None: ...
     def upstream_retry(self, cause: str) -> None: ...
     def retry_budget_exhausted(self) -> None: ...
-    def upstream_rate_limited(self, group: str) -> None: ...
+    def upstream_rate_limited(self) -> None: ...
 
 
 class _Unobserved:
-    """The default observer: metrics are optional."""
+    """The default observer: nobody listens."""
 
     def upstream_attempt(self, status: str) -> None: ...
     def upstream_retry(self, cause: str) -> None: ...
     def retry_budget_exhausted(self) -> None: ...
-    def upstream_rate_limited(self, group: str) -> None: ...
+    def upstream_rate_limited(self) -> None: ...
+
+
+UNOBSERVED = _Unobserved()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +142,12 @@ class Upstream:
         settings: UpstreamSettings,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        observer: AttemptObserver | None = None,
     ) -> None:
         self._session = session
         self._base = settings.base_url.rstrip("/")
         self._policy = settings.retry
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
-        self._observer: AttemptObserver = observer or _Unobserved()
         self.budget = RetryBudget.of(self._policy, self._clock)
 
     @property
@@ -166,31 +167,32 @@ class Upstream:
         headers: CIMultiDict[str],
         body: Body,
         *,
-        max_retries: int | None = None,
-        group: str = "none",
+        retries: int | None = None,
+        observer: AttemptObserver = UNOBSERVED,
     ) -> Opened:
         """Attempt until an answer is kept; the caller owns `Opened.response` and must release it.
 
-        `max_retries` is the client's cap (None = the policy's); `group` labels upstream 429s.
-        A final failure raises its `GatewayError` carrying the attempts header.
+        `retries` is the client's cap (None = the policy's); `observer` hears of every
+        attempt and retry. A final failure raises its `GatewayError` carrying the attempts
+        header.
         """
         url = URL(self._base + path_qs, encoded=True)
-        plan = self._plan(max_retries, replayable=body is None or isinstance(body, bytes))
+        plan = self._plan(retries, replayable=body is None or isinstance(body, bytes))
         while True:
             plan.attempt_started()
-            outcome = await self._send(method, url, headers, body)
+            outcome = await self._send(method, url, headers, body, observer)
             if isinstance(outcome, _Failed):
                 cause = outcome.cause
-                delay = None if cause is None else self._next_delay(plan, None)
+                delay = None if cause is None else self._next_delay(plan, None, observer)
                 if cause is None or delay is None:
                     raise _final(outcome.error, plan)
             else:
                 plan.answered += 1
-                verdict = await self._verdict(outcome, plan, group)
+                verdict = await self._verdict(outcome, plan, observer)
                 if verdict is None:
                     return self._kept(outcome, plan)
                 delay, cause = verdict
-            self._observer.upstream_retry(cause)
+            observer.upstream_retry(cause)
             log.info("upstream_retry", attempt=plan.made, cause=cause, delay=round(delay, 3))
             await self._clock.sleep(delay)
 
@@ -208,21 +210,23 @@ class Upstream:
         deadline = self._clock.now() + self._policy.budget_seconds
         return RetryPlan(self._policy, self.budget, self._rng, allowed, deadline)
 
-    def _next_delay(self, plan: RetryPlan, hint: float | None) -> float | None:
+    def _next_delay(
+        self, plan: RetryPlan, hint: float | None, observer: AttemptObserver
+    ) -> float | None:
         delay = plan.next_delay(hint, self._clock.now())
         if delay is None and plan.stopped == "budget":
-            self._observer.retry_budget_exhausted()
+            observer.retry_budget_exhausted()
             log.warning("retry_budget_exhausted", attempt=plan.made)
         return delay
 
     async def _verdict(
-        self, response: aiohttp.ClientResponse, plan: RetryPlan, group: str
+        self, response: aiohttp.ClientResponse, plan: RetryPlan, observer: AttemptObserver
     ) -> tuple[float, str] | None:
         """(delay, cause) to retry after this answer, or None to keep it (body intact)."""
         status, headers = response.status, response.headers
-        self._observer.upstream_attempt(str(status))
+        observer.upstream_attempt(str(status))
         if status == 429:
-            self._observer.upstream_rate_limited(group)
+            observer.upstream_rate_limited()
         if plan.allowed <= 1 or is_retryable(status, headers) is None:
             return None
         try:
@@ -232,7 +236,7 @@ class Upstream:
             raise
         except (TimeoutError, aiohttp.ClientError) as exc:
             response.close()
-            retry_delay = self._next_delay(plan, None)
+            retry_delay = self._next_delay(plan, None, observer)
             if retry_delay is None:
                 message = "The upstream API closed the connection."
                 raise _final(UpstreamUnavailable(message), plan) from exc
@@ -240,7 +244,8 @@ class Upstream:
         cause = is_retryable(status, headers, body)
         if cause is None:
             plan.stopped = "hopeless"
-        delay = None if cause is None else self._next_delay(plan, retry_after(headers, wall_time()))
+        hint = None if cause is None else retry_after(headers, wall_time())
+        delay = None if cause is None else self._next_delay(plan, hint, observer)
         if cause is None or delay is None:
             _put_back(response, body)
             return None
@@ -248,7 +253,12 @@ class Upstream:
         return delay, cause
 
     async def _send(
-        self, method: str, url: URL, headers: CIMultiDict[str], body: Body
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: Body,
+        observer: AttemptObserver,
     ) -> aiohttp.ClientResponse | _Failed:
         """One attempt: the response, or the mapped failure and whether it may be retried."""
         try:
@@ -256,7 +266,7 @@ class Upstream:
                 method, url, headers=headers, data=body, allow_redirects=False, compress=None
             )
         except asyncio.CancelledError:
-            self._observer.upstream_attempt("cancelled")
+            observer.upstream_attempt("cancelled")
             raise
         except Exception as exc:
             failed = _mapped(exc)
@@ -264,7 +274,7 @@ class Upstream:
                 raise
             failed.error.__cause__ = exc
             label = CONNECT_TIMEOUT if isinstance(failed.error, UpstreamTimeout) else CONNECT_ERROR
-            self._observer.upstream_attempt(label)
+            observer.upstream_attempt(label)
             return failed
 
 

@@ -17,7 +17,10 @@ from gateway.app import create_app
 from gateway.clock import Clock
 from gateway.config import Settings
 from gateway.headers import Credential
+from gateway.limits import Limiter
 from gateway.logs import configure_logging
+from gateway.services import ADMISSIONS
+from gateway.ticket import LimitedAdmissions
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
 
@@ -43,6 +46,13 @@ class RunningGateway:
     def access_lines(self) -> list[dict[str, Any]]:
         """The access-log lines (one per request)."""
         return [line for line in self.log_lines() if line.get("component") == "gateway.access"]
+
+    @property
+    def limiter(self) -> Limiter:
+        """The gateway's limiter (the test configured limits)."""
+        admissions = self.app[ADMISSIONS]
+        assert isinstance(admissions, LimitedAdmissions), "this gateway has no limits"
+        return admissions.limiter
 
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]

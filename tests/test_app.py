@@ -1,72 +1,95 @@
-"""The served process: graceful SIGTERM drain, readiness during shutdown."""
+"""`create_app()`: the backend it picks, what its cleanup contexts publish, and close."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
+from typing import Any
 
-import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
 
-from tests.conftest import TEST_KEY
-from tests.support.fake_upstream import FakeUpstream, Stream
-from tests.support.processes import running_gateway
+from bench.ports import free_port
+from gateway.app import open_backend, upstream_settings
+from gateway.config import Settings
+from gateway.limits import MemoryBackend
+from gateway.limits.redis_backend import RedisBackend
+from gateway.metrics import GatewayMetrics
+from gateway.ops import READINESS_CHECKS
+from gateway.services import ADMISSIONS, UPSTREAM
+from gateway.ticket import LimitedAdmissions, NoLimits
+from tests.conftest import GatewayFactory, RunningGateway
+from tests.support.fake_clock import FakeClock
 
-HEADERS = {"x-api-key": TEST_KEY, "anthropic-version": "2023-06-01"}
-BODY = {"model": "claude-sonnet-4-6", "max_tokens": 8, "stream": True, "messages": []}
+LIMITS = "groups:\n  - name: sonnet\n    models: ['claude-sonnet-*']\n    requests_per_minute: 60\n"
 
 
-async def _status(session: aiohttp.ClientSession, url: str) -> int | str:
+def settings(**fields: Any) -> Settings:
+    """Settings from `fields` alone (no environment file)."""
+    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [({}, MemoryBackend), ({"redis_url": "redis://127.0.0.1:1/0"}, RedisBackend)],
+)
+async def test_open_backend_is_redis_only_with_a_redis_url(
+    fields: dict[str, str], expected: type[object]
+) -> None:
+    """Without `GATEWAY_REDIS_URL` the limiter's backend is in process; with one, Redis
+    (opened lazily: nothing listens on the URL here)."""
+    backend = open_backend(settings(**fields), FakeClock(), GatewayMetrics(CollectorRegistry()))
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
-            return response.status
-    except aiohttp.ClientConnectionError:
-        return "refused"
+        assert isinstance(backend, expected)
+    finally:
+        await backend.aclose()
 
 
-async def test_sigterm_drains_open_streams_and_fails_readiness(
-    fake_upstream: FakeUpstream, tmp_path: Path
+def test_upstream_settings_carry_the_retry_section() -> None:
+    """The upstream section takes the URL, timeouts and retry policy from the settings."""
+    upstream = upstream_settings(
+        settings(
+            upstream_url="http://127.0.0.1:9/base/",
+            read_timeout_seconds=7,
+            retry_max_attempts=5,
+            retry_seed=3,
+        )
+    )
+    assert ("http://127.0.0.1:9/base", 7, 5, 3) == (
+        upstream.base_url.rstrip("/"),
+        upstream.read_timeout,
+        upstream.retry.max_attempts,
+        upstream.jitter_seed,
+    )
+
+
+async def test_without_limits_admissions_are_no_limits(gateway: RunningGateway) -> None:
+    """With no limits file nothing is limited: the app publishes `NoLimits`, checks no Redis."""
+    assert (True, {}) == (
+        isinstance(gateway.app[ADMISSIONS], NoLimits),
+        gateway.app[READINESS_CHECKS],
+    )
+
+
+@pytest.mark.parametrize("redis", [False, True])
+async def test_limits_publish_a_limiter_and_redis_adds_its_readiness_check(
+    make_gateway: GatewayFactory, tmp_path: Path, redis: bool
 ) -> None:
-    """On SIGTERM /readyz fails, an open stream finishes whole, then new connections are refused."""
-    fake_upstream.script(Stream(chunk_delay=0.25))
-    with running_gateway(
-        tmp_path,
-        upstream_url=fake_upstream.url,
-        shutdown_drain_seconds="0.75",
-        shutdown_grace_seconds="20",
-    ) as gateway:
-        async with aiohttp.ClientSession() as session:
-            stream = await session.post(gateway.url + "/v1/messages", json=BODY, headers=HEADERS)
-            first = await stream.content.readuntil(b"\n\n")
-            gateway.process.send_signal(15)
-            ready_during_drain = await _poll_until(session, gateway.url + "/readyz", 503)
-            rest = await stream.content.read()
-            stream.release()
-        async with aiohttp.ClientSession() as fresh:
-            after = await _poll_until(fresh, gateway.url + "/healthz", "refused")
-        exit_code = await asyncio.to_thread(gateway.process.wait, 20)
-    assert first.startswith(b"event: message_start")
-    assert rest.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
-    assert (503, "refused", 0) == (ready_during_drain, after, exit_code)
-    assert '"event": "stopped"' in gateway.logs()
+    """With limits the app publishes a limiter's admissions; a Redis backend also registers
+    its ping as a readiness check."""
+    path = tmp_path / "limits.yaml"
+    path.write_text(LIMITS)
+    extra = {"redis_url": f"redis://127.0.0.1:{free_port()}/0"} if redis else {}
+    gateway = await make_gateway(limits_file=str(path), **extra)
+    checks = gateway.app[READINESS_CHECKS]
+    assert (True, ["redis"] if redis else []) == (
+        isinstance(gateway.app[ADMISSIONS], LimitedAdmissions),
+        list(checks),
+    )
 
 
-async def _poll_until(
-    session: aiohttp.ClientSession, url: str, wanted: int | str, seconds: float = 10
-) -> int | str:
-    """Poll `url` until its status is `wanted` (bounded), returning the last status seen."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    status = await _status(session, url)
-    while status != wanted and loop.time() < deadline:
-        await asyncio.sleep(0.02)
-        status = await _status(session, url)
-    return status
-
-
-async def test_sigterm_with_nothing_in_flight_exits_at_once(
-    fake_upstream: FakeUpstream, tmp_path: Path
-) -> None:
-    """An idle gateway stops promptly and cleanly on SIGTERM."""
-    with running_gateway(tmp_path, upstream_url=fake_upstream.url) as gateway:
-        exit_code = await asyncio.to_thread(gateway.terminate, 10)
-    assert 0 == exit_code
+async def test_closing_the_app_closes_the_upstream_session(gateway: RunningGateway) -> None:
+    """The upstream cleanup context closes the pooled session when the app shuts down."""
+    upstream = gateway.app[UPSTREAM]
+    opened = upstream.is_open
+    await gateway.server.close()
+    assert (True, False) == (opened, upstream.is_open)

@@ -1,32 +1,24 @@
 """Deployment files work as shipped, proven without a container engine.
 
-The Dockerfile is linted (hadolint) and its command and environment are run as a process;
+The Dockerfile is linted (hadolint) and checked against the image checklist;
 docker-compose.yml is validated against the Compose Specification schema
 (tests/data/compose-spec.json) and its wiring checked; the Kubernetes manifests are rendered
 (a small kustomize renderer here, plus `kubectl kustomize` when installed) and validated
-against the Kubernetes schemas (kubernetes-validate, offline); deploy/local-stack.sh runs
-the compose topology as local processes in front of the fake upstream.
+against the Kubernetes schemas (kubernetes-validate, offline). What starts processes is in
+tests/e2e/: the image's command and environment run as a process (test_image.py), and
+deploy/local-stack.sh runs the compose topology in front of the fake upstream
+(test_local_stack.py).
 """
 
 from __future__ import annotations
 
-import collections
 import fnmatch
 import json
 import os
 import re
-import shlex
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import tomllib
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +28,21 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from bench.ports import free_port
 from gateway.config import Settings
-from tests.support.processes import ROOT, gateway_env, wait_healthy
+from tests.support.dockerfile import (
+    DOCKERFILE,
+    dockerfile_instructions,
+    final_stage,
+    image_command,
+    image_env,
+    last,
+)
+from tests.support.processes import BIN, ROOT
 
-DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = sorted(path.parent.name for path in KUBERNETES.glob("overlays/*/kustomization.yaml"))
-BIN = Path(sys.executable).parent
 SETTING_NAMES = {f"GATEWAY_{name.upper()}" for name in Settings.model_fields}
 K8S_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
 GATEWAY_SERVICES = ["gateway-1", "gateway-2"]
@@ -54,55 +51,6 @@ Doc = dict[str, Any]
 
 
 # --- Dockerfile -------------------------------------------------------------------------
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    current = ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            current += line[:-1] + " "
-            continue
-        keyword, _, args = (current + line).partition(" ")
-        instructions.append((keyword.upper(), " ".join(args.split())))
-        current = ""
-    return instructions
-
-
-def final_stage() -> list[tuple[str, str]]:
-    """The instructions of the last stage (the image that runs)."""
-    instructions = dockerfile_instructions()
-    start = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
-    return instructions[start:]
-
-
-def last(stage: list[tuple[str, str]], keyword: str) -> str:
-    """The arguments of the stage's last `keyword` instruction."""
-    return [args for key, args in stage if key == keyword][-1]
-
-
-def image_env() -> dict[str, str]:
-    """The runtime stage's ENV, as the image sets it."""
-    env: dict[str, str] = {}
-    for keyword, args in final_stage():
-        if keyword == "ENV":
-            env.update(token.split("=", 1) for token in shlex.split(args))  # type: ignore[misc]
-    return env
-
-
-def image_command() -> list[str]:
-    """ENTRYPOINT + CMD of the runtime stage (exec form)."""
-    stage = final_stage()
-    return [*json.loads(last(stage, "ENTRYPOINT")), *json.loads(last(stage, "CMD"))]
-
-
-def healthcheck_command() -> list[str]:
-    """The HEALTHCHECK's CMD (exec form)."""
-    return list(json.loads(last(final_stage(), "HEALTHCHECK").split(" CMD ", 1)[1]))
 
 
 def dockerignore_excludes(path: str) -> bool:
@@ -221,35 +169,6 @@ def test_lock_file_pins_every_dependency_with_hashes() -> None:
         version, hashes = pins.get(name, ("0", 0))
         actual[name] = requirement.specifier.contains(version) and hashes > 0
     assert dict.fromkeys(actual, True) == actual
-
-
-@pytest.mark.slow
-def test_image_command_and_env_serve_health_endpoints(tmp_path: Path) -> None:
-    """The image's ENTRYPOINT+CMD with its ENV serves /healthz and /readyz and passes its
-    HEALTHCHECK, then exits 0 on SIGTERM."""
-    port = free_port()  # the image's own 8080 may be taken here; the setting is the same
-    env = gateway_env() | image_env() | {"GATEWAY_PORT": str(port)}
-    env["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-    command = image_command()
-    executable = shutil.which(command[0], path=env["PATH"])
-    assert executable is not None
-    with (tmp_path / "gateway.log").open("wb") as log:
-        process = subprocess.Popen(
-            [executable, *command[1:]], env=env, cwd=tmp_path, stdout=log, stderr=log
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url)
-        statuses = {path: http_status(url + path) for path in ("/healthz", "/readyz")}
-        check = subprocess.run(healthcheck_command(), env=env, timeout=10, check=False)
-        process.send_signal(signal.SIGTERM)
-        exit_code = process.wait(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    actual = {**statuses, "HEALTHCHECK": check.returncode, "exit": exit_code}
-    assert {"/healthz": 200, "/readyz": 200, "HEALTHCHECK": 0, "exit": 0} == actual
 
 
 # --- docker-compose.yml -----------------------------------------------------------------
@@ -600,188 +519,3 @@ def test_kustomize_renders_and_validates_each_overlay(overlay: str) -> None:
     referenced |= {e["configMapRef"]["name"] for e in pod["containers"][0]["envFrom"]}
     actual = (validation_errors(docs, K8S_VERSIONS[-1]), referenced <= config_maps)
     assert ([], True) == actual
-
-
-# --- deploy/local-stack.sh --------------------------------------------------------------
-
-STACK_RPM = 20
-STACK_LIMITS = f"""
-queue:
-  max_wait_seconds: 0
-groups:
-  - name: haiku
-    models: ["claude-haiku-*"]
-    requests_per_minute: {STACK_RPM}
-unmatched_models: reject
-redis_failure: fail_closed
-"""
-MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 16,
-           "messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
-HEADERS = {"x-api-key": "sk-ant-local-stack-test", "anthropic-version": "2023-06-01",
-           "content-type": "application/json"}  # fmt: skip
-
-
-def http_status(url: str) -> int:
-    """GET `url` and return the status code."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
-def get_json(url: str) -> Any:
-    """GET `url` and parse the JSON body."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
-def post_message(url: str, body: dict[str, Any]) -> tuple[int, bytes, str]:
-    """POST a Messages request; (status, body, content-type), 4xx/5xx included."""
-    request = urllib.request.Request(
-        url + "/v1/messages", data=json.dumps(body).encode(), headers=HEADERS, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return int(response.status), response.read(), response.headers["content-type"]
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), error.headers["content-type"]
-
-
-@contextmanager
-def background(command: list[str], log: Path, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `command` in its own process group; SIGTERM it on exit, SIGKILL the group if stuck."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def wait_for(path: Path, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    """Wait until `path` exists, failing early with the log if `process` exits."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{path.name} never appeared:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-
-
-def requests_served(metrics_url: str) -> float:
-    """The sum of `gateway_requests_total` on one replica's /metrics, probes excluded."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("gateway_requests_total{") and 'route="ops"' not in line
-    )
-
-
-def prometheus_targets(url: str, expected: int, timeout: float = 15) -> list[Doc]:
-    """Prometheus's active targets, once it has discovered `expected` of them (or timed out)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        targets: list[Doc] = get_json(url + "/api/v1/targets")["data"]["activeTargets"]
-        if len(targets) >= expected or time.monotonic() > deadline:
-            return targets
-        time.sleep(0.2)
-
-
-def alive(pid: int) -> bool:
-    """Whether a process with this id still exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-@pytest.mark.slow
-@pytest.mark.redis
-def test_local_stack_shares_limits_across_replicas_behind_nginx(tmp_path: Path) -> None:
-    """Through nginx, both replicas serve and share one Redis budget: at most the RPM reaches
-    the fake upstream, which refuses nothing; the rest are the gateway's own 429s."""
-    limits = tmp_path / "limits.yaml"
-    limits.write_text(STACK_LIMITS)
-    stack_dir = tmp_path / "stack"
-    fake_port = free_port()
-    fake_url = f"http://127.0.0.1:{fake_port}"
-    fake_cmd = [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(fake_port),
-                "--rpm", str(STACK_RPM)]  # fmt: skip
-    stack_env = gateway_env(
-        upstream_url=fake_url, limits_file=str(limits), shutdown_drain_seconds="0"
-    ) | {
-        "STACK_DIR": str(stack_dir),
-        "STACK_LB_PORT": str(free_port()),
-        "STACK_TIMEOUT": "120",
-        "STACK_PYTHON": sys.executable,
-        "CLAUDE_GATEWAY": str(BIN / "claude-gateway"),
-    }
-    stack_log = tmp_path / "local-stack.log"
-    with (
-        background(fake_cmd, tmp_path / "fake.log", cwd=ROOT, env=gateway_env()),
-        background([str(ROOT / "deploy" / "local-stack.sh")], stack_log, env=stack_env) as stack,
-    ):
-        wait_for(stack_dir / "ready", stack, stack_log, timeout=40)
-        urls = dict(line.split("=", 1) for line in (stack_dir / "stack.env").read_text().split())
-        stream = post_message(urls["LB_URL"], MESSAGE | {"stream": True})
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            replies = list(pool.map(lambda _: post_message(urls["LB_URL"], MESSAGE), range(40)))
-        statuses = collections.Counter(status for status, _, _ in [stream, *replies])
-        refusals = {json.loads(body)["error"]["type"] for status, body, _ in replies
-                    if status == 429}  # fmt: skip
-        fake = get_json(fake_url + "/_fake/stats")
-        served = {n: requests_served(urls[f"GATEWAY_{n}_URL"] + "/metrics") for n in (1, 2)}
-        access = (stack_dir / "nginx-access.log").read_text().splitlines()
-        upstreams = {json.loads(line)["upstream"] for line in access}
-        targets = prometheus_targets(urls["PROMETHEUS_URL"], expected=2)
-        groups = get_json(urls["PROMETHEUS_URL"] + "/api/v1/rules")["data"]["groups"]
-        pids = [int(line.split()[1]) for line in (stack_dir / "pids").read_text().splitlines()]
-        stack.send_signal(signal.SIGTERM)
-        stack_exit = stack.wait(timeout=50)
-    rule_groups = {
-        group["name"]
-        for path in sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
-        for group in yaml.safe_load(path.read_text())["groups"]
-    }
-    actual = {
-        "stream": (stream[0], stream[2].split(";")[0], b"event: message_stop" in stream[1]),
-        "200 + 429": statuses[200] + statuses[429],
-        "admitted within the limit": 0 < statuses[200] <= STACK_RPM,
-        "refusals": refusals,
-        "reached upstream": fake["requests"],
-        "upstream 429s": fake["rejected_429"],
-        "both replicas served": all(count > 0 for count in served.values()),
-        "served in total": sum(served.values()),
-        "nginx upstreams": upstreams,
-        "scraped": {target["scrapeUrl"] for target in targets},
-        "rule groups": {group["name"] for group in groups},
-        "stack exit": stack_exit,
-        "left running": [pid for pid in pids if alive(pid)],
-    }
-    expected = {
-        "stream": (200, "text/event-stream", True),
-        "200 + 429": 41,
-        "admitted within the limit": True,
-        "refusals": {"rate_limit_error"},
-        "reached upstream": statuses[200],
-        "upstream 429s": 0,
-        "both replicas served": True,
-        "served in total": 41.0,
-        "nginx upstreams": {urls["GATEWAY_1_URL"][7:], urls["GATEWAY_2_URL"][7:]},
-        "scraped": {urls["GATEWAY_1_URL"] + "/metrics", urls["GATEWAY_2_URL"] + "/metrics"},
-        "rule groups": rule_groups,
-        "stack exit": 128 + signal.SIGTERM,
-        "left running": [],
-    }
-    assert expected == actual

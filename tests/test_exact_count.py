@@ -13,13 +13,14 @@ import pytest
 from multidict import CIMultiDict
 
 from bench.ports import free_port
+from gateway.app import EXACT_COUNTER
 from gateway.cli import check_config
 from gateway.config import Settings
+from gateway.estimate import estimate_input_tokens
 from gateway.limits import LimitsFileError, load_limits
 from gateway.messages import COUNT_TOKENS_PATH
-from gateway.services import SERVICES
+from gateway.services import METRICS
 from gateway.startup import startup_for
-from gateway.tokens import estimate_input_tokens
 from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream, Hang, RecordedRequest, Reply
@@ -231,7 +232,7 @@ async def test_client_leaving_during_the_count_keeps_nothing_reserved(
         "    requests_per_minute: 1\n    estimate: count_tokens\n    estimate_timeout_seconds: 30\n"
     )
     gateway = await exact_gateway(make_gateway, tmp_path, group, count_tokens_requests_per_minute=1)
-    metrics, admitted = gateway.app[SERVICES].metrics, asyncio.Event()
+    metrics, admitted = gateway.app[METRICS], asyncio.Event()
     queue_left = metrics.queue_left
 
     def left() -> None:
@@ -430,8 +431,7 @@ async def test_unreachable_count_gives_its_count_tokens_slot_back(
     """A count that never reached the API (connection refused) refunds its count_tokens
     request: the client's own count_tokens call still gets the one a minute allows."""
     gateway = await exact_gateway(make_gateway, tmp_path, count_tokens_requests_per_minute=1)
-    counter = gateway.app[SERVICES].exact_counter
-    assert counter is not None
+    counter = gateway.app[EXACT_COUNTER]
     monkeypatch.setattr(counter, "_base", f"http://127.0.0.1:{free_port()}")  # nothing listens
     message = (await post(gateway, headers=NO_WAIT))[0]
     client_count = (await post(gateway, SMALL_BODY, path=COUNT_TOKENS_PATH, headers=NO_WAIT))[0]

@@ -8,13 +8,14 @@ from typing import Any, TypeVar
 
 import anthropic
 import pytest
+from anthropic.types import MessageParam
 
 from tests.conftest import TEST_KEY, RunningGateway
 from tests.support.fake_upstream import DropMidStream, FakeUpstream, Reply
 
 T = TypeVar("T")
 MODEL = "claude-sonnet-4-6"
-HELLO = [{"role": "user", "content": "Hello"}]
+HELLO: list[MessageParam] = [{"role": "user", "content": "Hello"}]
 
 
 def async_client(gateway: RunningGateway, **kwargs: Any) -> anthropic.AsyncAnthropic:
@@ -36,7 +37,7 @@ async def test_messages_create_sync(gateway: RunningGateway, fake_upstream: Fake
     """messages.create returns the upstream message, and the upstream saw the SDK's request."""
     client = sync_client(gateway)
     message = await in_thread(
-        lambda: client.messages.create(model=MODEL, max_tokens=64, messages=HELLO)  # type: ignore[arg-type]
+        lambda: client.messages.create(model=MODEL, max_tokens=64, messages=HELLO)
     )
     assert ("Hi there!", 19, 6) == (
         message.content[0].text,  # type: ignore[union-attr]
@@ -51,7 +52,7 @@ async def test_messages_stream_helper_async(gateway: RunningGateway) -> None:
     """messages.stream gives text_stream chunks and a final message with usage."""
     async with (
         async_client(gateway) as client,
-        client.messages.stream(model=MODEL, max_tokens=64, messages=HELLO) as stream,  # type: ignore[arg-type]
+        client.messages.stream(model=MODEL, max_tokens=64, messages=HELLO) as stream,
     ):
         text = "".join([chunk async for chunk in stream.text_stream])
         final = await stream.get_final_message()
@@ -63,7 +64,7 @@ async def test_stream_true_sync(gateway: RunningGateway) -> None:
     client = sync_client(gateway)
 
     def run() -> list[str]:
-        events = client.messages.create(model=MODEL, max_tokens=64, messages=HELLO, stream=True)  # type: ignore[arg-type]
+        events = client.messages.create(model=MODEL, max_tokens=64, messages=HELLO, stream=True)
         return [event.type for event in events]
 
     types = await in_thread(run)
@@ -79,14 +80,14 @@ async def test_base_url_from_environment(
     monkeypatch.setenv("ANTHROPIC_BASE_URL", gateway.url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
     async with anthropic.AsyncAnthropic() as client:
-        message = await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)  # type: ignore[arg-type]
+        message = await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
     assert "msg_" == message.id[:4]
 
 
 async def test_count_tokens_and_models(gateway: RunningGateway) -> None:
     """count_tokens, models.list and models.retrieve pass through."""
     async with async_client(gateway) as client:
-        counted = await client.messages.count_tokens(model=MODEL, messages=HELLO)  # type: ignore[arg-type]
+        counted = await client.messages.count_tokens(model=MODEL, messages=HELLO)
         models = [model.id async for model in client.models.list()]
         one = await client.models.retrieve(models[0])
     assert counted.input_tokens > 0
@@ -98,7 +99,7 @@ async def test_batches_lifecycle(gateway: RunningGateway, fake_upstream: FakeUps
     async with async_client(gateway) as client:
         batch = await client.messages.batches.create(
             requests=[
-                {"custom_id": "a", "params": {"model": MODEL, "max_tokens": 8, "messages": HELLO}}  # type: ignore[list-item]
+                {"custom_id": "a", "params": {"model": MODEL, "max_tokens": 8, "messages": HELLO}}
             ]
         )
         fetched = await client.messages.batches.retrieve(batch.id)
@@ -136,7 +137,7 @@ async def test_beta_headers_reach_upstream(
         await client.beta.messages.create(
             model=MODEL,
             max_tokens=8,
-            messages=HELLO,  # type: ignore[arg-type]
+            messages=[{"role": "user", "content": "Hello"}],
             betas=["context-1m-2025-08-07"],
         )
         seen = fake_upstream.requests[-1]
@@ -165,12 +166,12 @@ async def test_upstream_errors_map_to_sdk_exceptions(
     no_retries = {"x-gateway-max-retries": "0"}  # the gateway's own retries would hide it
     async with async_client(gateway, max_retries=0, default_headers=no_retries) as client:
         with pytest.raises(exception) as caught:
-            await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)  # type: ignore[arg-type]
+            await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
     assert ("req_upstream_42", status) == (caught.value.request_id, caught.value.status_code)
 
 
 async def _consume_stream(client: anthropic.AsyncAnthropic) -> None:
-    async with client.messages.stream(model=MODEL, max_tokens=64, messages=HELLO) as stream:  # type: ignore[arg-type]
+    async with client.messages.stream(model=MODEL, max_tokens=64, messages=HELLO) as stream:
         async for _ in stream.text_stream:
             pass
         await stream.get_final_message()

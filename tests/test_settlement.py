@@ -16,13 +16,13 @@ from gateway.limits import (
     Limiter,
     LimitsConfig,
     MemoryBackend,
-    Rejected,
+    Refused,
     Reservation,
 )
 from gateway.limits.model import BucketSpec
-from gateway.services import SERVICES
-from gateway.settlement import Outcome, actual_cost, pull_down_ceilings
-from gateway.tokens import UsageTap
+from gateway.services import BACKGROUND
+from gateway.settlement import UpstreamAnswer, actual_cost, pull_down_ceilings
+from gateway.usage import UsageTap
 from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream, Reply, Stream
@@ -77,9 +77,11 @@ async def post(
 
 
 async def settled(gateway: RunningGateway, lines: int) -> None:
-    """Yield until the access line (written after settlement) of request `lines` exists."""
+    """Yield until request number `lines` has its access line, then let any settlement
+    still running in the background (a pull-down first) land."""
     for _ in range(2000):
         if len(gateway.access_lines()) >= lines:
+            await gateway.app[BACKGROUND].drain(5)
             return
         await asyncio.sleep(0)
     raise AssertionError("the request never finished")
@@ -87,15 +89,14 @@ async def settled(gateway: RunningGateway, lines: int) -> None:
 
 async def level(gateway: RunningGateway, dimension: Dimension) -> float:
     """A bucket's level, read from the Limiter as a refusal's `remaining` (nothing debited)."""
-    limiter = gateway.app[SERVICES].limiter
-    assert isinstance(limiter, Limiter)
+    limiter = gateway.limiter
     amount = LIMIT if dimension is not Dimension.REQUESTS else 100
     cost = Cost(**{dimension.value: amount})
     decision = await limiter.admit(scope=SCOPE, model=MODEL, cost=cost, max_wait=0)
     if isinstance(decision, Admitted):  # the bucket was full: give it back
-        limiter.refund(decision)
+        limiter.settle(decision, Cost())
         return float(amount)
-    assert isinstance(decision, Rejected)
+    assert isinstance(decision, Refused)
     return decision.remaining
 
 
@@ -198,9 +199,9 @@ async def test_api_headers_pull_the_bucket_down_never_up(
 def test_upstream_429_holds_the_buckets_until_retry_after() -> None:
     """A 429 with retry-after 6 lowers each bucket to -6 s of refill."""
     bucket = BucketSpec.create("s", "g", Dimension.REQUESTS, 60)
-    admitted = Admitted(Reservation((bucket,), Cost(1), 0.0, (59.0,)), 0.0, "g")
-    outcome = Outcome(429, {"retry-after": "6"}, headers_at=0.0)
-    assert {Dimension.REQUESTS: -6.0} == pull_down_ceilings(admitted, outcome)
+    admitted = Admitted(Reservation((bucket,), Cost(1), 0.0, (59.0,)), "g")
+    answer = UpstreamAnswer(429, {"retry-after": "6"}, headers_at=0.0)
+    assert {Dimension.REQUESTS: -6.0} == pull_down_ceilings(admitted, answer)
 
 
 def test_expected_output_reservation_learns_from_settled_usage() -> None:
@@ -210,7 +211,7 @@ def test_expected_output_reservation_learns_from_settled_usage() -> None:
     clock = FakeClock()
     limiter = Limiter(MemoryBackend(clock), config, clock)
     cold = limiter.cost_for("m", 10, 4000)
-    limiter.learning.observe_output("g", 120)
+    limiter.learning.observe("g", None, 0, 120)
     assert (4000, 120, 100) == (
         cold.output_tokens,
         limiter.cost_for("m", 10, 4000).output_tokens,
@@ -218,7 +219,7 @@ def test_expected_output_reservation_learns_from_settled_usage() -> None:
     )
 
 
-RESERVED = Admitted(Reservation((), Cost(1, 400, 1000), 0.0, ()), 0.0, "g")
+RESERVED = Admitted(Reservation((), Cost(1, 400, 1000), 0.0, ()), "g")
 STARTED = (
     b"event: message_start\n"
     b'data: {"type":"message_start","message":{"usage":{"input_tokens":300,"output_tokens":2}}}'
@@ -230,15 +231,17 @@ ERROR = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_er
 @pytest.mark.parametrize(
     ("chunks", "outcome", "expected"),
     [
-        ([], Outcome(200, {}, 0.0, client_left=True), Cost(1, 400, 0)),
-        ([STARTED], Outcome(200, {}, 0.0, dropped=True), Cost(1, 300, 2)),
-        ([ERROR], Outcome(200, {}, 0.0), Cost(1, 0, 0)),
-        ([], Outcome(529, {}, 0.0, requests=3), Cost(3, 0, 0)),
-        ([], Outcome(200, {}, 0.0), Cost(1, 400, 1000)),
+        ([], UpstreamAnswer(200, {}, 0.0, client_left=True), Cost(1, 400, 0)),
+        ([STARTED], UpstreamAnswer(200, {}, 0.0, client_left=False, dropped=True), Cost(1, 300, 2)),
+        ([ERROR], UpstreamAnswer(200, {}, 0.0, client_left=False), Cost(1, 0, 0)),
+        ([], UpstreamAnswer(529, {}, 0.0, requests=3, client_left=False), Cost(3, 0, 0)),
+        ([], UpstreamAnswer(200, {}, 0.0, client_left=False), Cost(1, 400, 1000)),
     ],
     ids=["left-before-usage", "dropped-after-start", "error-event", "error-status", "no-usage"],
 )
-def test_actual_cost_for_each_ending(chunks: list[bytes], outcome: Outcome, expected: Cost) -> None:
+def test_actual_cost_for_each_ending(
+    chunks: list[bytes], outcome: UpstreamAnswer, expected: Cost
+) -> None:
     """Each way a response can end is charged as the settlement table says."""
     tap = UsageTap(stream=True)
     for chunk in chunks:

@@ -1,4 +1,5 @@
-"""Upstream retries on the wire: fake API, fake clock, seeded jitter, the real SDK."""
+"""Upstream on the wire: retries (fake API, fake clock, seeded jitter, the real SDK) and the
+mapping of connect failures and timeouts to 502 and 504."""
 
 from __future__ import annotations
 
@@ -13,20 +14,22 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
+from anthropic.types import MessageParam
 from multidict import CIMultiDict
 
 from bench.ports import free_port
 from gateway.errors import GatewayError
 from gateway.retry import RetryPolicy
-from gateway.services import SERVICES
+from gateway.services import CLOCK
 from gateway.upstream import Upstream, UpstreamSettings, open_session
 from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
-from tests.support.fake_upstream import ErrorMidStream, FakeUpstream, Reply, Stream
+from tests.support.fake_upstream import Delay, ErrorMidStream, FakeUpstream, Hang, Reply, Stream
+from tests.support.gateway_client import call, envelope_of
 
 MODEL = "claude-sonnet-4-6"
 SEED = 11
-HELLO = [{"role": "user", "content": "Hello"}]
+HELLO: list[MessageParam] = [{"role": "user", "content": "Hello"}]
 API_HEADERS = {"x-api-key": TEST_KEY, "anthropic-version": "2023-06-01"}
 OVERLOADED = (
     b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},'
@@ -71,7 +74,7 @@ async def fake_clock_gateway(make_gateway: GatewayFactory, **overrides: object) 
 
 def sleeps_of(gateway: RunningGateway) -> list[float]:
     """The backoffs the gateway slept on its FakeClock."""
-    fake = gateway.app[SERVICES].clock
+    fake = gateway.app[CLOCK]
     assert isinstance(fake, FakeClock)
     return list(fake.sleeps)
 
@@ -292,6 +295,39 @@ async def test_unreachable_upstream_is_retried_then_502(make_gateway: GatewayFac
     )
 
 
+async def test_upstream_unreachable_is_502(make_gateway: GatewayFactory) -> None:
+    """A refused upstream connection gets 502 api_error."""
+    gateway = await make_gateway(upstream_url="http://127.0.0.1:1", retry_max_attempts=1)
+    status, body, _ = await call(gateway.url)
+    assert (502, ("api_error", "Could not connect to the upstream API.")) == (
+        status,
+        envelope_of(body),
+    )
+
+
+async def test_upstream_timeout_is_504(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream
+) -> None:
+    """An upstream that does not answer within the read timeout gets 504 timeout_error."""
+    gateway = await make_gateway(read_timeout_seconds=0.2)
+    fake_upstream.script(Hang())
+    status, body, _ = await call(gateway.url)
+    assert (504, ("timeout_error", "The upstream API did not answer in time.")) == (
+        status,
+        envelope_of(body),
+    )
+
+
+async def test_slow_upstream_within_timeout_succeeds(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream
+) -> None:
+    """An upstream slower than usual but within the read timeout is simply waited for."""
+    gateway = await make_gateway(read_timeout_seconds=2)
+    fake_upstream.script(Delay(0.3))
+    status, body, _ = await call(gateway.url)
+    assert (200, "message") == (status, body["type"])
+
+
 def rpm_limits(tmp_path: Path, rpm: int) -> str:
     """A limits file with one `sonnet` group allowing `rpm` requests a minute, no headroom."""
     path = tmp_path / "limits.yaml"
@@ -369,7 +405,7 @@ async def test_sdk_succeeds_through_transient_overloads(
         raw = await client.messages.with_raw_response.create(
             model=MODEL,
             max_tokens=8,
-            messages=HELLO,  # type: ignore[arg-type]
+            messages=HELLO,
         )
         message = await raw.parse()
     assert ("Hi there!", "3", 3) == (
@@ -389,7 +425,7 @@ async def test_sdk_does_not_multiply_gateway_retries(
         base_url=gateway.url, api_key=TEST_KEY, max_retries=2
     ) as client:
         with pytest.raises(anthropic.OverloadedError) as caught:
-            await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)  # type: ignore[arg-type]
+            await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
     assert (529, 3) == (caught.value.status_code, len(fake_upstream.requests))
 
 

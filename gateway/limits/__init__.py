@@ -1,10 +1,12 @@
 """Rate limiting: token buckets with reservations, on a shared (Redis) or local backend.
 
-The handler's whole conversation with this package::
+A request's whole conversation with this package, held by its admission ticket
+(`gateway/ticket.py`)::
 
-    admission = await limiter.admit(scope=key_hash, model=model, cost=estimate, max_wait=None)
-    ...  # Admitted: forward; Rejected / NeverFitsRejection / UnknownModel / BackendUnavailable
-    limiter.settle(admission, actual_usage)            # in a finally; refund() if nothing ran
+    admission = await limiter.admit(scope=scope, model=model, cost=estimate, max_wait=None)
+    ...  # Admitted: wait `admission.wait`, then forward; Unlimited: forward;
+    ...  # Refused / NeverFits / UnknownModel / BackendUnavailable: answer with an error
+    limiter.settle(admission, actual_usage)   # on the way out, whatever happened (Cost() refunds)
 
 `RedisBackend` lives in `gateway.limits.redis_backend`, imported only by the composition
 root, so importing this package does not import redis.
@@ -18,17 +20,17 @@ from gateway.limits.limiter import Limiter
 from gateway.limits.memory_backend import MemoryBackend
 from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
 from gateway.limits.outcomes import (
+    UNLIMITED,
     Admission,
     Admitted,
     BackendUnavailable,
-    NeverFitsRejection,
-    Rejected,
     UnknownModel,
     Unlimited,
 )
 from gateway.limits.policy import GroupLimits, LimitsConfig, LimitsFileError, load_limits
 
 __all__ = [
+    "UNLIMITED",
     "Admission",
     "Admitted",
     "BackendUnavailable",
@@ -44,9 +46,7 @@ __all__ = [
     "LimitsFileError",
     "MemoryBackend",
     "NeverFits",
-    "NeverFitsRejection",
     "Refused",
-    "Rejected",
     "Reservation",
     "UnknownModel",
     "Unlimited",

@@ -119,15 +119,9 @@ def _absorb(mean: Mean, new: Samples, low: float, high: float) -> Mean:
     return Mean(mean.value + weight * (sample - mean.value), min(mean.count + count, COUNT_CAP))
 
 
-def _moved(mean: Mean, sample: float, low: float, high: float) -> Mean:
-    """`_absorb` of a single sample: the weight is `max(ALPHA, 1 / (n + 1))`."""
-    return Mean(
-        _moved_value(mean.value, mean.count, sample, low, high), min(mean.count + 1, COUNT_CAP)
-    )
-
-
 def _moved_value(value: float, count: int, sample: float, low: float, high: float) -> float:
-    """The value of `_moved`, on plain numbers: settlement updates figures in place."""
+    """`_absorb` of a single sample, on plain numbers (settlement updates figures in place):
+    the weight is `max(ALPHA, 1 / (n + 1))`."""
     weight = max(ALPHA, 1.0 / (count + 1))
     clipped = max(low, min(high, sample))
     return value + weight * (clipped - value)
@@ -216,15 +210,6 @@ class Learning:
             state.ratio.move(sample, *_BOUNDS[0])
         if output_tokens is not None:
             state.output.move(float(output_tokens), *_BOUNDS[1])
-
-    def observe_input(self, group: str, estimated: int, actual: int) -> None:
-        """Move the group's input ratio toward `actual / estimated` (raw, unscaled estimate)."""
-        if estimated > 0 and actual > 0:
-            self.observe(group, estimated, actual, None)
-
-    def observe_output(self, group: str, output_tokens: int) -> None:
-        """Move the group's expected output toward one complete response's output."""
-        self.observe(group, None, 0, output_tokens)
 
     def scaled(self, group: str, estimate: int) -> int:
         """`estimate` times the group's input ratio, rounded up."""

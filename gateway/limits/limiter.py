@@ -1,17 +1,17 @@
-"""`Limiter`: admit a request against its buckets, queue it, settle what it really used.
+"""`Limiter`: decide whether a request may go, now or after a wait, and settle what it used.
 
 Over-limit is a value: `admit` returns one of the `Admission` outcomes (`outcomes.py`) and
-raises only `CancelledError`. When the backend fails, the limits file's `redis_failure`
-policy decides: `fail_open` admits on a local `MemoryBackend` holding `fail_open_share` of
-each limit, `fail_closed` returns `BackendUnavailable`. A circuit breaker (`breaker.py`)
-skips a failing backend for a cooldown, so a dead Redis costs no latency per request.
+never sleeps: an `Admitted` says how long to wait, and its caller (the request's admission
+ticket, `gateway/ticket.py`) waits, and settles or refunds it with `settle` whatever happens.
+When the backend fails, the limits file's `redis_failure` policy decides: `fail_open` admits
+on a local `MemoryBackend` holding `fail_open_share` of each limit, `fail_closed` returns
+`BackendUnavailable`. A circuit breaker (`breaker.py`) skips a failing backend for a
+cooldown, so a dead Redis costs no latency per request.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
 
 import structlog
 
@@ -28,18 +28,15 @@ from gateway.limits.learning import MAX_MODEL_GROUPS, LearnedLimits, Learning
 from gateway.limits.memory_backend import MemoryBackend
 from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
 from gateway.limits.outcomes import (
+    UNLIMITED,
     Admission,
     Admitted,
     BackendUnavailable,
-    NeverFitsRejection,
-    Rejected,
     UnknownModel,
-    Unlimited,
 )
 from gateway.limits.policy import Endpoint, GroupLimits, LimitsConfig
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 _NO_COST = Cost()
 
 
@@ -90,14 +87,10 @@ class Limiter:
             if bucket.capacity > 0
         }
 
-    def queue_limit(self, requested: float | None) -> float:
+    def _queue_limit(self, requested: float | None) -> float:
         """The longest wait allowed: the config's, or a requested one capped by it."""
         cap = self._config.queue.max_wait_seconds
         return cap if requested is None else max(0.0, min(requested, cap))
-
-    def group(self, name: str) -> GroupLimits | None:
-        """The configured group called `name`, or None."""
-        return self._cache.group(name)
 
     def cost_for(self, model: str, input_estimate: int, max_tokens: int) -> Cost:
         """What to reserve: the input estimate scaled by the group's learned ratio and the
@@ -112,35 +105,36 @@ class Limiter:
     async def admit(
         self, *, scope: str, model: str, cost: Cost, max_wait: float | None
     ) -> Admission:
-        """Reserve `cost` on the model's buckets in `scope`, sleeping out any queue wait.
-
-        Cancelled while queued, it gives the whole reservation back and re-raises.
-        """
+        """Reserve `cost` on the model's buckets in `scope`; an `Admitted` says how long to
+        wait (at most `max_wait`, capped by the file's queue limit) before going."""
         group = self.group_for(model)
         if group is None:
             if self._config.unmatched_models == "pass" or not self._config.groups:
-                return Unlimited()
+                return UNLIMITED
             return UnknownModel(model)
         buckets = self._cache.buckets(group, scope)
         if not buckets:
-            return self._unlearned(group, cost) if self.learns_limits(group.name) else Unlimited()
+            return self._unlearned(group, cost) if self.learns_limits(group.name) else UNLIMITED
         return await self._admit_on(group.name, buckets, cost, max_wait)
+
+    async def admit_endpoint(
+        self, *, scope: str, endpoint: Endpoint, max_wait: float | None
+    ) -> Admission:
+        """Reserve one request on `endpoint`'s own RPM bucket in `scope` (`Unlimited` when the
+        file sets none); it stays charged unless refunded."""
+        buckets = self._cache.endpoint_buckets(endpoint, scope)
+        if not buckets:
+            return UNLIMITED
+        return await self._admit_on(buckets[0].group, buckets, Cost(requests=1), max_wait)
 
     def limits_endpoint(self, endpoint: Endpoint) -> bool:
         """Whether the limits file gives `endpoint` its own RPM bucket."""
         return self._config.endpoint_limit(endpoint) is not None
 
-    async def admit_endpoint(
-        self, *, scope: str, endpoint: Endpoint, max_wait: float | None
-    ) -> Admission:
-        """Reserve one request on `endpoint`'s own RPM bucket in `scope` (Unlimited if unset).
-
-        Queueing, refusal and refund work as in `admit`; the request stays charged.
-        """
-        buckets = self._cache.endpoint_buckets(endpoint, scope)
-        if not buckets:
-            return Unlimited()
-        return await self._admit_on(buckets[0].group, buckets, Cost(requests=1), max_wait)
+    def counts_cache_reads(self, group: str) -> bool:
+        """Whether the group's cache reads count toward its ITPM (`cache_reads_count`)."""
+        config = self._cache.group(group)
+        return config is not None and config.cache_reads_count
 
     def learn_limits(self, group: str, reported: Mapping[Dimension, int]) -> None:
         """Adopt the limits the API reported for a learning group; log when they change."""
@@ -156,20 +150,11 @@ class Limiter:
         self, group: str, buckets: Sequence[BucketSpec], cost: Cost, max_wait: float | None
     ) -> Admission:
         """Reserve `cost` on `buckets` of `group`, sleeping out any queue wait."""
-        outcome, fallback = await self._reserve(buckets, cost, self.queue_limit(max_wait))
+        outcome, fallback = await self._reserve(buckets, cost, self._queue_limit(max_wait))
         if isinstance(outcome, Reservation):
             now = self._clock.now()
             self._fill[group] = (outcome, now)  # one write per admission: read at scrape
-            admitted = Admitted(outcome, outcome.wait, group, fallback)
-            admitted.reserved_at = now
-            if outcome.wait > 0:
-                await self._queue(admitted)
-            return admitted
-        if isinstance(outcome, Refused):
-            bucket = outcome.bucket
-            return Rejected(group, bucket, outcome.retry_after, outcome.remaining, bucket.limit)
-        if isinstance(outcome, NeverFits):
-            return NeverFitsRejection(group, outcome.bucket, outcome.cost, outcome.bucket.limit)
+            return Admitted(outcome, group, fallback, now)
         return outcome
 
     def group_for(self, model: str) -> GroupLimits | None:
@@ -179,16 +164,14 @@ class Limiter:
     def learns_limits(self, name: str) -> bool:
         """Whether the group called `name` learns its limits from the API's headers (the
         settlement reads the `-limit` headers only for such groups)."""
-        group = self.group(name)
+        group = self._cache.group(name)
         if group is None:
             return self._learn_all and not self._config.groups
         return self._learn_all or group.learn_limits
 
     def _unlearned(self, group: GroupLimits, cost: Cost) -> Admitted:
         """Admit at once on no bucket, so the response can teach the group its limits."""
-        admitted = Admitted(Reservation((), cost, 0.0, ()), 0.0, group.name)
-        admitted.reserved_at = self._clock.now()
-        return admitted
+        return Admitted(Reservation((), cost, 0.0, ()), group.name, reserved_at=self._clock.now())
 
     def settle(self, admission: Admission, actual: Cost) -> None:
         """Charge or refund the difference between `actual` and the reserved cost, once.
@@ -226,25 +209,25 @@ class Limiter:
             return
         elapsed = max(0.0, self._clock.now() - at)
         levels = [ceilings[b.dimension] + elapsed * b.rate for b in buckets]
+        started = self._clock.now()
         try:
-            await self._timed("cap", self._backend.cap(buckets, levels))
+            await self._backend.cap(buckets, levels)
         except LimitBackendError as exc:
+            self._observe("cap", self._clock.now() - started, False)
+            self._breaker.failed()
             log.warning("limits.pull_down_failed", group=admission.group, error=str(exc))
         else:
+            self._observe("cap", self._clock.now() - started, True)
             log.info("limits.pulled_down", group=admission.group, **{
                 str(b.dimension): round(level) for b, level in zip(buckets, levels, strict=True)
             })  # fmt: skip
-
-    def refund(self, admission: Admission) -> None:
-        """Give back everything an admission reserved (nothing was used)."""
-        self.settle(admission, Cost())
 
     async def _reserve(
         self, buckets: Sequence[BucketSpec], cost: Cost, max_wait: float
     ) -> tuple[Reservation | Refused | NeverFits | BackendUnavailable, bool]:
         """Reserve on the backend, or per policy on the local fallback; True = fallback."""
         if self._breaker.allow():
-            started = self._clock.now()  # timed here, not by `_timed`: one coroutine less
+            started = self._clock.now()
             try:
                 outcome = await self._backend.reserve(buckets, cost, max_wait=max_wait)
             except LimitBackendError as exc:
@@ -260,27 +243,6 @@ class Limiter:
         local = self._cache.fallback(buckets)
         return await self._fallback.reserve(local, cost, max_wait=max_wait), True
 
-    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
-        """Await one backend call, timed for metrics; a failure counts against the breaker
-        and re-raises. Success is left to the caller: a cap does not close the breaker."""
-        started = self._clock.now()
-        try:
-            result = await call
-        except LimitBackendError:
-            self._observe(operation, self._clock.now() - started, False)
-            self._breaker.failed()
-            raise
-        self._observe(operation, self._clock.now() - started, True)
-        return result
-
     @property
     def _policy(self) -> str:
         return self._config.redis_failure
-
-    async def _queue(self, admitted: Admitted) -> None:
-        """Sleep out the reservation's wait; if cancelled meanwhile, refund and re-raise."""
-        try:
-            await self._clock.sleep(admitted.reservation.wait)
-        except asyncio.CancelledError:
-            self.refund(admitted)
-            raise

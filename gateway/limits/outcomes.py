@@ -1,54 +1,43 @@
 """What `Limiter.admit` answers: one value per outcome, never an exception.
 
-`Admitted` is the only one that goes upstream; the handler turns the others into the
-gateway's own errors (`gateway/admission.py`).
+One vocabulary from the backend up: `Refused` (a wait too long) and `NeverFits` (a cost above
+a limit) are the backend's own values (`model.py`), passed on as they are; the limiter adds
+the outcomes only it can know. `Admitted` is the only one that goes upstream; `Unlimited`
+goes too, with nothing to settle. `gateway/admission.py` turns the rest into the gateway's
+errors, and names each for the metrics.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.limits.model import BucketSpec, Reservation
+from gateway.limits.model import NeverFits, Refused, Reservation
 
 
 @dataclass(frozen=True, slots=True)
 class Unlimited:
-    """No limit applies: the model's group sets none, or unmatched models pass."""
+    """No limit applies: no limiter, the model's group sets none, or unmatched models pass."""
+
+
+UNLIMITED = Unlimited()
 
 
 @dataclass(slots=True)
 class Admitted:
-    """Go: the buckets are debited (and any queue wait is over); settle when done."""
+    """Go once `reservation.wait` has passed: the buckets are debited; settle when done."""
 
     reservation: Reservation
-    waited_seconds: float
     group: str
     fallback: bool = False
     """Held by the local fail-open backend, not the shared one."""
-    settled: bool = field(default=False, compare=False, repr=False)
-    reserved_at: float = field(default=0.0, compare=False, repr=False)
+    reserved_at: float = field(default=0.0, compare=False)
     """This instance's clock when the buckets were debited (before any queue wait)."""
+    settled: bool = field(default=False, compare=False, repr=False)
 
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """Too busy: the wait would exceed the queue cap; nothing was debited."""
-
-    group: str
-    bucket: BucketSpec
-    retry_after_seconds: float
-    remaining: float
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class NeverFitsRejection:
-    """The request costs more than a bucket holds: no wait can ever admit it."""
-
-    group: str
-    bucket: BucketSpec
-    cost: int
-    limit: int
+    @property
+    def wait(self) -> float:
+        """Seconds to wait in the queue before going upstream (0 = now)."""
+        return self.reservation.wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +52,4 @@ class BackendUnavailable:
     """The backend failed (or its breaker is open) and the policy is `fail_closed`."""
 
 
-Admission = Unlimited | Admitted | Rejected | NeverFitsRejection | UnknownModel | BackendUnavailable
+Admission = Unlimited | Admitted | Refused | NeverFits | UnknownModel | BackendUnavailable

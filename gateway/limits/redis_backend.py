@@ -4,10 +4,9 @@ The scripts (`lua/*.lua`, package data) run with EVALSHA and are loaded again on
 (after a restart, failover or SCRIPT FLUSH). All keys of one call share the `{scope:group}`
 hash tag, so the call lands in one Cluster slot.
 
-Two transports sit behind one three-method seam (`evalsha`, `ping`, `aclose`): `RedisWire`
-(`redis_wire.py`, a pipelined RESP client) for a standalone `redis://` or `unix://` server,
-where the limiter's per-request CPU matters most, and redis-py for Cluster, `rediss://` and
-injected clients (fakeredis in tests). `from_url` picks.
+It runs on any `RedisClient` (`limits/redis/`): the pipelined `RedisWire` for a standalone
+`redis://` or `unix://` server, redis-py for Cluster, `rediss://`, injected clients (fakeredis
+in tests) or when `GATEWAY_REDIS_CLIENT=redis-py`. `from_url` lets `open_client` pick.
 
 Settlements never cost a request a round trip: `adjust` queues them per `{scope:group}`
 (`deferred.py`) and they ride on that tag's next reserve, which `reserve.lua` applies first,
@@ -23,14 +22,11 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import parse_url
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from gateway.clock import Clock, SystemClock
 from gateway.limits.backend import BackendObserver, LimitBackendError, ignore_backend_call
@@ -55,14 +51,20 @@ from gateway.limits.model import (
     changes,
     check_request,
 )
-from gateway.limits.redis_wire import Address, RedisWire, Script, WireError
+from gateway.limits.redis import (
+    CLIENT_ERRORS,
+    ClientKind,
+    RedisClient,
+    RedisPyClient,
+    Script,
+    open_client,
+)
 
 log = structlog.get_logger(__name__)
 _REFUSED = 1
 SETTLE_DELAY = 0.005
 """Seconds a settlement waits for its tag's next admission before it is sent alone: far
 below any bucket's refill time, and above the gap between admissions under load."""
-_WIRE_SCHEMES = ("redis://", "unix://")
 _MARGIN = str(EXPIRY_MARGIN_MS)
 _ENCODED_MAX = 4_096
 """Buckets whose key and rates are kept encoded; beyond this the cache starts over."""
@@ -96,52 +98,12 @@ def _now_arg(now: float | None) -> str:
     return "" if now is None else repr(float(now))
 
 
-class _Transport(Protocol):
-    """What `RedisBackend` needs from a Redis client."""
-
-    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        """Run `script` (loading it on NOSCRIPT); raise the client's own errors."""
-        ...
-
-    async def ping(self) -> None: ...
-
-    async def script_load(self, script: Script) -> None:
-        """SCRIPT LOAD `script` (on every primary of a Cluster)."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class _RedisPy:
-    """The redis-py transport: Cluster, TLS, and injected clients such as fakeredis."""
-
-    def __init__(self, client: Redis | RedisCluster) -> None:
-        self._client = client
-        self._scripts: dict[bytes, AsyncScript] = {}
-
-    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        registered = self._scripts.get(script.sha)
-        if registered is None:  # AsyncScript reloads on NOSCRIPT, on every Cluster primary
-            registered = self._client.register_script(script.source)
-            self._scripts[script.sha] = registered
-        return await registered(keys=keys, args=args)
-
-    async def ping(self) -> None:
-        await self._client.ping()
-
-    async def script_load(self, script: Script) -> None:
-        await self._client.script_load(script.source)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-
 class RedisBackend:
     """Token buckets in Redis (standalone or Cluster), shared by every gateway instance."""
 
     def __init__(
         self,
-        client: Redis | RedisCluster | RedisWire,
+        client: RedisClient | Redis | RedisCluster,
         *,
         settle_delay: float = SETTLE_DELAY,
         on_backend_call: BackendObserver | None = None,
@@ -149,7 +111,9 @@ class RedisBackend:
     ) -> None:
         """`on_backend_call` hears of each settlement flush (`adjust`), timed on `clock`;
         reserves and caps are timed by their caller, the `Limiter`."""
-        self._transport: _Transport = client if isinstance(client, RedisWire) else _RedisPy(client)
+        self._transport: RedisClient = (
+            RedisPyClient(client) if isinstance(client, Redis | RedisCluster) else client
+        )
         self._encoded: dict[BucketSpec, tuple[str, str, str]] = {}
         self._plans: dict[int, _Plan] = {}
         self._deferred = DeferredSettlements(self._flush, delay=settle_delay)
@@ -162,30 +126,13 @@ class RedisBackend:
         url: str,
         *,
         cluster: bool = False,
+        kind: ClientKind = "pipelined",
         timeout: float = 1.0,
-        max_connections: int = 16,
         on_backend_call: BackendObserver | None = None,
     ) -> RedisBackend:
-        """A backend on `url` (`redis://`, `unix://`, `rediss://`; a seed node's when `cluster`).
-
-        A standalone `redis://` or `unix://` server gets `RedisWire`: one persistent,
-        pipelined connection. `cluster=True` uses redis-py's Cluster client, which discovers
-        the other nodes; `rediss://` uses redis-py's pool, bounded at `max_connections` per
-        node so a burst waits briefly for a free connection instead of opening one per
-        request. `timeout` bounds connecting and every command, so a hung server fails fast.
-        """
-        check_url(url, cluster=cluster)
-        if not cluster and url.startswith(_WIRE_SCHEMES):
-            return cls(RedisWire.from_url(url, timeout=timeout), on_backend_call=on_backend_call)
-        settings: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "max_connections": max_connections,
-        }
-        if cluster:
-            return cls(RedisCluster.from_url(url, **settings), on_backend_call=on_backend_call)
-        pool = BlockingConnectionPool.from_url(url, timeout=timeout, **settings)
-        return cls(Redis.from_pool(pool), on_backend_call=on_backend_call)
+        """A backend on the client `open_client` picks for `url` (see `limits/redis/`)."""
+        client = open_client(url, cluster=cluster, kind=kind, timeout=timeout)
+        return cls(client, on_backend_call=on_backend_call)
 
     async def reserve(
         self,
@@ -268,7 +215,7 @@ class RedisBackend:
         """Return when Redis answers PING."""
         try:
             await self._transport.ping()
-        except (RedisError, WireError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise LimitBackendError(f"redis ping failed: {exc}") from exc
 
     async def load_scripts(self) -> int:
@@ -277,7 +224,7 @@ class RedisBackend:
         try:
             for script in SCRIPTS:
                 await self._transport.script_load(script)
-        except (RedisError, WireError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise LimitBackendError(f"redis SCRIPT LOAD failed: {exc}") from exc
         return len(SCRIPTS)
 
@@ -366,25 +313,8 @@ class RedisBackend:
         """Run one script; map every transport failure to LimitBackendError."""
         try:
             return await self._transport.evalsha(script, keys, args)
-        except (RedisError, WireError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise LimitBackendError(f"redis script failed: {exc}") from exc
-
-
-def check_url(url: str, *, cluster: bool = False) -> None:
-    """Raise `ValueError`, in words fit for an operator, when `from_url` could not use `url`.
-
-    It runs the parser the chosen client will run, so `check-config` rejects exactly what
-    `serve` would. The message never contains the URL (it may hold a password).
-    """
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    if cluster and scheme == "unix":
-        raise ValueError("a Redis Cluster is reached with redis:// or rediss://, not unix://")
-    if not cluster and url.startswith(_WIRE_SCHEMES):
-        Address.from_url(url)
-    else:
-        parse_url(url)
 
 
 def _lost(tag: str, settlements: list[Settlement], error: str) -> None:

@@ -1,4 +1,5 @@
-"""Fixtures for the limits tests: a fake clock, every backend, and a real redis-server."""
+"""Fixtures for the limits tests: a fake clock, every backend, a real redis-server, and the
+sonnet group (60 RPM / 6,000 ITPM) the limiter tests admit against."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ import fakeredis
 import pytest
 import redis.asyncio
 
-from gateway.limits import BucketSpec, Dimension, LimitBackend, MemoryBackend
+from gateway.limits import (
+    Admission,
+    Admitted,
+    BucketSpec,
+    Cost,
+    Dimension,
+    GroupLimits,
+    LimitBackend,
+    Limiter,
+    LimitsConfig,
+    MemoryBackend,
+)
 from gateway.limits.redis_backend import RedisBackend
 from tests.support.fake_clock import FakeClock
 from tests.support.redis_server import RedisServer
@@ -24,12 +36,42 @@ ALL_BACKENDS = [
     pytest.param("redis-py", marks=pytest.mark.redis),  # the redis-py transport, same server
 ]
 
+MODEL = "claude-sonnet-4-5"
+"""A model of the sonnet group, for the limiter tests."""
+SONNET = GroupLimits(
+    name="sonnet",
+    models=("claude-sonnet-4*",),
+    requests_per_minute=60,
+    input_tokens_per_minute=6_000,
+)
+ONE_REQUEST = Cost(requests=1)
+
 
 def bucket(
     dimension: Dimension, limit: int, *, scope: str = SCOPE, headroom: float = 0.0
 ) -> BucketSpec:
     """A bucket of the test scope and group."""
     return BucketSpec.create(scope, GROUP, dimension, limit, headroom=headroom)
+
+
+def limits(**overrides: object) -> LimitsConfig:
+    """The sonnet group at 60 RPM / 6,000 ITPM, no headroom, plus `overrides`."""
+    fields: dict[str, object] = {"headroom": 0.0, "groups": (SONNET,), **overrides}
+    return LimitsConfig.model_validate(fields)
+
+
+async def admit(
+    limiter: Limiter, cost: Cost = ONE_REQUEST, max_wait: float | None = None
+) -> Admission:
+    """Admit `cost` for the test scope and the sonnet model."""
+    return await limiter.admit(scope=SCOPE, model=MODEL, cost=cost, max_wait=max_wait)
+
+
+async def admitted(limiter: Limiter, cost: Cost = ONE_REQUEST) -> Admitted:
+    """Admit `cost` and insist it was admitted."""
+    admission = await admit(limiter, cost)
+    assert isinstance(admission, Admitted), admission
+    return admission
 
 
 @asynccontextmanager

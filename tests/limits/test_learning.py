@@ -15,7 +15,7 @@ from gateway.limits.learning import (
     Mean,
     Samples,
     _absorb,
-    _moved,
+    _moved_value,
     merged,
 )
 
@@ -34,7 +34,7 @@ def test_ratio_converges_to_a_steady_bias() -> None:
     """A workload that always counts 25% above the estimate is learned as 1.25."""
     learning = Learning()
     for _ in range(40):
-        learning.observe_input("g", 1000, 1250)
+        learning.observe("g", 1000, 1250, None)
     assert (1.25, 1250) == (round(learning.input_ratio("g"), 3), learning.scaled("g", 1000))
 
 
@@ -42,8 +42,8 @@ def test_one_outlier_moves_a_settled_ratio_by_at_most_the_clip_times_alpha() -> 
     """A single 100x sample is clipped to 4x and weighted 0.1: the ratio moves to 4^0.1."""
     learning = Learning()
     for _ in range(50):
-        learning.observe_input("g", 100, 100)
-    learning.observe_input("g", 100, 10_000)
+        learning.observe("g", 100, 100, None)
+    learning.observe("g", 100, 10_000, None)
     assert 1.149 == round(learning.input_ratio("g"), 3)
 
 
@@ -51,18 +51,18 @@ def test_expected_output_is_the_mean_then_a_moving_average() -> None:
     """The first outputs are averaged plainly; each group learns on its own."""
     learning = Learning()
     for output in (100, 200, 300):
-        learning.observe_output("a", output)
+        learning.observe("a", None, 0, output)
     assert (200.0, None) == (learning.expected_output("a"), learning.expected_output("b"))
 
 
 def test_lessons_take_only_new_samples_once() -> None:
     """A lesson carries the group's figures and its samples since the last one, once."""
     learning = Learning()
-    learning.observe_input("g", 100, 200)
-    learning.observe_output("g", 300)
-    learning.observe_output("h", 50)
+    learning.observe("g", 100, 200, None)
+    learning.observe("g", None, 0, 300)
+    learning.observe("h", None, 0, 50)
     first = learning.lessons()
-    learning.observe_output("h", 70)
+    learning.observe("h", None, 0, 70)
     second = learning.lessons()
     ratio = Mean(math.log(2), 1)
     assert (
@@ -79,9 +79,9 @@ def test_lessons_take_only_new_samples_once() -> None:
 def test_adopt_uses_the_fleet_figures_plus_samples_gathered_meanwhile() -> None:
     """The fleet's figures replace the local ones; samples since the lesson stay on top."""
     learning = Learning()
-    learning.observe_output("g", 1_000)
+    learning.observe("g", None, 0, 1_000)
     learning.lessons()
-    learning.observe_output("g", 400)  # arrives while the sync is in flight
+    learning.observe("g", None, 0, 400)  # arrives while the sync is in flight
     learning.adopt("g", Figures(Mean(math.log(1.5), 50), Mean(200.0, 50)))
     again = learning.lessons()["g"]
     assert (1.5, 220.0, Samples(400.0, 1)) == (
@@ -94,9 +94,9 @@ def test_adopt_uses_the_fleet_figures_plus_samples_gathered_meanwhile() -> None:
 def test_restore_keeps_unsent_samples_for_the_next_lesson() -> None:
     """Samples of a lesson the backend did not take are sent with the next one."""
     learning = Learning()
-    learning.observe_output("g", 100)
+    learning.observe("g", None, 0, 100)
     learning.restore("g", learning.lessons()["g"])
-    learning.observe_output("g", 300)
+    learning.observe("g", None, 0, 300)
     assert (Samples(400.0, 2), 200.0) == (
         learning.lessons()["g"].outputs,
         learning.expected_output("g"),
@@ -116,25 +116,23 @@ def test_a_merged_batch_equals_its_samples_one_by_one() -> None:
     assert one_by_one.log_ratio.value == pytest.approx(batched.log_ratio.value, rel=1e-9)
 
 
-def test_one_observe_learns_what_observe_input_then_observe_output_learn() -> None:
-    """Settlement's single `observe` call moves both figures exactly as the two separate
-    calls do, and keeps the same samples for the next fleet sync."""
+def test_one_observe_learns_what_an_input_then_an_output_observation_learn() -> None:
+    """Settlement's single `observe` call moves both figures exactly as two calls, one per
+    figure, do, and keeps the same samples for the next fleet sync."""
     together, apart = Learning(), Learning()
     for estimated, actual, output in [(1000, 1250, 300), (800, 700, 50), (0, 10, 7)]:
         together.observe("g", estimated, actual, output)
-        apart.observe_input("g", estimated, actual)
-        apart.observe_output("g", output)
+        apart.observe("g", estimated, actual, None)
+        apart.observe("g", None, 0, output)
     assert (together.snapshot(), together.lessons()) == (apart.snapshot(), apart.lessons())
 
 
 @pytest.mark.parametrize("mean", [Mean(), Mean(0.2, 3), Mean(0.05, COUNT_CAP)])
 @pytest.mark.parametrize("sample", [-5.0, -0.1, 0.0, 0.3, 5.0])
 def test_one_sample_shortcut_moves_a_mean_as_the_batch_rule_does(mean: Mean, sample: float) -> None:
-    """`observe` uses `_moved`, a one-sample form of `_absorb` (3x cheaper per settlement):
-    both must move a mean the same way, clipping and the count cap included."""
+    """`observe` uses `_moved_value`, a one-sample form of `_absorb` (3x cheaper per
+    settlement): both must move a mean's value the same way, clipping included."""
     low, high = _BOUNDS[0]
-    moved, absorbed = _moved(mean, sample, low, high), _absorb(mean, Samples(sample, 1), low, high)
-    assert (pytest.approx(absorbed.value, rel=1e-12, abs=1e-15), absorbed.count) == (
-        moved.value,
-        moved.count,
-    )
+    moved = _moved_value(mean.value, mean.count, sample, low, high)
+    absorbed = _absorb(mean, Samples(sample, 1), low, high)
+    assert pytest.approx(absorbed.value, rel=1e-12, abs=1e-15) == moved

@@ -66,7 +66,7 @@ class CountingBackend(MemoryBackend):
 def teach(learning: Learning, ratio: float, times: int) -> None:
     """`times` settled responses whose input was `ratio` times the estimate."""
     for _ in range(times):
-        learning.observe_input(GROUP, 1_000, round(1_000 * ratio))
+        learning.observe(GROUP, 1_000, round(1_000 * ratio), None)
 
 
 @asynccontextmanager

@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 
 from gateway.limits import BucketSpec, Cost, Dimension, LimitBackendError, Refused, Reservation
 from gateway.limits.deferred import MAX_PENDING
+from gateway.limits.redis.wire import RedisWire, WireConnectionError
 from gateway.limits.redis_backend import RedisBackend
-from gateway.limits.redis_wire import RedisWire, WireConnectionError
 from tests.limits.conftest import bucket, hung_server
 from tests.support.redis_server import RedisServer
 
@@ -170,26 +170,6 @@ async def test_cluster_reserves_in_one_slot_and_reloads_scripts(
         Refused(ITPM, retry_after=0.1, remaining=0.0),
     )
     assert expected == (first, second)
-
-
-def test_from_url_picks_the_wire_for_standalone_and_redis_py_otherwise() -> None:
-    """`redis://` and `unix://` get RedisWire; Cluster and `rediss://` keep redis-py."""
-    picked = {
-        url: type(RedisBackend.from_url(url, cluster=cluster)._transport).__name__
-        for url, cluster in [
-            ("redis://127.0.0.1:6379/0", False),
-            ("unix:///tmp/redis.sock", False),
-            ("rediss://127.0.0.1:6379/0", False),
-            ("redis://127.0.0.1:6379", True),
-        ]
-    }
-    expected = {
-        "redis://127.0.0.1:6379/0": "RedisWire",
-        "unix:///tmp/redis.sock": "RedisWire",
-        "rediss://127.0.0.1:6379/0": "_RedisPy",
-        "redis://127.0.0.1:6379": "_RedisPy",
-    }
-    assert expected == picked
 
 
 class Calls:

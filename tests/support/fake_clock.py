@@ -27,3 +27,16 @@ class FakeClock:
         if seconds > 0:
             self._now += seconds
         await asyncio.sleep(0)
+
+
+class HeldClock(FakeClock):
+    """A fake clock whose sleeps never end, so a test can cancel a queued request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeping = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.sleeping.set()
+        await asyncio.get_running_loop().create_future()

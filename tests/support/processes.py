@@ -19,6 +19,8 @@ from pathlib import Path
 from bench.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+"""The running interpreter's bin directory: the venv's `claude-gateway`, `hadolint`."""
 
 
 @dataclass
@@ -104,7 +106,9 @@ async def start_fleet(
     def start(index: int) -> GatewayProcess:
         home = tmp_path / f"gw{index}"
         home.mkdir()
-        return stack.enter_context(running_gateway(home, limits_file=str(limits), **settings))
+        return stack.enter_context(
+            running_gateway(home, ("serve",), limits_file=str(limits), **settings)
+        )
 
     return list(await asyncio.gather(*(asyncio.to_thread(start, i) for i in range(count))))
 

@@ -14,11 +14,12 @@ import statistics
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from gateway.estimate import estimate_input_tokens, image_tokens
 from gateway.limits.learning import Learning
-from gateway.tokens import estimate_input_tokens, image_tokens
 
 CORPUS = Path(__file__).parents[1] / "data" / "token_corpus.json"
 WORDS = ("the", "request", "limit", "gateway", "tokens", "def", "return", "{", "}", "=", "x1")
@@ -54,12 +55,10 @@ def corpus() -> list[tuple[str, Callable[[float], int], int]]:
     for item in items:
         if item["kind"] == "image":
             source = png_source(item["width"], item["height"])
-            out.append((item["name"], _scaled(lambda s=source: image_tokens(s)), item["count"]))
+            out.append((item["name"], _scaled(partial(image_tokens, source)), item["count"]))
         else:
             body = item["body"]
-            out.append(
-                (item["name"], _scaled(lambda b=body: estimate_input_tokens(b)), item["count"])
-            )
+            out.append((item["name"], _scaled(partial(estimate_input_tokens, body)), item["count"]))
     return out
 
 
@@ -100,7 +99,7 @@ def simulate(seed: int, bias: float, responses: int = 500) -> tuple[Errors, Erro
     rng, learning = random.Random(seed), Learning()
     for _ in range(responses):
         estimate = estimate_input_tokens(synthetic_body(rng))
-        learning.observe_input("g", estimate, true_count(rng, estimate, bias))
+        learning.observe("g", estimate, true_count(rng, estimate, bias), None)
     before, after = [], []
     for _ in range(300):
         estimate = estimate_input_tokens(synthetic_body(rng))
@@ -115,9 +114,8 @@ def corpus_errors(seed: int = 1) -> tuple[Errors, Errors, float]:
     rng, learning, items = random.Random(seed), Learning(), corpus()
     for _ in range(500):
         _, estimate, count = rng.choice(items)
-        learning.observe_input(
-            "g", estimate(1.0), max(1, round(count * math.exp(rng.gauss(0, 0.05))))
-        )
+        actual = max(1, round(count * math.exp(rng.gauss(0, 0.05))))
+        learning.observe("g", estimate(1.0), actual, None)
     ratio = learning.input_ratio("g")
     before = summarize([(estimate(1.0), count) for _, estimate, count in items])
     after = summarize([(estimate(ratio), count) for _, estimate, count in items])

@@ -2,8 +2,9 @@
 
 The limiter sends one EVALSHA per admission, from many concurrent requests. redis-py spends
 more CPU on each (pool checkout, per-command parser set-up, response callbacks) than the
-gateway spends on the rest of the request, so `RedisBackend.from_url` uses this client for
-`redis://` and `unix://` URLs and keeps redis-py for Cluster and TLS.
+gateway spends on the rest of the request, so `open_client` (`clients.py`) uses this client
+for `redis://` and `unix://` URLs unless `GATEWAY_REDIS_CLIENT=redis-py`, and redis-py for
+Cluster and TLS.
 
 How it works: a few persistent connections (one by default), each an `asyncio.Protocol`
 with a FIFO of futures. Commands are packed by `hiredis.pack_command`, and all written in

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from gateway.limits.redis_wire import (
+from gateway.limits.redis.wire import (
     Address,
     RedisWire,
     Script,

@@ -1,0 +1,139 @@
+"""Input-token estimates for a Messages request, before it is sent.
+
+`estimate_input_tokens(body)` is a fast pure-Python heuristic, calibrated on the public
+examples in `tests/data/token_corpus.json` (see `docs/token-accounting.md`): about four
+characters a token, a few tokens of framing per request and per message, the tool-use system
+prompt when tools are given, images by the API's formula (width * height / 750, at most
+~1,600 once the API has resized them; the bound when the size is unknown), PDFs by a
+per-page bound. Thinking blocks of earlier assistant turns are not counted (the API strips
+them). The limiter scales the estimate by a learned per-group ratio (`limits/learning.py`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+CHARS_PER_TOKEN = 4.0
+REQUEST_OVERHEAD_TOKENS = 3  # fitted: "You are a scientist" / "Hello, Claude" counts 14
+MESSAGE_OVERHEAD_TOKENS = 3
+TOOL_SYSTEM_TOKENS = 330  # fitted: the get_weather example counts 403 (tool prompt ~313-346)
+IMAGE_TOKENS_BOUND = 1600  # the API resizes images above ~1.15 megapixels: <= ~1,600 tokens
+IMAGE_PIXELS_PER_TOKEN = 750
+DOCUMENT_PAGE_TOKENS = 3000  # PDFs: text plus one page image, per page (documented bound)
+_SKIPPED_KEYS = frozenset(
+    {"type", "id", "tool_use_id", "media_type", "cache_control", "role", "signature"}
+)
+_THINKING = frozenset({"thinking", "redacted_thinking"})
+
+
+def estimate_input_tokens(body: Mapping[str, Any]) -> int:
+    """An estimate of the input tokens a Messages (or legacy Complete) body will count."""
+    chars, tokens = _content_size(body.get("system"))
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        tokens += TOOL_SYSTEM_TOKENS
+        chars += len(json.dumps(tools, separators=(",", ":")))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        tokens += MESSAGE_OVERHEAD_TOKENS * len(messages)
+        for index, message in enumerate(messages):
+            last = index == len(messages) - 1
+            extra_chars, extra_tokens = _content_size(message, keep_thinking=last)
+            chars, tokens = chars + extra_chars, tokens + extra_tokens
+    prompt = body.get("prompt")  # legacy /v1/complete
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    return REQUEST_OVERHEAD_TOKENS + tokens + math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def max_output_tokens(body: Mapping[str, Any]) -> int:
+    """The request's `max_tokens` (or legacy `max_tokens_to_sample`), 0 when absent."""
+    value = body.get("max_tokens", body.get("max_tokens_to_sample", 0))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _content_size(value: Any, *, keep_thinking: bool = True) -> tuple[int, int]:
+    """(characters of text, tokens of media) inside a message or content block tree."""
+    if isinstance(value, str):
+        return len(value), 0
+    if isinstance(value, list):
+        chars = tokens = 0
+        for item in value:
+            item_chars, item_tokens = _content_size(item, keep_thinking=keep_thinking)
+            chars, tokens = chars + item_chars, tokens + item_tokens
+        return chars, tokens
+    if not isinstance(value, dict):
+        return 0, 0
+    kind = value.get("type")
+    if kind == "image":
+        return 0, image_tokens(value.get("source"))
+    if kind in _THINKING and not keep_thinking:
+        return 0, 0
+    if kind == "document" and isinstance(value.get("source"), dict):
+        source = value["source"]
+        if source.get("type") in ("text", "content"):
+            return _content_size(source.get("data") or source.get("content"))
+        return 0, DOCUMENT_PAGE_TOKENS * _pdf_pages_bound(source)
+    chars = tokens = 0
+    for key, item in value.items():
+        if key in _SKIPPED_KEYS or (kind == "redacted_thinking" and key == "data"):
+            continue
+        item_chars, item_tokens = _content_size(item, keep_thinking=keep_thinking)
+        chars, tokens = chars + item_chars, tokens + item_tokens
+    return chars, tokens
+
+
+def image_tokens(source: Any) -> int:
+    """width * height / 750 for a base64 PNG, GIF or JPEG, capped; else the bound."""
+    size = _image_size(source) if isinstance(source, dict) else None
+    if size is None:
+        return IMAGE_TOKENS_BOUND
+    width, height = size
+    return max(1, min(IMAGE_TOKENS_BOUND, math.ceil(width * height / IMAGE_PIXELS_PER_TOKEN)))
+
+
+def _image_size(source: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(width, height) from the first bytes of a base64 image, or None when unknown."""
+    data = source.get("data")
+    if source.get("type") != "base64" or not isinstance(data, str):
+        return None
+    try:
+        head = base64.b64decode(data[:65536], validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        width, height = struct.unpack(">II", head[16:24])
+        return width, height
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        width, height = struct.unpack("<HH", head[6:10])
+        return width, height
+    return _jpeg_size(head) if head.startswith(b"\xff\xd8") else None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    """Walk JPEG segments to the first start-of-frame marker."""
+    at = 2
+    while at + 9 < len(head):
+        if head[at] != 0xFF:
+            return None
+        marker = head[at + 1]
+        length = int.from_bytes(head[at + 2 : at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", head[at + 5 : at + 9])
+            return width, height
+        at += 2 + length
+    return None
+
+
+def _pdf_pages_bound(source: Mapping[str, Any]) -> int:
+    """Pages in a base64 PDF, from its size at a typical ~50 KB a page; else one page."""
+    data = source.get("data")
+    if isinstance(data, str):
+        return max(1, math.ceil(len(data) * 3 / 4 / 50_000))
+    return 1

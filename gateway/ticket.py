@@ -1,0 +1,368 @@
+"""The admission ticket: one request's admission, from estimate to settlement, in one object.
+
+    async with admissions.admit(call, record) as ticket:   # estimate, count, admit, queue
+        opened = await upstream.open(...)                   # one admission, every attempt
+        tap = ticket.answered(opened, stream=...)           # a usage tap when it settles usage
+        ...relay, then ticket.relayed(result)
+    # on the way out, whatever ended the request: settle, refund or leave charged
+
+Entering either admits the request (after any queue wait) or raises the gateway error its
+refusal becomes. Leaving settles, exactly once and whatever happened (success, an upstream
+error, the client gone, a cancellation): a request upstream never answered is refunded; a
+model-group request is charged what it really used (`settlement.py`); an endpoint request
+(count_tokens, batches) keeps its one request charged. Refunds and settlement happen here and
+nowhere else. Leaving never waits: a settlement that needs a backend round trip (a pull-down
+first) runs in `Background`, outside the request's cancellation.
+
+`Admissions` makes tickets: `NoLimits` when no limiter runs, whose tickets do nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any, Protocol
+
+from gateway.admission import decision_label, group_of, refusal, requested_max_wait
+from gateway.background import Background
+from gateway.clock import Clock
+from gateway.estimate import estimate_input_tokens, max_output_tokens
+from gateway.exact_count import Caller, Counted, ExactCounter, NotCounted
+from gateway.headers import Credential, Headers
+from gateway.limits import UNLIMITED, Admission, Admitted, Cost, Dimension, Limiter, Unlimited
+from gateway.limits.policy import Endpoint
+from gateway.logs import get_logger
+from gateway.messages import COUNT_TOKENS_PATH, RequestFacts
+from gateway.metrics import GatewayMetrics
+from gateway.record import RequestRecord
+from gateway.relay import Ending, RelayResult
+from gateway.settlement import (
+    AXES,
+    UpstreamAnswer,
+    actual_cost,
+    pull_down_ceilings,
+    reported_limits,
+    reported_remaining,
+)
+from gateway.upstream import Opened
+from gateway.usage import UsageTap
+
+log = get_logger("gateway.ticket")
+QUEUE_WAIT_HEADER = "x-gateway-queue-wait-ms"
+_REFUND = Cost()
+
+
+ANONYMOUS_SCOPE = "anonymous"
+BATCHES_PATH = "/v1/messages/batches"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitedCall:
+    """What the limiter needs of one request: a generation of `model` (with its parsed
+    `body`), or one call to an `endpoint` with its own RPM."""
+
+    scope: str
+    caller: Caller
+    model: str = ""
+    body: Mapping[str, Any] | None = None
+    endpoint: Endpoint | None = None
+
+    @property
+    def max_wait(self) -> float | None:
+        """The client's `x-gateway-max-wait` (InvalidRequest when malformed), or None."""
+        return requested_max_wait(self.caller.headers)
+
+
+def limited_call(
+    method: str,
+    path_qs: str,
+    headers: Headers,
+    facts: RequestFacts | None,
+    credential: Credential | None,
+) -> LimitedCall | None:
+    """The limiter's view of a request, or None when no limit looks at it: generations
+    (`/v1/messages`, `/v1/complete`) with a model, `POST /v1/messages/count_tokens` and every
+    `/v1/messages/batches*` call; everything else passes through."""
+    scope = credential.scope if credential else ANONYMOUS_SCOPE
+    caller = Caller(headers, path_qs, credential)
+    endpoint = _endpoint_of(method, caller.path)
+    if endpoint is not None:
+        return LimitedCall(scope, caller, endpoint=endpoint)
+    if facts is None or not facts.is_generation or facts.body is None or not facts.model:
+        return None  # a generation without a model: the API answers it (400) itself
+    return LimitedCall(scope, caller, facts.model, facts.body)
+
+
+def _endpoint_of(method: str, path: str) -> Endpoint | None:
+    """The endpoint with its own upstream RPM that this request calls, if any."""
+    if path == COUNT_TOKENS_PATH:
+        return "count_tokens" if method == "POST" else None
+    if path == BATCHES_PATH or path.startswith(BATCHES_PATH + "/"):
+        return "batches"
+    return None
+
+
+class Ticket(Protocol):
+    """Protocol: what the handler does with an admission (see the module docstring)."""
+
+    async def __aenter__(self) -> Ticket: ...
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def answered(self, opened: Opened, *, stream: bool) -> UsageTap | None:
+        """Upstream answered; the tap to show the relayed body to, when usage is settled."""
+        ...
+
+    def relayed(self, result: RelayResult) -> None:
+        """How the relay ended (called even when it raised)."""
+        ...
+
+    def headers(self) -> dict[str, str]:
+        """Headers the admission adds to the response (`x-gateway-queue-wait-ms`)."""
+        ...
+
+
+class FreeTicket:
+    """A request no limit applies to: nothing to reserve, settle or refund."""
+
+    async def __aenter__(self) -> FreeTicket:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def answered(self, opened: Opened, *, stream: bool) -> UsageTap | None:
+        return None
+
+    def relayed(self, result: RelayResult) -> None:
+        return None
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+FREE = FreeTicket()
+
+
+class Admissions(Protocol):
+    """Protocol: makes the ticket for one request (`None`: a request no limit looks at)."""
+
+    def admit(self, call: LimitedCall | None, record: RequestRecord) -> Ticket: ...
+
+
+class NoLimits:
+    """The admissions of a gateway without limits: every ticket is free."""
+
+    def admit(self, call: LimitedCall | None, record: RequestRecord) -> Ticket:
+        return FREE
+
+
+class LimitedAdmissions:
+    """The admissions of a gateway with a limiter: what every ticket shares."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        counter: ExactCounter,
+        clock: Clock,
+        metrics: GatewayMetrics,
+        background: Background,
+    ) -> None:
+        self.limiter = limiter
+        self.counter = counter
+        self.clock = clock
+        self.metrics = metrics
+        self.background = background
+
+    def admit(self, call: LimitedCall | None, record: RequestRecord) -> Ticket:
+        if call is None:
+            return FREE
+        if call.endpoint is not None and not self.limiter.limits_endpoint(call.endpoint):
+            return FREE
+        return LimitedTicket(self, call, record)
+
+
+class LimitedTicket:
+    """The ticket of a request the limiter decides on."""
+
+    def __init__(self, shared: LimitedAdmissions, call: LimitedCall, record: RequestRecord):
+        self._shared = shared
+        self._limiter = shared.limiter
+        self._call = call
+        self._record = record
+        self._admission: Admission = UNLIMITED
+        self._input_estimate: int | None = None
+        self._answer: UpstreamAnswer | None = None
+        self._tap: UsageTap | None = None
+
+    async def __aenter__(self) -> LimitedTicket:
+        try:
+            await self._admit()
+        except BaseException as exc:
+            self._close(exc)
+            raise
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._close(exc)
+
+    def answered(self, opened: Opened, *, stream: bool) -> UsageTap | None:
+        response = opened.response
+        self._answer = UpstreamAnswer(
+            response.status, response.headers, self._shared.clock.now(), opened.charged_requests
+        )
+        if self._settles_usage:
+            encoding = response.headers.get("content-encoding")
+            self._tap = UsageTap(stream=stream, encoding=encoding)
+        return self._tap
+
+    def relayed(self, result: RelayResult) -> None:
+        if self._answer is not None:
+            self._answer.client_left = result.ending is Ending.CLIENT_DISCONNECT
+            self._answer.dropped = result.ending is Ending.UPSTREAM_DROPPED
+
+    def headers(self) -> dict[str, str]:
+        wait = self._record.queue_wait
+        return {QUEUE_WAIT_HEADER: str(round(wait * 1000))} if wait > 0 else {}
+
+    @property
+    def _settles_usage(self) -> bool:
+        """Only model-group admissions settle usage; an endpoint's one request stays."""
+        return isinstance(self._admission, Admitted) and self._call.endpoint is None
+
+    # Entering -------------------------------------------------------------------------
+
+    async def _admit(self) -> None:
+        """Decide, raise the refusal's error, or wait out the queue."""
+        metrics, record = self._shared.metrics, self._record
+        metrics.queue_entered()
+        try:
+            admission = self._admission = await self._decide()
+            record.decision, record.group = decision_label(admission), group_of(admission)
+            error = refusal(admission)
+            if error is not None:
+                raise error
+            if isinstance(admission, Admitted):
+                record.fail_open = admission.fallback
+                record.reserved_input = admission.reservation.cost.input_tokens
+                if admission.wait > 0:
+                    record.queue_wait = admission.wait
+                    await self._shared.clock.sleep(admission.wait)
+        finally:
+            metrics.queue_left()
+
+    async def _decide(self) -> Admission:
+        """One limiter call: the endpoint's own bucket, or the model group's buckets (on the
+        API's exact input count first, for groups with `estimate: count_tokens`)."""
+        call, limiter = self._call, self._limiter
+        if call.endpoint is not None:
+            return await limiter.admit_endpoint(
+                scope=call.scope, endpoint=call.endpoint, max_wait=call.max_wait
+            )
+        body = call.body or {}
+        self._input_estimate = estimate_input_tokens(body)
+        cost = limiter.cost_for(call.model, self._input_estimate, max_output_tokens(body))
+        cost = await self._exact_input(cost, body)
+        return await limiter.admit(
+            scope=call.scope, model=call.model, cost=cost, max_wait=call.max_wait
+        )
+
+    async def _exact_input(self, cost: Cost, body: Mapping[str, Any]) -> Cost:
+        """`cost` with the API's input count, when the group asks for one and it comes."""
+        call, limiter, record = self._call, self._limiter, self._record
+        group = limiter.group_for(call.model)
+        name = "none" if group is None else group.name
+        if group is None or not self._shared.counter.counts(group, call.caller.path):
+            record.estimate = ("heuristic", "configured")
+            return cost
+        result = await self._count(body, group.estimate_timeout_seconds)
+        if isinstance(result, NotCounted):
+            record.estimate = ("heuristic", result.reason)
+            log.info("exact_count_fallback", group=name, reason=result.reason, detail=result.detail)
+            return cost
+        record.estimate = ("count_tokens", "configured")
+        return replace(cost, input_tokens=result.input_tokens)
+
+    async def _count(self, body: Mapping[str, Any], time_limit: float) -> Counted | NotCounted:
+        """Take one request from the count_tokens bucket (no wait), then count once; the
+        request is given back when the API was never reached, or the client left."""
+        call, limiter = self._call, self._limiter
+        slot = await limiter.admit_endpoint(scope=call.scope, endpoint="count_tokens", max_wait=0)
+        if not isinstance(slot, Admitted | Unlimited):
+            return NotCounted("rate_limited", reached=False, detail=type(slot).__name__)
+        try:
+            result = await self._shared.counter.count_for(body, call.caller, time_limit=time_limit)
+        except asyncio.CancelledError:
+            limiter.settle(slot, _REFUND)
+            raise
+        if isinstance(result, NotCounted) and not result.reached:
+            limiter.settle(slot, _REFUND)
+        return result
+
+    # Leaving --------------------------------------------------------------------------
+
+    def _close(self, exc: BaseException | None) -> None:
+        """Settle once: refund what upstream never answered, charge what a model-group
+        request used, leave an endpoint's request charged."""
+        admission = self._admission
+        if not isinstance(admission, Admitted) or admission.settled:
+            return
+        if self._answer is None:
+            self._limiter.settle(admission, _REFUND)
+        elif self._settles_usage and self._tap is not None:
+            self._settle(admission, self._answer, self._tap)
+
+    def _settle(self, admission: Admitted, answer: UpstreamAnswer, tap: UsageTap) -> None:
+        """Learn from the answer's headers and usage, then charge the difference; after a
+        pull-down when upstream reported less room than the buckets hold."""
+        limiter, group = self._limiter, admission.group
+        if (answer.status < 300 or answer.status == 429) and limiter.learns_limits(group):
+            limiter.learn_limits(group, reported_limits(answer.headers))
+        reported = reported_remaining(answer.headers)
+        self._record.api_remaining = {AXES[dim]: value for dim, value in reported.items()}
+        actual = actual_cost(admission, tap, answer, limiter.counts_cache_reads(group))
+        self._observe(admission, answer, tap)
+        ceilings = pull_down_ceilings(admission, answer, reported)
+        if not ceilings:
+            limiter.settle(admission, actual)
+            return
+        work = _pull_down_then_settle(limiter, admission, ceilings, answer.headers_at, actual)
+        self._shared.background.spawn(work, name=f"settle {self._record.request_id}")
+
+    def _observe(self, admission: Admitted, answer: UpstreamAnswer, tap: UsageTap) -> None:
+        """Put the usage on the record; a complete answer teaches the group its figures."""
+        record, usage = self._record, tap.usage
+        record.usage = usage
+        if usage is None:
+            ended_well = answer.status < 400 and not tap.errored
+            record.usage_missing = ended_well and not answer.client_left
+            return
+        if answer.complete and not tap.errored:
+            total_input = (
+                usage.input_tokens
+                + usage.cache_creation_input_tokens
+                + usage.cache_read_input_tokens
+            )
+            self._limiter.learning.observe(
+                admission.group, self._input_estimate, total_input, usage.output_tokens
+            )
+
+
+async def _pull_down_then_settle(
+    limiter: Limiter,
+    admission: Admitted,
+    ceilings: Mapping[Dimension, float],
+    at: float,
+    actual: Cost,
+) -> None:
+    """Lower the buckets to upstream's view first, then settle on top of it."""
+    await limiter.pull_down(admission, ceilings, at=at)
+    limiter.settle(admission, actual)

@@ -1,0 +1,54 @@
+"""The operational endpoints: /healthz, /readyz (and /metrics, in test_metrics.py)."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from gateway.ops import READINESS_CHECKS
+from gateway.services import LIFECYCLE
+from tests.conftest import RunningGateway
+
+
+async def test_health_and_readiness(gateway: RunningGateway) -> None:
+    """/healthz is alive and /readyz ready once the upstream session is open."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gateway.url + "/healthz") as health:
+            health_body = await health.json()
+        async with session.get(gateway.url + "/readyz") as ready:
+            ready_body = await ready.json()
+    assert ((200, "ok"), (200, "ready")) == (
+        (health.status, health_body["status"]),
+        (ready.status, ready_body["status"]),
+    )
+
+
+async def readiness(gateway: RunningGateway) -> tuple[int, dict[str, object]]:
+    """GET /readyz: status and JSON body."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gateway.url + "/readyz") as ready,
+    ):
+        return ready.status, await ready.json()
+
+
+async def test_not_ready_once_the_gateway_stops_accepting(gateway: RunningGateway) -> None:
+    """From SIGTERM on (`Lifecycle.accepting` false) /readyz is 503 and says why."""
+    gateway.app[LIFECYCLE].accepting = False
+    status, body = await readiness(gateway)
+    assert (503, "not_ready", False, True) == (
+        status,
+        body["status"],
+        body["accepting"],
+        body["upstream"],
+    )
+
+
+async def test_a_readiness_check_that_raises_counts_as_failing(gateway: RunningGateway) -> None:
+    """A registered dependency check that raises makes /readyz 503 under its own name."""
+
+    async def broken() -> bool:
+        raise ConnectionError("no route")
+
+    gateway.app[READINESS_CHECKS]["redis"] = broken
+    status, body = await readiness(gateway)
+    assert (503, False) == (status, body["redis"])

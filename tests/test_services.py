@@ -1,0 +1,22 @@
+"""`services.py` declares the app's typed keys; a served app has every one of them set."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway import services
+from tests.conftest import RunningGateway
+
+DECLARED = {name: key for name, key in vars(services).items() if isinstance(key, web.AppKey)}
+
+
+def test_services_declares_app_keys() -> None:
+    """The module declares typed AppKeys (so the test below checks something)."""
+    assert {"CLOCK", "METRICS", "UPSTREAM", "ADMISSIONS"} <= DECLARED.keys()
+
+
+async def test_a_serving_app_has_every_declared_key_set(gateway: RunningGateway) -> None:
+    """Once the app serves (cleanup contexts entered), every AppKey in services.py is set."""
+    assert dict.fromkeys(DECLARED, True) == {
+        name: key in gateway.app for name, key in DECLARED.items()
+    }

@@ -1,0 +1,137 @@
+"""The admission ticket: one request's admission settled, refunded or kept, whatever ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from gateway.limits import Cost, Refused
+from gateway.services import BACKGROUND
+from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory, RunningGateway
+from tests.support.fake_clock import HeldClock
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.redis_server import RedisServer
+from tests.test_admission import MODEL, limits_file, send
+
+GROUP = (
+    "    requests_per_minute: 100\n    input_tokens_per_minute: 100000\n"
+    "    output_tokens_per_minute: 100000\n"
+)
+BODY = json.dumps(
+    {"model": MODEL, "max_tokens": 300, "messages": [{"role": "user", "content": "Hi"}]}
+).encode()
+
+
+async def complete_then_close(url: str) -> bytes:
+    """POST one Messages call over a raw socket, read the whole answer, and close the
+    connection at once (as curl does, and litellm after `message_stop`)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nHost: {parts.netloc}\r\nx-api-key: {TEST_KEY}\r\n"
+        "anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(BODY)}\r\n\r\n"
+    )
+    writer.write(head.encode() + BODY)
+    headers = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in headers.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    body = await reader.readexactly(length)
+    writer.close()
+    await writer.wait_closed()
+    return body
+
+
+async def access_line(gateway: RunningGateway) -> dict[str, Any]:
+    """The first access line, once written."""
+    for _ in range(2000):
+        if gateway.access_lines():
+            return gateway.access_lines()[0]
+        await asyncio.sleep(0)
+    raise AssertionError("no access line")
+
+
+async def check_complete_then_close(gateway: RunningGateway) -> None:
+    """A response relayed in full is `ok` with its bytes and TTFB and teaches the group its
+    output, though the client closes at once and the settlement pulls the buckets down."""
+    body = await complete_then_close(gateway.url)
+    line = await access_line(gateway)
+    await gateway.app[BACKGROUND].drain(5)
+    learned = gateway.limiter.learning.snapshot()
+    assert ("ok", 200, len(body)) == (line["outcome"], line["status"], line["bytes_out"])
+    assert line["ttfb_ms"] is not None
+    assert 6.0 == learned["sonnet"][1]  # the fake's 6 output tokens: the expected output
+
+
+async def test_a_complete_response_then_the_client_closing_is_ok(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """In process: a complete response stays `ok` when the client closes right after it."""
+    fake_upstream.rate_limit_headers = {"anthropic-ratelimit-requests-remaining": "0"}
+    gateway = await make_gateway(limits_file=str(limits_file(tmp_path, GROUP)))
+    await check_complete_then_close(gateway)
+
+
+@pytest.mark.redis
+async def test_a_complete_response_then_the_client_closing_is_ok_on_redis(
+    make_gateway: GatewayFactory,
+    fake_upstream: FakeUpstream,
+    redis_server: RedisServer,
+    redis_admin: Any,
+    tmp_path: Path,
+) -> None:
+    """On Redis, where the pull-down is a round trip: the same, `ok` with bytes and TTFB."""
+    del redis_admin  # flushes the shared server first
+    fake_upstream.rate_limit_headers = {"anthropic-ratelimit-requests-remaining": "0"}
+    path = limits_file(tmp_path, GROUP)
+    gateway = await make_gateway(limits_file=str(path), redis_url=redis_server.url)
+    await check_complete_then_close(gateway)
+
+
+async def test_a_request_cancelled_in_the_queue_gives_its_reservation_back(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A client that leaves while its request waits in the queue is charged nothing."""
+    clock = HeldClock()
+    gateway = await make_gateway(
+        limits_file=str(limits_file(tmp_path, "    requests_per_minute: 1\n")), clock=clock
+    )
+    assert 200 == (await send(gateway.url))[0]
+    queued = asyncio.create_task(send(gateway.url))
+    await clock.sleeping.wait()
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    line = await access_line(gateway)  # the first request's
+    for _ in range(2000):
+        if len(gateway.access_lines()) == 2:
+            break
+        await asyncio.sleep(0)
+    probe = await gateway.limiter.admit(scope=TEST_SCOPE, model=MODEL, cost=Cost(1), max_wait=0)
+    assert isinstance(probe, Refused)
+    assert ("ok", "client_disconnect", 60.0) == (
+        line["outcome"],
+        gateway.access_lines()[1]["outcome"],
+        probe.retry_after,  # one request's refill, not two: the queued one left no debt
+    )
+    assert 1 == len(fake_upstream.requests)
+
+
+async def test_without_limits_no_request_meets_the_limiter(gateway: RunningGateway) -> None:
+    """A gateway without a limits file admits through free tickets: nothing is decided."""
+    assert 200 == (await send(gateway.url))[0]
+    decisions = [
+        sample
+        for metric in gateway.registry.collect()
+        if metric.name == "gateway_limiter_admissions"
+        for sample in metric.samples
+    ]
+    assert [] == decisions
