@@ -26,6 +26,10 @@ def small_api_limits(fake_upstream: FakeUpstream) -> None:
     }
 
 
+POOL = "claude-sonnet-4"
+"""The pool MODEL (claude-sonnet-4-6) draws on: learned groups are named after it."""
+
+
 def learned_lines(gateway: RunningGateway) -> list[dict[str, object]]:
     """The `limits.learned` log lines, without timestamps and levels."""
     keep = ("event", "group", "requests_per_minute", "input_tokens_per_minute",
@@ -45,20 +49,31 @@ async def statuses(gateway: RunningGateway, count: int, model: str = MODEL) -> l
 async def test_without_a_file_each_model_learns_and_enforces_the_api_limits(
     make_gateway: GatewayFactory,
 ) -> None:
-    """The first request passes unlimited; then 2 RPM (less 2% headroom) is enforced."""
+    """The first request passes unlimited; then 2 RPM (less 2% headroom) is enforced on the
+    model's pool (`claude-sonnet-4` for claude-sonnet-4-6)."""
     gateway = await make_gateway(learn_limits=True, clock=FakeClock())
     assert [200, 200] == await statuses(gateway, 2)
     status, body, headers = await send(gateway.url, headers=NO_WAIT)
-    assert (429, MODEL, "requests", "2") == (
+    assert (429, POOL, "requests", "2") == (
         status,
         headers["x-gateway-ratelimit-group"],
         headers["x-gateway-ratelimit-bucket"],
         headers["x-gateway-ratelimit-limit"],
     )
-    assert f"'{MODEL}' limit of 2 requests per minute" in body["error"]["message"]
-    assert [{"event": "limits.learned", "group": MODEL, "requests_per_minute": 2,
+    assert f"'{POOL}' limit of 2 requests per minute" in body["error"]["message"]
+    assert [{"event": "limits.learned", "group": POOL, "requests_per_minute": 2,
              "input_tokens_per_minute": 100000, "output_tokens_per_minute": 10000}
             ] == learned_lines(gateway)  # fmt: skip
+
+
+async def test_an_alias_and_its_dated_id_share_one_learned_pool(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Alternating `claude-sonnet-4-5` and its dated id draws on one learned 2 RPM, not two."""
+    gateway = await make_gateway(learn_limits=True, clock=FakeClock())
+    models = ["claude-sonnet-4-5", "claude-sonnet-4-5-20250929"] * 2
+    seen = [(await send(gateway.url, model=model, headers=NO_WAIT))[0] for model in models]
+    assert [200, 200, 429, 429] == seen
 
 
 async def test_each_model_learns_its_own_group(make_gateway: GatewayFactory) -> None:

@@ -129,7 +129,7 @@ class BucketCache:
         """Configured buckets, then learned ones for dimensions the group does not set."""
         configured = group.limits()
         learned = (
-            BucketSpec.create(scope, group.name, dim, limit, headroom=self._config.headroom)
+            self._config.bucket(group, scope, dim, limit)
             for dim, limit in self._learned.limits(group.name).items()
             if dim not in configured
         )

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from gateway.limits.model import DAY, Dimension
 from gateway.limits.policy import GroupLimits
+from gateway.limits.pools import pool_of
 
 ALPHA = 0.1
 RATIO_BOUND = 4.0
@@ -268,8 +269,9 @@ class LearnedLimits:
         return len(self._limits) < self._max_groups
 
     def model_group(self, model: str) -> GroupLimits | None:
-        """A learning group of one model, named after it; None when the table is full."""
-        name = _UNSAFE_NAME.sub("-", model)[:64] or "model"
+        """A learning group named after the pool `model` draws on (`pools.py`: an alias and
+        its dated ids share one); None when the table is full."""
+        name = _UNSAFE_NAME.sub("-", pool_of(model))[:64] or "model"
         if name not in self._limits and not self.has_room():
             return None
         return GroupLimits.model_construct(name=name, models=(model,), learn_limits=True)

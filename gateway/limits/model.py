@@ -117,19 +117,32 @@ class BucketSpec:
 
     @classmethod
     def create(
-        cls, scope: str, group: str, dimension: Dimension, limit: int, *, headroom: float = 0.0
+        cls,
+        scope: str,
+        group: str,
+        dimension: Dimension,
+        limit: int,
+        *,
+        headroom: float = 0.0,
+        burst_seconds: float | None = None,
     ) -> BucketSpec:
         """A bucket refilling at `limit` less `headroom` (a fraction, 0.02 = 2%) per period.
 
-        It holds as much, except that headroom never takes a requests bucket below one
-        request: `requests_per_minute: 1` admits its first request at once, then one every
-        61.2 s. (A token bucket needs no such floor: a request fits while its cost is within
-        the limit, see `check_request`.)
+        It holds as much, or only `burst_seconds` of that refill on a per-minute bucket (the
+        API may enforce 60 RPM as one a second). Neither ever takes a requests bucket below
+        one request: `requests_per_minute: 1` admits its first request at once, then one
+        every 61.2 s. (A token bucket needs no such floor: a request fits while its cost is
+        within the limit, see `check_request`.)
         """
         sustained = limit * (1.0 - headroom)
-        if dimension is Dimension.REQUESTS and sustained < min(limit, 1):
-            return cls(scope, group, dimension, limit, min(limit, 1), sustained)
-        return cls(scope, group, dimension, limit, sustained)
+        capacity = sustained
+        if burst_seconds is not None and dimension.period == MINUTE:
+            capacity = min(sustained, sustained * burst_seconds / MINUTE)
+        if dimension is Dimension.REQUESTS:
+            capacity = max(capacity, min(limit, 1))
+        if capacity == sustained:
+            return cls(scope, group, dimension, limit, capacity)
+        return cls(scope, group, dimension, limit, capacity, sustained)
 
     def scaled(self, share: float) -> BucketSpec:
         """The same bucket holding and refilling only `share` (the fail-open fallback)."""

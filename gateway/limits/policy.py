@@ -145,6 +145,8 @@ class GroupLimits(_Section):
     `count_tokens` call (the heuristic when it fails, is slow or has no room)."""
     estimate_timeout_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)] = 1.0
     """The longest an exact count may take before the heuristic is used instead."""
+    burst_seconds: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] | None = None
+    """A per-minute bucket holds this many seconds of its limit (None: a whole minute)."""
 
     @field_validator("name")
     @classmethod
@@ -228,9 +230,18 @@ class LimitsConfig(_Section):
     def buckets_for(self, group: GroupLimits, scope: str) -> list[BucketSpec]:
         """The buckets a request of `group` touches in `scope`, headroom taken off."""
         return [
-            BucketSpec.create(scope, group.name, dimension, limit, headroom=self.headroom)
+            self.bucket(group, scope, dimension, limit)
             for dimension, limit in group.limits().items()
         ]
+
+    def bucket(
+        self, group: GroupLimits, scope: str, dimension: Dimension, limit: int
+    ) -> BucketSpec:
+        """One bucket of `group` in `scope`, with the file's headroom and the group's burst."""
+        return BucketSpec.create(
+            scope, group.name, dimension, limit, headroom=self.headroom,
+            burst_seconds=group.burst_seconds,
+        )  # fmt: skip
 
     def endpoint_limit(self, endpoint: Endpoint) -> int | None:
         """The RPM the file sets for `endpoint`, or None."""

@@ -134,3 +134,16 @@ def test_changes_skip_zero_amounts_and_empty_buckets() -> None:
     """An adjustment touches only buckets it moves and that can hold anything."""
     blocked = BucketSpec.create("k1", "sonnet", Dimension.OUTPUT_TOKENS, 0)
     assert [(ITPM, -200)] == changes([RPM, ITPM, blocked], Cost(0, -200, 50))
+
+
+def test_burst_seconds_shrinks_a_minute_bucket_but_not_its_refill() -> None:
+    """`burst_seconds: 1` on 60 RPM holds one request and refills one a second; a day bucket
+    and a requests bucket below one request are left alone."""
+    rpm = BucketSpec.create("s", "g", Dimension.REQUESTS, 60, burst_seconds=1)
+    tpd = BucketSpec.create("s", "g", Dimension.TOKENS_PER_DAY, 86_400, burst_seconds=1)
+    tiny = BucketSpec.create("s", "g", Dimension.REQUESTS, 30, headroom=0.5, burst_seconds=1)
+    assert ((1.0, 1.0), (86_400.0, 1.0), (1.0, 0.25)) == (
+        (rpm.capacity, rpm.rate),
+        (tpd.capacity, tpd.rate),
+        (tiny.capacity, tiny.rate),
+    )

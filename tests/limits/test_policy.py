@@ -51,6 +51,7 @@ BAD_FILES = [
     ("bad_learn_limits.yaml", "4: groups[0].learn_limits: must be true or false"),
     ("not_a_mapping.yaml", "1: (top level): must be a mapping"),
     ("bad_yaml.yaml", "4: invalid YAML: expected ',' or ']', but got '<scalar>'"),
+    ("burst_too_long.yaml", "5: groups[0].burst_seconds: must be <= 60"),
 ]
 
 
