@@ -125,6 +125,7 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
             clock,
             on_backend_call=metrics.backend_call,
             learn_limits=settings.learn_limits,
+            shared=isinstance(backend, RedisBackend),
         )
         app[ADMISSIONS] = LimitedAdmissions(
             limiter, app[EXACT_COUNTER], clock, metrics, app[BACKGROUND]
@@ -134,7 +135,11 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
         if isinstance(backend, RedisBackend):  # in process there is no fleet to share with
             app[READINESS_CHECKS]["redis"] = _pinger(backend)
             sync = LearningSync(
-                limiter.learning, backend, clock, on_backend_call=metrics.backend_call
+                limiter.learning,
+                backend,
+                clock,
+                on_backend_call=metrics.backend_call,
+                organizations=limiter.organizations,
             )
             syncing = asyncio.get_running_loop().create_task(sync.run())
         log.info(

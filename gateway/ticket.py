@@ -51,6 +51,7 @@ from gateway.usage import UsageTap
 
 log = get_logger("gateway.ticket")
 QUEUE_WAIT_HEADER = "x-gateway-queue-wait-ms"
+ORGANIZATION_HEADER = "anthropic-organization-id"
 _REFUND = Cost()
 
 
@@ -200,6 +201,8 @@ class LimitedTicket:
         self._input_estimate: int | None = None
         self._answer: UpstreamAnswer | None = None
         self._tap: UsageTap | None = None
+        self._scope = call.scope
+        """The bucket scope: the key's organisation's (or the key's own), set at admission."""
 
     async def __aenter__(self) -> LimitedTicket:
         try:
@@ -219,6 +222,8 @@ class LimitedTicket:
         self._answer = UpstreamAnswer(
             response.status, response.headers, self._shared.clock.now(), opened.charged_requests
         )
+        org_id = response.headers.get(ORGANIZATION_HEADER)
+        self._limiter.learn_organization(self._call.scope, org_id)
         if self._settles_usage:
             encoding = response.headers.get("content-encoding")
             self._tap = UsageTap(stream=stream, encoding=encoding)
@@ -263,16 +268,17 @@ class LimitedTicket:
         """One limiter call: the endpoint's own bucket, or the model group's buckets (on the
         API's exact input count first, for groups with `estimate: count_tokens`)."""
         call, limiter = self._call, self._limiter
+        self._scope = limiter.scope_for(call.scope)
         if call.endpoint is not None:
             return await limiter.admit_endpoint(
-                scope=call.scope, endpoint=call.endpoint, max_wait=call.max_wait
+                scope=self._scope, endpoint=call.endpoint, max_wait=call.max_wait
             )
         body = call.body or {}
         self._input_estimate = estimate_input_tokens(body)
         cost = limiter.cost_for(call.model, self._input_estimate, max_output_tokens(body))
         cost = await self._exact_input(cost, body)
         return await limiter.admit(
-            scope=call.scope, model=call.model, cost=cost, max_wait=call.max_wait
+            scope=self._scope, model=call.model, cost=cost, max_wait=call.max_wait
         )
 
     async def _exact_input(self, cost: Cost, body: Mapping[str, Any]) -> Cost:
@@ -295,7 +301,7 @@ class LimitedTicket:
         """Take one request from the count_tokens bucket (no wait), then count once; the
         request is given back when the API was never reached, or the client left."""
         call, limiter = self._call, self._limiter
-        slot = await limiter.admit_endpoint(scope=call.scope, endpoint="count_tokens", max_wait=0)
+        slot = await limiter.admit_endpoint(scope=self._scope, endpoint="count_tokens", max_wait=0)
         if not isinstance(slot, Admitted | Unlimited):
             return NotCounted("rate_limited", reached=False, detail=type(slot).__name__)
         try:

@@ -146,17 +146,48 @@ async def test_unknown_model_passes_when_configured(
     assert [200, 200, 200] == statuses
 
 
-async def test_each_api_key_has_its_own_buckets(
+async def test_with_scope_key_each_api_key_has_its_own_buckets(
     make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
-    """One key exhausting its limit does not touch another key's budget."""
-    path = limits_file(tmp_path, "    requests_per_minute: 1\n")
+    """With `scope: key`, one key exhausting its limit does not touch another key's budget."""
+    path = limits_file(tmp_path, "    requests_per_minute: 1\n", scope="key")
     gateway = await make_gateway(limits_file=str(path))
     no_wait = {"x-gateway-max-wait": "0"}
     first = (await send(gateway.url, headers=no_wait))[0]
     same_key = (await send(gateway.url, headers=no_wait))[0]
     other_key = (await send(gateway.url, key="sk-ant-other-key", headers=no_wait))[0]
     assert (200, 429, 200) == (first, same_key, other_key)
+
+
+async def test_keys_of_one_organization_share_its_buckets(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """By default a key is charged to its organisation: a second key of the same one (the
+    API names it in `anthropic-organization-id`) finds the budget spent, before and after
+    its own organisation is known."""
+    path = limits_file(tmp_path, "    requests_per_minute: 2\n")
+    gateway = await make_gateway(limits_file=str(path))
+    no_wait = {"x-gateway-max-wait": "0"}
+    first = (await send(gateway.url, headers=no_wait))[0]
+    unknown_key = (await send(gateway.url, key="sk-ant-second-key", headers=no_wait))[0]
+    known_key = (await send(gateway.url, key="sk-ant-second-key", headers=no_wait))[0]
+    assert (200, 200, 429) == (first, unknown_key, known_key)
+
+
+async def test_a_key_of_another_organization_gets_its_own_buckets(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A key the API names in another organisation is charged there once that is known;
+    before, it was charged to the assumed (first) organisation."""
+    path = limits_file(tmp_path, "    requests_per_minute: 2\n")
+    gateway = await make_gateway(limits_file=str(path))
+    no_wait = {"x-gateway-max-wait": "0"}
+    first = (await send(gateway.url, headers=no_wait))[0]
+    fake_upstream.organization_id = "org-two"  # every later answer names another one
+    other = [(await send(gateway.url, key="sk-ant-k2", headers=no_wait))[0] for _ in range(4)]
+    original = (await send(gateway.url, headers=no_wait))[0]
+    # k2's first request took the assumed organisation's second slot; then its own two
+    assert (200, [200, 200, 200, 429], 429) == (first, other, original)
 
 
 async def test_bad_max_wait_header_is_a_clear_400(
@@ -210,11 +241,13 @@ async def test_redis_gone_follows_the_failure_policy(
 async def test_redis_keys_hold_a_hash_of_the_key_never_the_key(
     make_gateway: GatewayFactory, redis_server: RedisServer, redis_admin: Any, tmp_path: Path
 ) -> None:
-    """Through a real Redis, bucket keys carry a short hash of the API key and one hash tag."""
+    """With `scope: key`, through a real Redis, bucket keys carry a short hash of the API key
+    and one hash tag."""
     path = limits_file(
         tmp_path,
         "    requests_per_minute: 100\n    input_tokens_per_minute: 100000\n"
         "    output_tokens_per_minute: 10000\n",
+        scope="key",
     )
     gateway = await make_gateway(limits_file=str(path), redis_url=redis_server.url)
     assert 200 == (await send(gateway.url))[0]

@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.limits import BucketSpec, Dimension, LimitsConfig
-from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory, RunningGateway
+from tests.conftest import TEST_KEY, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
@@ -163,7 +163,8 @@ def test_endpoint_buckets_use_reserved_groups_in_the_key_scheme() -> None:
 async def test_endpoint_buckets_live_under_their_own_redis_keys(
     make_gateway: GatewayFactory, redis_server: RedisServer, redis_admin: Any, tmp_path: Path
 ) -> None:
-    """Through a real Redis, count_tokens and batches write only their own per-key buckets."""
+    """Through a real Redis, count_tokens and batches write only their own buckets, in the
+    organisation's scope (`org`: the first one learned), beside the organisation mapping."""
     path = limits_file(
         tmp_path,
         "    requests_per_minute: 100\n",
@@ -173,6 +174,6 @@ async def test_endpoint_buckets_live_under_their_own_redis_keys(
     gateway = await make_gateway(limits_file=str(path), redis_url=redis_server.url)
     await count_tokens(gateway)
     await call(gateway, "GET", "/v1/messages/batches")
-    keys = sorted(key.decode() for key in await redis_admin.keys("*"))
+    keys = sorted(key.decode() for key in await redis_admin.keys("cgw:{org*"))
     groups = ("_batches", "_count_tokens")
-    assert [f"cgw:{{{TEST_SCOPE}:{group}}}:requests" for group in groups] == keys
+    assert [f"cgw:{{org:{group}}}:requests" for group in groups] == keys

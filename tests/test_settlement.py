@@ -92,7 +92,8 @@ async def level(gateway: RunningGateway, dimension: Dimension) -> float:
     limiter = gateway.limiter
     amount = LIMIT if dimension is not Dimension.REQUESTS else 100
     cost = Cost(**{dimension.value: amount})
-    decision = await limiter.admit(scope=SCOPE, model=MODEL, cost=cost, max_wait=0)
+    scope = limiter.scope_for(SCOPE)  # the organisation's scope: every key of it shares it
+    decision = await limiter.admit(scope=scope, model=MODEL, cost=cost, max_wait=0)
     if isinstance(decision, Admitted):  # the bucket was full: give it back
         limiter.settle(decision, Cost())
         return float(amount)

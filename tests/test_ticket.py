@@ -115,7 +115,8 @@ async def test_a_request_cancelled_in_the_queue_gives_its_reservation_back(
         if len(gateway.access_lines()) == 2:
             break
         await asyncio.sleep(0)
-    probe = await gateway.limiter.admit(scope=TEST_SCOPE, model=MODEL, cost=Cost(1), max_wait=0)
+    scope = gateway.limiter.scope_for(TEST_SCOPE)
+    probe = await gateway.limiter.admit(scope=scope, model=MODEL, cost=Cost(1), max_wait=0)
     assert isinstance(probe, Refused)
     assert ("ok", "client_disconnect", 60.0) == (
         line["outcome"],

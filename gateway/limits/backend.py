@@ -13,7 +13,7 @@ Exception tree::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.limits.learning import Figures, Lesson
@@ -78,6 +78,14 @@ class LimitBackend(Protocol):
     async def learn(self, group: str, lesson: Lesson, *, now: float | None = None) -> Figures:
         """Merge one instance's lesson into the fleet's learned figures of `group` and return
         them, in one atomic step (`learning.merged`); figures idle for `LEARNED_TTL` expire."""
+        ...
+
+    async def share_organizations(
+        self, learned: Mapping[str, str]
+    ) -> tuple[str | None, dict[str, str]]:
+        """Record `learned` (key scope -> organisation id, oldest first), make the first
+        organisation any instance learned the fleet's primary, and return the primary and
+        every mapping, in one atomic step (`organizations.py`)."""
         ...
 
     async def ping(self) -> None:

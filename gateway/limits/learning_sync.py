@@ -1,8 +1,10 @@
 """`LearningSync`: share what each instance learns with the fleet, off the request path.
 
-Every `SYNC_SECONDS`, for each group with samples since its last sync, one
-`LimitBackend.learn` call pushes them and adopts the fleet's merged figures: at most one call
-per group per interval per instance, never one per request. The app runs `run()` as a
+Every `SYNC_SECONDS`: one `LimitBackend.share_organizations` call pushes the keys'
+organisations this instance learned and adopts the fleet's mapping; then, for each group
+with samples since its last sync, one `LimitBackend.learn` call pushes them and adopts the
+fleet's merged figures: at most one call per group per interval per instance, never one per
+request. The app runs `run()` as a
 background task beside the limiter (`app.limiter_ctx`) and cancels it on shutdown.
 
 A backend failure keeps the samples for the next pass (local learning goes on meanwhile),
@@ -24,6 +26,7 @@ from gateway.limits.backend import (
     ignore_backend_call,
 )
 from gateway.limits.learning import Learning
+from gateway.limits.organizations import Organizations
 
 log = structlog.get_logger(__name__)
 
@@ -44,8 +47,10 @@ class LearningSync:
         *,
         every: float = SYNC_SECONDS,
         on_backend_call: BackendObserver | None = None,
+        organizations: Organizations | None = None,
     ) -> None:
         self._learning = learning
+        self._organizations = organizations
         self._backend = backend
         self._clock = clock
         self._every = every
@@ -68,7 +73,10 @@ class LearningSync:
                 log.exception("limits.learning_sync_error")
 
     async def sync(self) -> bool:
-        """One pass over the groups with new samples; False when the backend failed."""
+        """One pass: the keys' organisations, then the groups with new samples; False when
+        the backend failed."""
+        if not await self._sync_organizations():
+            return False
         lessons = list(self._learning.lessons().items())
         for index, (group, lesson) in enumerate(lessons):
             started = self._clock.now()
@@ -85,6 +93,24 @@ class LearningSync:
         if self._failures and lessons:
             log.info("limits.learning_sync_recovered", failed_passes=self._failures)
             self._failures, self._logged_at = 0, None
+        return True
+
+    async def _sync_organizations(self) -> bool:
+        """Push the key -> organisation mappings learned since the last pass and adopt the
+        fleet's (every pass: other instances learn too)."""
+        if self._organizations is None:
+            return True
+        unsent = self._organizations.unsent()
+        started = self._clock.now()
+        try:
+            primary, mapping = await self._backend.share_organizations(unsent)
+        except LimitBackendError as exc:
+            self._observe("organizations", self._clock.now() - started, False)
+            self._organizations.restore(unsent)
+            self._failed("(organizations)", exc)
+            return False
+        self._observe("organizations", self._clock.now() - started, True)
+        self._organizations.adopt(primary, mapping)
         return True
 
     def _failed(self, group: str, exc: LimitBackendError) -> None:

@@ -27,6 +27,7 @@ from gateway.limits.bucket_cache import BucketCache
 from gateway.limits.learning import MAX_MODEL_GROUPS, LearnedLimits, Learning
 from gateway.limits.memory_backend import MemoryBackend
 from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
+from gateway.limits.organizations import Organizations
 from gateway.limits.outcomes import (
     UNLIMITED,
     Admission,
@@ -53,7 +54,10 @@ class Limiter:
         breaker_cooldown: float = 5.0,
         on_backend_call: BackendObserver | None = None,
         learn_limits: bool = False,
+        shared: bool = False,
     ) -> None:
+        """`shared`: the backend is the fleet's (Redis), so what is learned about keys'
+        organisations is synced with it before it is trusted (`organizations.py`)."""
         self._observe = on_backend_call or ignore_backend_call
         self._backend = backend
         self._config = config
@@ -66,6 +70,8 @@ class Limiter:
         """Per group, its latest reservation and when it was made (read at scrape time)."""
         self.learning = Learning()
         """What settled usage taught each group (input ratio, expected output)."""
+        self.organizations = Organizations(shared=shared)
+        """Which organisation each key belongs to (with `scope: organization`)."""
         self._learn_all = learn_limits
         self._learned = LearnedLimits(max_groups=len(config.groups) + MAX_MODEL_GROUPS)
         self._cache = BucketCache(config, self._learned, learn_all=learn_limits)
@@ -86,6 +92,18 @@ class Limiter:
             for bucket, level in zip(reservation.buckets, reservation.levels, strict=True)
             if bucket.capacity > 0
         }
+
+    def scope_for(self, key_scope: str) -> str:
+        """The scope a request with this key (hash) is charged in: its organisation's, or
+        with `scope: key` its own."""
+        if self._config.scope == "key":
+            return key_scope
+        return self.organizations.scope_for(key_scope)
+
+    def learn_organization(self, key_scope: str, org_id: str | None) -> None:
+        """A response named the organisation of this key (`anthropic-organization-id`)."""
+        if self._config.scope == "organization":
+            self.organizations.learn(key_scope, org_id)
 
     def _queue_limit(self, requested: float | None) -> float:
         """The longest wait allowed: the config's, or a requested one capped by it."""

@@ -8,7 +8,7 @@ clock time, so memory stays bounded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.clock import Clock
@@ -45,6 +45,8 @@ class MemoryBackend:
         self._states: dict[str, _State] = {}
         self._learned: dict[str, tuple[Figures, float]] = {}
         """Per group: the fleet's figures and when they expire."""
+        self._organizations: dict[str, str] = {}
+        self._primary: str | None = None
         self._next_sweep = clock.now() + sweep_every
 
     def __len__(self) -> int:
@@ -96,6 +98,15 @@ class MemoryBackend:
         figures = merged(stored if expires_at > at else Figures(), lesson)
         self._learned[group] = (figures, at + LEARNED_TTL)
         return figures
+
+    async def share_organizations(
+        self, learned: Mapping[str, str]
+    ) -> tuple[str | None, dict[str, str]]:
+        """Keep the mapping in process; see `LimitBackend.share_organizations`."""
+        self._organizations.update(learned)
+        if self._primary is None and learned:
+            self._primary = next(iter(learned.values()))
+        return self._primary, dict(self._organizations)
 
     async def ping(self) -> None:
         """Always answers: the state is in this process."""

@@ -176,6 +176,9 @@ class GroupLimits(_Section):
 class LimitsConfig(_Section):
     """The whole limits file."""
 
+    scope: Literal["organization", "key"] = "organization"
+    """Whose buckets a request draws on: its key's organisation (every key of one
+    organisation shares them, as the API counts), or its key alone."""
     queue: QueueLimits = Field(default_factory=QueueLimits)
     headroom: Annotated[float, Field(ge=0, lt=1, strict=True)] = 0.02
     groups: tuple[GroupLimits, ...] = ()

@@ -19,7 +19,7 @@ Every failure (connection, timeout, script) leaves this module as `LimitBackendE
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -90,7 +90,12 @@ def _script(name: str) -> Script:
 
 _RESERVE, _ADJUST, _CAP = _script("reserve.lua"), _script("adjust.lua"), _script("cap.lua")
 _LEARN = _script("learn.lua")
-SCRIPTS = (_RESERVE, _ADJUST, _CAP, _LEARN)
+_ORGANIZATIONS = _script("organizations.lua")
+SCRIPTS = (_RESERVE, _ADJUST, _CAP, _LEARN, _ORGANIZATIONS)
+ORGANIZATION_KEYS = ("cgw:{orgs}", "cgw:{orgs}:primary")
+"""The fleet's key -> organisation hash and its primary organisation (one hash tag)."""
+ORGANIZATIONS_TTL_MS = 7 * 86_400 * 1000
+"""An organisation mapping no instance has synced for a week is forgotten."""
 
 
 def _now_arg(now: float | None) -> str:
@@ -210,6 +215,23 @@ class RedisBackend:
             )
         except (TypeError, ValueError, IndexError) as exc:
             raise LimitBackendError(f"unexpected learn reply: {reply!r}") from exc
+
+    async def share_organizations(
+        self, learned: Mapping[str, str]
+    ) -> tuple[str | None, dict[str, str]]:
+        """One `organizations.lua` call; see `LimitBackend.share_organizations`."""
+        args: list[str | int] = [ORGANIZATIONS_TTL_MS]
+        for key_scope, org_id in learned.items():
+            args += (key_scope, org_id)
+        reply = await self._run(_ORGANIZATIONS, list(ORGANIZATION_KEYS), args)
+        try:
+            primary, flat = reply
+            pairs = [item.decode() if isinstance(item, bytes) else str(item) for item in flat]
+        except (TypeError, ValueError) as exc:
+            raise LimitBackendError(f"unexpected organizations reply: {reply!r}") from exc
+        if isinstance(primary, bytes):
+            primary = primary.decode()
+        return primary, dict(zip(pairs[::2], pairs[1::2], strict=True))
 
     async def ping(self) -> None:
         """Return when Redis answers PING."""

@@ -44,7 +44,8 @@ async def opened(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncItera
 
 def test_the_protocol_has_the_documented_methods() -> None:
     """The protocol is the six methods its docstring promises (so the checks below bite)."""
-    assert ["aclose", "adjust", "cap", "learn", "ping", "reserve"] == PROTOCOL_METHODS
+    expected = ["aclose", "adjust", "cap", "learn", "ping", "reserve", "share_organizations"]
+    assert expected == PROTOCOL_METHODS
 
 
 async def test_each_backend_has_every_protocol_method_as_declared(opened: object) -> None:

@@ -350,3 +350,16 @@ async def test_settlements_in_a_row_all_land(backend: LimitBackend, clock: FakeC
     after = await reserved(backend, [rpm, itpm], Cost(1, 0), clock)
     # 20 requests less 10 refunded, then this one; 40,000 tokens less 10 x 1,000 plus 10 x 500
     assert (49.0, 25_000.0) == after.levels
+
+
+async def test_the_first_organization_shared_becomes_the_fleets_primary(
+    backend: LimitBackend,
+) -> None:
+    """Instances share key -> organisation mappings; the first organisation any of them
+    sent stays the primary, and every instance gets the whole mapping back."""
+    nothing_yet = await backend.share_organizations({})
+    first = await backend.share_organizations({"k1": "org-a"})
+    second = await backend.share_organizations({"k2": "org-b", "k3": "org-a"})
+    assert (None, {}) == nothing_yet
+    assert ("org-a", {"k1": "org-a"}) == first
+    assert ("org-a", {"k1": "org-a", "k2": "org-b", "k3": "org-a"}) == second

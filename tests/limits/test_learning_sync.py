@@ -188,3 +188,23 @@ async def test_sync_failures_leave_the_breaker_closed() -> None:
         teach(limiter.learning, 1.25, 1)
         await sync.sync()
     assert (False, 3) == (limiter.breaker_open, len(backend.learned))
+
+
+async def test_two_instances_agree_on_the_organizations_after_one_sync_each() -> None:
+    """Each instance pushes the keys' organisations it learned and adopts the fleet's: the
+    second instance charges a key it never saw to the first one's organisation scope."""
+    clock = FakeClock()
+    shared = MemoryBackend(clock)
+    one = Limiter(shared, CONFIG, clock, shared=True)
+    two = Limiter(shared, CONFIG, clock, shared=True)
+    one.learn_organization("k1", "org-a")
+    two.learn_organization("k2", "org-b")
+    for limiter in (one, two, one):
+        sync = LearningSync(limiter.learning, shared, clock, organizations=limiter.organizations)
+        assert await sync.sync()
+    assert ("org", "org-org-b", "org", "org-org-b") == (
+        one.scope_for("k1"),
+        one.scope_for("k2"),
+        two.scope_for("k1"),
+        two.scope_for("k2"),
+    )

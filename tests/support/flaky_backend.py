@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway.limits import (
     BucketSpec,
@@ -49,6 +49,12 @@ class FlakyBackend:
     async def learn(self, group: str, lesson: Lesson, *, now: float | None = None) -> Figures:
         self._call("learn")
         return await self.inner.learn(group, lesson, now=now)
+
+    async def share_organizations(
+        self, learned: Mapping[str, str]
+    ) -> tuple[str | None, dict[str, str]]:
+        self._call("share_organizations")
+        return await self.inner.share_organizations(learned)
 
     async def ping(self) -> None:
         self._call("ping")
