@@ -16,7 +16,7 @@ import binascii
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 CHARS_PER_TOKEN = 4.0
@@ -50,6 +50,55 @@ def estimate_input_tokens(body: Mapping[str, Any]) -> int:
     if isinstance(prompt, str):
         chars += len(prompt)
     return REQUEST_OVERHEAD_TOKENS + tokens + math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def uncached_input_tokens(body: Mapping[str, Any]) -> int | None:
+    """An estimate of the input after the request's last cache breakpoint (`cache_control`
+    on a tool, system block or message block), which a cache hit still charges in full;
+    None when the request sets no breakpoint.
+
+    The prompt is read in the API's order: tools, system, messages. With automatic caching
+    (a top-level `cache_control`) the breakpoint is taken to sit before the last message.
+    """
+    parts = list(_prompt_parts(body))
+    marked = [index for index, (_, cached) in enumerate(parts) if cached]
+    if marked:
+        after = marked[-1] + 1
+    elif "cache_control" in body and parts:
+        after = _last_message_start(body, len(parts))
+    else:
+        return None
+    chars = tokens = 0
+    for part, _ in parts[after:]:
+        part_chars, part_tokens = _content_size(part)
+        chars, tokens = chars + part_chars, tokens + part_tokens
+    return REQUEST_OVERHEAD_TOKENS + tokens + math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def _prompt_parts(body: Mapping[str, Any]) -> Iterator[tuple[Any, bool]]:
+    """Each tool, system block and message block in prompt order, and whether it carries
+    a cache breakpoint."""
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        yield tool, isinstance(tool, dict) and "cache_control" in tool
+    system = body.get("system")
+    for block in system if isinstance(system, list) else [system] if system else ():
+        yield block, isinstance(block, dict) and "cache_control" in block
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else [content]:
+            yield block, isinstance(block, dict) and "cache_control" in block
+
+
+def _last_message_start(body: Mapping[str, Any], total: int) -> int:
+    """The index in `_prompt_parts` where the last message's blocks begin."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return total
+    last = messages[-1]
+    content = last.get("content") if isinstance(last, dict) else None
+    return total - (len(content) if isinstance(content, list) else 1)
 
 
 def max_output_tokens(body: Mapping[str, Any]) -> int:

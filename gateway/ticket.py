@@ -20,7 +20,7 @@ first) runs in `Background`, outside the request's cancellation.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Protocol
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from gateway.admission import decision_label, group_of, refusal, requested_max_wait
 from gateway.background import Background
 from gateway.clock import Clock
-from gateway.estimate import estimate_input_tokens, max_output_tokens
+from gateway.estimate import estimate_input_tokens, max_output_tokens, uncached_input_tokens
 from gateway.exact_count import Caller, Counted, ExactCounter, NotCounted
 from gateway.headers import Credential, Headers
 from gateway.limits import UNLIMITED, Admission, Admitted, Cost, Dimension, Limiter, Unlimited
@@ -50,7 +50,13 @@ from gateway.upstream import Opened
 from gateway.usage import UsageTap
 
 log = get_logger("gateway.ticket")
+Tap = Callable[[bytes], None]
+"""What the relay shows every chunk to (`relay.relay`'s `tap`)."""
 QUEUE_WAIT_HEADER = "x-gateway-queue-wait-ms"
+LIVE_CHARGE_STEP = 32
+"""Output tokens generated past the charge before a stream is charged more: a fraction of a
+second of generation, so the shared level follows the API's live count without a backend
+call per token."""
 ORGANIZATION_HEADER = "anthropic-organization-id"
 _REFUND = Cost()
 
@@ -114,7 +120,7 @@ class Ticket(Protocol):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
 
-    def answered(self, opened: Opened, *, stream: bool) -> UsageTap | None:
+    def answered(self, opened: Opened, *, stream: bool) -> Tap | None:
         """Upstream answered; the tap to show the relayed body to, when usage is settled."""
         ...
 
@@ -138,7 +144,7 @@ class FreeTicket:
     ) -> None:
         return None
 
-    def answered(self, opened: Opened, *, stream: bool) -> UsageTap | None:
+    def answered(self, opened: Opened, *, stream: bool) -> Tap | None:
         return None
 
     def relayed(self, result: RelayResult) -> None:
@@ -203,6 +209,8 @@ class LimitedTicket:
         self._tap: UsageTap | None = None
         self._scope = call.scope
         """The bucket scope: the key's organisation's (or the key's own), set at admission."""
+        self._cached = False
+        """The request sets cache breakpoints (its input is reserved and learned apart)."""
 
     async def __aenter__(self) -> LimitedTicket:
         try:
@@ -217,16 +225,19 @@ class LimitedTicket:
     ) -> None:
         self._close(exc)
 
-    def answered(self, opened: Opened, *, stream: bool) -> UsageTap | None:
+    def answered(self, opened: Opened, *, stream: bool) -> Tap | None:
         response = opened.response
         self._answer = UpstreamAnswer(
             response.status, response.headers, self._shared.clock.now(), opened.charged_requests
         )
         org_id = response.headers.get(ORGANIZATION_HEADER)
         self._limiter.learn_organization(self._call.scope, org_id)
-        if self._settles_usage:
-            encoding = response.headers.get("content-encoding")
-            self._tap = UsageTap(stream=stream, encoding=encoding)
+        admission = self._admission
+        if not isinstance(admission, Admitted) or self._call.endpoint is not None:
+            return None
+        self._tap = UsageTap(stream=stream, encoding=response.headers.get("content-encoding"))
+        if stream and self._limiter.charges_live(admission.group):
+            return _ChargingTap(self._tap, self._limiter, admission)
         return self._tap
 
     def relayed(self, result: RelayResult) -> None:
@@ -275,7 +286,11 @@ class LimitedTicket:
             )
         body = call.body or {}
         self._input_estimate = estimate_input_tokens(body)
-        cost = limiter.cost_for(call.model, self._input_estimate, max_output_tokens(body))
+        uncached = uncached_input_tokens(body)
+        self._cached = uncached is not None
+        cost = limiter.cost_for(
+            call.model, self._input_estimate, max_output_tokens(body), uncached=uncached
+        )
         cost = await self._exact_input(cost, body)
         return await limiter.admit(
             scope=self._scope, model=call.model, cost=cost, max_wait=call.max_wait
@@ -352,14 +367,38 @@ class LimitedTicket:
             record.usage_missing = ended_well and not answer.client_left
             return
         if answer.complete and not tap.errored:
-            total_input = (
-                usage.input_tokens
-                + usage.cache_creation_input_tokens
-                + usage.cache_read_input_tokens
-            )
+            if self._cached:  # learn what the API charged of such a request's estimate
+                cache_reads = self._limiter.counts_cache_reads(admission.group)
+                seen = usage.cost(cache_reads_count=cache_reads).input_tokens
+            else:  # learn the estimator's error on the whole prompt
+                seen = (
+                    usage.input_tokens
+                    + usage.cache_creation_input_tokens
+                    + usage.cache_read_input_tokens
+                )
             self._limiter.learning.observe(
-                admission.group, self._input_estimate, total_input, usage.output_tokens
+                admission.group,
+                self._input_estimate,
+                seen,
+                usage.output_tokens,
+                cached=self._cached,
             )
+
+
+class _ChargingTap:
+    """The usage tap of a stream charged as generated: after each chunk, output generated
+    past what is charged so far (the reservation, then live charges) is charged at once."""
+
+    def __init__(self, tap: UsageTap, limiter: Limiter, admission: Admitted) -> None:
+        self._tap, self._limiter, self._admission = tap, limiter, admission
+
+    def __call__(self, chunk: bytes) -> None:
+        self._tap(chunk)
+        admission = self._admission
+        charged = admission.reservation.cost.output_tokens + admission.live.output_tokens
+        extra = self._tap.generated - charged
+        if extra >= LIVE_CHARGE_STEP:
+            self._limiter.charge(admission, Cost(output_tokens=extra))
 
 
 async def _pull_down_then_settle(

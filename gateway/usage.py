@@ -8,16 +8,22 @@ the last one wins), never raises and never changes the bytes it is shown.
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.encoding import inflater, readable
+from gateway.estimate import CHARS_PER_TOKEN
 from gateway.limits import Cost
 from gateway.sse import SseParser
 
 MAX_JSON_BODY = 8 * 1024 * 1024
 """The most of a JSON body the tap keeps to read `usage` from (the rest is relayed unseen)."""
+DELTA_FRAMING_CHARS = len(
+    '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}'
+)
+"""A text delta's `data:` line without its text: what `generated` does not count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +77,12 @@ class UsageTap:
     """The relay's tap: sees every chunk, remembers the latest usage; never raises.
 
     A gzip or deflate `encoding` (the gateway relays compressed bodies untouched) is
-    decompressed on this copy only; other encodings yield no usage.
+    decompressed on this copy only; other encodings yield no usage. On a stream it also
+    counts the output generated so far (`generated`), for charging output as the API does:
+    while it is produced. The usage's `output_tokens` comes only at the end (in the last
+    `message_delta`), so until then the count is the content deltas' characters, about four a
+    token, read off the `data:` line's length less the event's JSON framing (no parse per
+    delta; it over-counts escapes a little, which settlement corrects).
     """
 
     def __init__(
@@ -85,6 +96,7 @@ class UsageTap:
         self._inflate = inflater(encoding) if self._readable else None
         self.errored = False
         """An `error` event arrived mid-stream."""
+        self._delta_chars = 0
 
     def __call__(self, chunk: bytes) -> None:
         if not self._readable:
@@ -96,8 +108,17 @@ class UsageTap:
                 self._body += chunk
             return
         for event in self._parser.feed(chunk):
-            if event.name in ("message_start", "message_delta", "error"):
+            if event.name == "content_block_delta":
+                self._delta_chars += max(0, len(event.data) - DELTA_FRAMING_CHARS)
+            elif event.name in ("message_start", "message_delta", "error"):
                 self._event(event.name, event.data)
+
+    @property
+    def generated(self) -> int:
+        """Output tokens generated so far: the deltas' characters / CHARS_PER_TOKEN, or the
+        usage's count once it is larger (it is exact at the end)."""
+        counted = self._usage.output_tokens if self._usage is not None else 0
+        return max(counted, math.ceil(self._delta_chars / CHARS_PER_TOKEN))
 
     @property
     def usage(self) -> Usage | None:

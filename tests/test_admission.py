@@ -17,6 +17,7 @@ from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
 
 MODEL = "claude-sonnet-4-6"
+NO_WAIT = {"x-gateway-max-wait": "0"}
 
 
 def limits_file(tmp_path: Path, group: str, **top: Any) -> Path:
@@ -109,11 +110,25 @@ async def test_wait_past_the_queue_cap_is_rejected_without_debit(
     )
 
 
+async def test_max_tokens_above_the_output_limit_is_served_by_default(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The API charges output as generated: max_tokens 5x the OTPM limit is admitted, on a
+    reservation the limit can hold."""
+    path = limits_file(tmp_path, "    output_tokens_per_minute: 1000\n")
+    gateway = await make_gateway(limits_file=str(path))
+    status, _, _ = await send(gateway.url, max_tokens=5000)
+    assert (200, 1) == (status, len(fake_upstream.requests))
+
+
 async def test_request_larger_than_a_bucket_never_fits(
     make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    """max_tokens above the OTPM capacity is refused at once with 413 naming the limit."""
-    path = limits_file(tmp_path, "    output_tokens_per_minute: 1000\n")
+    """With `output_reservation: max_tokens` (an upstream that pre-charges it), max_tokens
+    above the OTPM limit is refused at once with 413 naming the limit."""
+    path = limits_file(
+        tmp_path, "    output_tokens_per_minute: 1000\n    output_reservation: max_tokens\n"
+    )
     gateway = await make_gateway(limits_file=str(path))
     status, body, headers = await send(gateway.url, max_tokens=5000)
     assert (413, "request_too_large", "false") == (
@@ -274,3 +289,26 @@ async def test_one_request_per_minute_survives_the_default_headroom(
         headers["retry-after"],
         headers["x-gateway-ratelimit-retry-after-ms"],
     )
+
+
+async def test_a_cached_prompt_larger_than_the_input_limit_is_served(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A 50k-token prompt cached behind a breakpoint, under 30k ITPM: the API charges only
+    what follows the breakpoint, so the gateway reserves that and serves it, again and again."""
+    fake_upstream.usage.update(input_tokens=100, cache_read_input_tokens=50_000)
+    path = limits_file(tmp_path, "    input_tokens_per_minute: 30000\n")
+    gateway = await make_gateway(limits_file=str(path), clock=FakeClock())
+    body = {
+        "model": MODEL,
+        "max_tokens": 100,
+        "system": [{"type": "text", "text": "x" * 200_000, "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "y" * 400}],
+    }
+    headers = {"x-api-key": TEST_KEY, "anthropic-version": "2023-06-01", **NO_WAIT}
+    async with aiohttp.ClientSession() as session:
+        statuses = []
+        for _ in range(5):
+            async with session.post(gateway.url + "/v1/messages", json=body, headers=headers) as r:
+                statuses.append(r.status)
+    assert [200] * 5 == statuses

@@ -11,6 +11,7 @@ from gateway.estimate import (
     estimate_input_tokens,
     image_tokens,
     max_output_tokens,
+    uncached_input_tokens,
 )
 from tests.support.token_eval import corpus, corpus_errors, png_source, simulate
 
@@ -68,3 +69,34 @@ def test_max_output_tokens_reads_max_tokens_or_the_legacy_field(
 ) -> None:
     """`max_tokens` (or the legacy `max_tokens_to_sample`), 0 when absent or not a count."""
     assert expected == max_output_tokens(body)
+
+
+def test_the_uncached_part_is_what_follows_the_last_breakpoint() -> None:
+    """A 4,000-character system block marked for caching is left out; the question after it
+    is counted; a request without breakpoints has no uncached part to speak of."""
+    cached_system = [{"type": "text", "text": "x" * 4_000, "cache_control": {"type": "ephemeral"}}]
+    body = {
+        "system": cached_system,
+        "messages": [{"role": "user", "content": "y" * 400}],
+    }
+    plain = {"messages": [{"role": "user", "content": "y" * 400}]}
+    automatic = {"cache_control": {"type": "ephemeral"}, **plain}
+    assert (103, None, 103) == (
+        uncached_input_tokens(body),
+        uncached_input_tokens(plain),
+        uncached_input_tokens(automatic),
+    )
+
+
+def test_a_breakpoint_on_a_later_message_block_moves_the_cut() -> None:
+    """The last `cache_control` wins, in prompt order: tools, system, then messages."""
+    mark = {"cache_control": {"type": "ephemeral"}}
+    body = {
+        "tools": [{"name": "t", "description": "d" * 400, **mark}],
+        "system": "s" * 400,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a" * 800, **mark}]},
+            {"role": "user", "content": [{"type": "text", "text": "b" * 40}]},
+        ],
+    }
+    assert 13 == uncached_input_tokens(body)

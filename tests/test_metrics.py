@@ -149,7 +149,11 @@ async def test_limiter_outcomes_are_counted_exactly(
 ) -> None:
     """ok, queued_ok, rejected, never_fits: admissions, requests, queue wait and bucket fill."""
     clock = FakeClock()
-    path = limits_file(tmp_path, "    requests_per_minute: 2\n    output_tokens_per_minute: 1000\n")
+    path = limits_file(
+        tmp_path,
+        "    requests_per_minute: 2\n    output_tokens_per_minute: 1000\n"
+        "    output_reservation: max_tokens\n",
+    )
     gateway = await make_gateway(limits_file=str(path), clock=clock)
     statuses = [await post(gateway.url) for _ in range(3)]  # the third waits 30 s
     statuses += [await post(gateway.url, headers=NO_WAIT) for _ in range(2)]
@@ -188,8 +192,10 @@ async def test_limiter_outcomes_are_counted_exactly(
 async def test_never_fits_is_counted_as_never_fits(
     make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
-    """A request above a bucket's capacity counts under outcome `never_fits`, status 413."""
-    path = limits_file(tmp_path, "    output_tokens_per_minute: 1000\n")
+    """A request above a bucket's limit counts under outcome `never_fits`, status 413."""
+    path = limits_file(
+        tmp_path, "    output_tokens_per_minute: 1000\n    output_reservation: max_tokens\n"
+    )
     gateway = await make_gateway(limits_file=str(path), clock=FakeClock())
     assert 413 == await post(gateway.url, max_tokens=5000)
     assert {("413", "never_fits"): 1.0} == requests_by(gateway.registry, "status", "outcome")

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
 from gateway.limits import Cost, Refused
 from gateway.services import BACKGROUND
 from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory, RunningGateway
-from tests.support.fake_clock import HeldClock
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_clock import FakeClock, HeldClock
+from tests.support.fake_upstream import FakeUpstream, Stream
 from tests.support.redis_server import RedisServer
 from tests.test_admission import MODEL, limits_file, send
 
@@ -136,3 +137,57 @@ async def test_without_limits_no_request_meets_the_limiter(gateway: RunningGatew
         for sample in metric.samples
     ]
     assert [] == decisions
+
+
+def long_stream(deltas: int, chars: int) -> list[tuple[str, dict[str, Any]]]:
+    """A stream of `deltas` text deltas of `chars` characters each, about chars / 4 tokens."""
+    output = deltas * chars // 4
+    start = {"type": "message_start", "message": {"id": "msg_1", "type": "message",
+             "role": "assistant", "model": MODEL, "content": [], "stop_reason": None,
+             "usage": {"input_tokens": 10, "output_tokens": 1}}}  # fmt: skip
+    delta = {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": "x" * chars}}  # fmt: skip
+    return [
+        ("message_start", start),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        *[("content_block_delta", delta)] * deltas,
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"output_tokens": output}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+
+
+async def output_level(gateway: RunningGateway) -> float:
+    """The output bucket's level, read as a refusal's `remaining` (nothing is debited)."""
+    scope = gateway.limiter.scope_for(TEST_SCOPE)
+    probe = await gateway.limiter.admit(
+        scope=scope, model=MODEL, cost=Cost(1, 0, 100_000), max_wait=0
+    )
+    assert isinstance(probe, Refused)
+    return probe.remaining
+
+
+async def test_a_stream_is_charged_its_output_while_it_is_generated(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A stream reserving the cold 1,024 output tokens that generates 2,000 is charged past
+    its reservation while it runs, and settles at exactly what it generated."""
+    path = limits_file(tmp_path, "    output_tokens_per_minute: 100000\n")
+    gateway = await make_gateway(limits_file=str(path), clock=FakeClock())
+    fake_upstream.rate_limit_headers = {}  # its example "remaining" would pull the bucket down
+    fake_upstream.script(Stream(events=long_stream(10, 800), chunk_delay=0.05))
+    body = {"model": MODEL, "max_tokens": 4000, "stream": True,
+            "messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
+    headers = {"x-api-key": TEST_KEY, "anthropic-version": "2023-06-01"}
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(gateway.url + "/v1/messages", json=body, headers=headers)
+        for _ in range(2 + 8):  # message_start, content_block_start, then 8 deltas
+            await response.content.readuntil(b"\n\n")
+        mid = await output_level(gateway)
+        await response.read()
+    await access_line(gateway)
+    after = await output_level(gateway)
+    assert 100_000 - 1_600 - 32 <= mid <= 100_000 - 1_600 + 32  # ~200 tokens a delta
+    assert 100_000 - 2_000 == after

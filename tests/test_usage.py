@@ -158,3 +158,17 @@ def test_a_malformed_json_body_yields_no_usage() -> None:
         json_body_usage(b'{"usage": {"output_tokens": 96}'),
         json_body_usage(b'[{"usage": {"output_tokens": 96}}]'),
     )
+
+
+def test_a_stream_counts_its_output_as_it_is_generated() -> None:
+    """Content deltas count about a token per four characters before any usage arrives; the
+    final usage's exact count wins once it is larger."""
+    delta = sse(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "text_delta", "text": "x" * 400}},
+    )  # fmt: skip
+    tap = tap_of([START, delta, delta])
+    mid = tap.generated
+    tap(sse("message_delta", {"type": "message_delta", "usage": {"output_tokens": 260}}))
+    assert (200, 260) == (mid, tap.generated)

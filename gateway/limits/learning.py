@@ -1,13 +1,18 @@
 """`Learning`: what settled usage teaches each model group, shared by the fleet.
 
-Two running figures per group, both moving averages that start as plain means (the first
+Four running figures per group, all moving averages that start as plain means (the first
 sample counts fully) and then weigh new samples by `ALPHA`:
 
-- the input ratio: actual / estimated input tokens, averaged as a log-ratio clipped to
-  [1/RATIO_BOUND, RATIO_BOUND], so one odd request (a huge cached prompt, a tokenizer
-  surprise) moves it at most a little; new estimates are multiplied by it;
-- the expected output: output tokens of complete responses, for `output_reservation:
-  expected`. None until the group has settled one.
+- the input ratio: charged / estimated input tokens of requests without cache breakpoints,
+  averaged as a log-ratio clipped to [1/RATIO_BOUND, RATIO_BOUND], so one odd request moves
+  it at most a little; new estimates are multiplied by it;
+- the expected output: output tokens of complete responses (`output_reservation:
+  expected`), and the mean of their squares, which with it gives a high quantile of the
+  output (`high_output`, what `output_reservation: estimate` reserves). None until the group
+  has settled one;
+- the cached input ratio: charged / estimated input of requests with `cache_control`
+  breakpoints, whose cache reads the API does not charge (reference §1.3), apart from the
+  uncached ones (`scaled(..., cached=True)`).
 
 Each instance learns from the responses it relays at once, and keeps the samples since its
 last sync per group. `LearningSync` (`learning_sync.py`) pushes them to the backend every
@@ -40,8 +45,11 @@ OUTPUT_CAP = 1_000_000.0
 LEARNED_TTL = DAY
 """The fleet forgets a group's figures after this many seconds without a sync."""
 _CLIP = math.log(RATIO_BOUND)
-_BOUNDS = ((-_CLIP, _CLIP), (0.0, OUTPUT_CAP))
-"""(low, high) of each figure: the input log-ratio, then the output tokens."""
+_BOUNDS = ((-_CLIP, _CLIP), (0.0, OUTPUT_CAP), (0.0, OUTPUT_CAP**2), (-_CLIP, _CLIP))
+"""(low, high) of each figure: the input log-ratio, the output tokens, their square, and the
+cached input's log-ratio (`Figures` order)."""
+HIGH_QUANTILE_Z = 1.2816
+"""Standard deviations above the mean for a 90th percentile (of a normal distribution)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +74,17 @@ class Samples:
 
 @dataclass(frozen=True, slots=True)
 class Figures:
-    """What one group has learned: the input log-ratio and the output tokens."""
+    """What one group has learned: the input log-ratio, the output tokens and their square,
+    and the cached input's log-ratio."""
 
     log_ratio: Mean = Mean()
     output: Mean = Mean()
+    output_square: Mean = Mean()
+    cached_log_ratio: Mean = Mean()
+
+    def means(self) -> tuple[Mean, Mean, Mean, Mean]:
+        """Every figure, in `_BOUNDS` order."""
+        return (self.log_ratio, self.output, self.output_square, self.cached_log_ratio)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +96,18 @@ class Lesson:
     seed: Figures
     log_ratios: Samples = Samples()
     outputs: Samples = Samples()
+    output_squares: Samples = Samples()
+    cached_log_ratios: Samples = Samples()
+
+    def samples(self) -> tuple[Samples, Samples, Samples, Samples]:
+        """Every figure's samples, in `_BOUNDS` order."""
+        return (self.log_ratios, self.outputs, self.output_squares, self.cached_log_ratios)
 
     def rows(self) -> tuple[tuple[float, float, Mean, Samples], ...]:
-        """(low, high, seed, samples) per figure: the input log-ratio, then the output."""
-        return (
-            (*_BOUNDS[0], self.seed.log_ratio, self.log_ratios),
-            (*_BOUNDS[1], self.seed.output, self.outputs),
+        """(low, high, seed, samples) per figure, in `_BOUNDS` order."""
+        return tuple(
+            (*bounds, seed, new)
+            for bounds, seed, new in zip(_BOUNDS, self.seed.means(), self.samples(), strict=True)
         )
 
 
@@ -97,10 +118,11 @@ def learning_key(group: str) -> str:
 
 def merged(stored: Figures, lesson: Lesson) -> Figures:
     """The fleet's figures after one lesson: each figure seeded when unknown, else merged."""
-    (low, high, seed, new), (out_low, out_high, out_seed, out_new) = lesson.rows()
     return Figures(
-        _merge(stored.log_ratio, seed, new, low, high),
-        _merge(stored.output, out_seed, out_new, out_low, out_high),
+        *(
+            _merge(old, seed, new, low, high)
+            for old, (low, high, seed, new) in zip(stored.means(), lesson.rows(), strict=True)
+        )
     )
 
 
@@ -166,16 +188,24 @@ class _Figure:
 @dataclass(slots=True)
 class _Group:
     ratio: _Figure = field(default_factory=_Figure)
-    """The input log-ratio."""
+    """The input log-ratio (requests without cache breakpoints)."""
     output: _Figure = field(default_factory=_Figure)
     """The output tokens."""
+    output_square: _Figure = field(default_factory=_Figure)
+    """The output tokens' square (with `output`, a spread)."""
+    cached_ratio: _Figure = field(default_factory=_Figure)
+    """The input log-ratio of requests with cache breakpoints."""
+
+    def all(self) -> tuple[_Figure, _Figure, _Figure, _Figure]:
+        """Every figure, in `_BOUNDS` order."""
+        return (self.ratio, self.output, self.output_square, self.cached_ratio)
 
     def figures(self) -> Figures:
-        return Figures(self.ratio.mean(), self.output.mean())
+        return Figures(*(figure.mean() for figure in self.all()))
 
 
 class Learning:
-    """Per-group input ratio and expected output, learned from settled responses."""
+    """Per-group input ratios and output figures, learned from settled responses."""
 
     def __init__(self) -> None:
         self._groups: dict[str, _Group] = {}
@@ -189,6 +219,23 @@ class Learning:
         state = self._groups.get(group)
         return 1.0 if state is None else math.exp(state.ratio.value)
 
+    def cached_ratio(self, group: str) -> float | None:
+        """Charged / estimated input of requests with cache breakpoints, or None before the
+        group has settled one."""
+        state = self._groups.get(group)
+        if state is None or state.cached_ratio.count <= 0:
+            return None
+        return math.exp(state.cached_ratio.value)
+
+    def high_output(self, group: str) -> float | None:
+        """A high quantile (about the 90th percentile) of this group's output tokens: the
+        mean plus `HIGH_QUANTILE_Z` standard deviations; None before the first response."""
+        state = self._groups.get(group)
+        if state is None or state.output.count <= 0:
+            return None
+        mean, square = state.output.value, state.output_square.value
+        return mean + HIGH_QUANTILE_Z * math.sqrt(max(0.0, square - mean * mean))
+
     def expected_output(self, group: str) -> float | None:
         """Mean output tokens of this group's complete responses, or None before the first."""
         state = self._groups.get(group)
@@ -197,20 +244,28 @@ class Learning:
         return state.output.value
 
     def observe(
-        self, group: str, estimated: int | None, actual: int, output_tokens: int | None
+        self,
+        group: str,
+        estimated: int | None,
+        actual: int,
+        output_tokens: int | None,
+        *,
+        cached: bool = False,
     ) -> None:
         """Learn from one complete response, in one update (it runs once per settlement):
-        move the input ratio toward `actual / estimated` (the raw, unscaled estimate;
-        skipped when either is unknown or not positive) and the expected output toward
+        move the input ratio (the cached one for a request with cache breakpoints) toward
+        `actual / estimated` (the raw, unscaled estimate against the charged input; skipped
+        when either is unknown or not positive) and the output figures toward
         `output_tokens` (skipped when None)."""
         state = self._groups.get(group)
         if state is None:
             state = self._groups[group] = _Group()
         if estimated is not None and estimated > 0 and actual > 0:
             sample = max(-_CLIP, min(_CLIP, math.log(actual / estimated)))
-            state.ratio.move(sample, *_BOUNDS[0])
+            (state.cached_ratio if cached else state.ratio).move(sample, *_BOUNDS[0])
         if output_tokens is not None:
             state.output.move(float(output_tokens), *_BOUNDS[1])
+            state.output_square.move(float(output_tokens) ** 2, *_BOUNDS[2])
 
     def scaled(self, group: str, estimate: int) -> int:
         """`estimate` times the group's input ratio, rounded up."""
@@ -221,23 +276,24 @@ class Learning:
         `adopt` or `restore` each one."""
         taken: dict[str, Lesson] = {}
         for name, state in self._groups.items():
-            ratio, output = state.ratio, state.output
-            if ratio.samples or output.samples:
-                taken[name] = Lesson(state.figures(), ratio.pending(), output.pending())
-                ratio.total, ratio.samples, output.total, output.samples = 0.0, 0, 0.0, 0
+            figures = state.all()
+            if any(figure.samples for figure in figures):
+                taken[name] = Lesson(state.figures(), *(figure.pending() for figure in figures))
+                for figure in figures:
+                    figure.total, figure.samples = 0.0, 0
         return taken
 
     def adopt(self, group: str, fleet: Figures) -> None:
         """Use the fleet's merged figures, plus any samples gathered since the lesson."""
         state = self._groups.setdefault(group, _Group())
-        state.ratio.adopt(_absorb(fleet.log_ratio, state.ratio.pending(), *_BOUNDS[0]))
-        state.output.adopt(_absorb(fleet.output, state.output.pending(), *_BOUNDS[1]))
+        for figure, mean, bounds in zip(state.all(), fleet.means(), _BOUNDS, strict=True):
+            figure.adopt(_absorb(mean, figure.pending(), *bounds))
 
     def restore(self, group: str, lesson: Lesson) -> None:
         """A lesson the backend did not take: keep its samples for the next sync."""
         state = self._groups.setdefault(group, _Group())
-        state.ratio.keep(lesson.log_ratios)
-        state.output.keep(lesson.outputs)
+        for figure, samples in zip(state.all(), lesson.samples(), strict=True):
+            figure.keep(samples)
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9.-]")

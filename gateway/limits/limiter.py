@@ -11,6 +11,7 @@ cooldown, so a dead Redis costs no latency per request.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import structlog
@@ -39,6 +40,7 @@ from gateway.limits.policy import Endpoint, GroupLimits, LimitsConfig
 
 log = structlog.get_logger(__name__)
 _NO_COST = Cost()
+_UNBOUNDED = 2**62
 
 
 class Limiter:
@@ -110,15 +112,46 @@ class Limiter:
         cap = self._config.queue.max_wait_seconds
         return cap if requested is None else max(0.0, min(requested, cap))
 
-    def cost_for(self, model: str, input_estimate: int, max_tokens: int) -> Cost:
-        """What to reserve: the input estimate scaled by the group's learned ratio and the
-        output its `output_reservation` asks for (raw figures for unmatched models)."""
+    def cost_for(
+        self, model: str, input_estimate: int, max_tokens: int, *, uncached: int | None = None
+    ) -> Cost:
+        """What to reserve: the input the API will charge and the output the group's
+        `output_reservation` asks for (raw figures for unmatched models).
+
+        Input: the estimate scaled by the group's learned ratio; for a request with cache
+        breakpoints (`uncached`: the estimate of what follows the last one), what the group's
+        cached requests were charged of their estimate, or before one was settled the
+        uncached part alone (cache reads are not charged; a cache write is settled later).
+        Output: never more than the group's output and combined limits can hold when upstream
+        charges output as generated, so `max_tokens` alone never makes a request never fit.
+        """
         group = self.group_for(model)
         if group is None:
             return Cost(1, input_estimate, max_tokens)
-        expected = self.learning.expected_output(group.name)
-        output = group.output_reservation.amount(max_tokens, expected)
-        return Cost(1, self.learning.scaled(group.name, input_estimate), output)
+        name, learning = group.name, self.learning
+        input_tokens = learning.scaled(name, input_estimate)
+        if uncached is not None:
+            ratio = learning.cached_ratio(name)
+            cached = learning.scaled(name, uncached) if ratio is None else input_estimate * ratio
+            input_tokens = min(input_tokens, math.ceil(cached))
+        reservation = group.output_reservation
+        output = reservation.amount(
+            max_tokens, learning.expected_output(name), learning.high_output(name)
+        )
+        if reservation.charges_as_generated:
+            output = min(output, self._output_room(group, input_tokens))
+        return Cost(1, input_tokens, output)
+
+    def _output_room(self, group: GroupLimits, input_tokens: int) -> int:
+        """The most output the group's output-counting limits could ever hold at once."""
+        limits = {**self._learned.limits(group.name), **group.limits()}
+        room = [limits[dim] for dim in (Dimension.OUTPUT_TOKENS,) if dim in limits]
+        room += [
+            max(0, limits[dim] - input_tokens)
+            for dim in (Dimension.TOKENS, Dimension.TOKENS_PER_DAY)
+            if dim in limits
+        ]
+        return min(room, default=_UNBOUNDED)
 
     async def admit(
         self, *, scope: str, model: str, cost: Cost, max_wait: float | None
@@ -148,6 +181,12 @@ class Limiter:
     def limits_endpoint(self, endpoint: Endpoint) -> bool:
         """Whether the limits file gives `endpoint` its own RPM bucket."""
         return self._config.endpoint_limit(endpoint) is not None
+
+    def charges_live(self, group: str) -> bool:
+        """Whether a stream of this group is charged its output while it is generated (every
+        `output_reservation` but `max_tokens`, whose reservation already covers it all)."""
+        config = self._cache.group(group)
+        return config is not None and config.output_reservation.charges_as_generated
 
     def counts_cache_reads(self, group: str) -> bool:
         """Whether the group's cache reads count toward its ITPM (`cache_reads_count`)."""
@@ -192,7 +231,8 @@ class Limiter:
         return Admitted(Reservation((), cost, 0.0, ()), group.name, reserved_at=self._clock.now())
 
     def settle(self, admission: Admission, actual: Cost) -> None:
-        """Charge or refund the difference between `actual` and the reserved cost, once.
+        """Charge or refund the difference between `actual` and what was charged so far
+        (the reservation and any live charge), once.
 
         A second call, or any outcome other than `Admitted`, is a no-op. A backend error is
         logged and dropped: the buckets then simply refill as if the reservation was used.
@@ -202,7 +242,19 @@ class Limiter:
         if not isinstance(admission, Admitted) or admission.settled:
             return
         admission.settled = True
-        delta = actual.minus(admission.reservation.cost)
+        self._adjust(admission, actual.minus(admission.reservation.cost).minus(admission.live))
+
+    def charge(self, admission: Admitted, extra: Cost) -> None:
+        """Charge `extra` at once, while the response still runs (a stream's output past
+        its reservation, as the API counts it live); settlement later corrects the total."""
+        if admission.settled:
+            return
+        admission.live = admission.live.plus(extra)
+        self._adjust(admission, extra)
+
+    def _adjust(self, admission: Admitted, delta: Cost) -> None:
+        """Apply `delta` where the admission was reserved: the shared backend or the local
+        fail-open one; skipped while the breaker is open."""
         if delta == _NO_COST or not admission.reservation.buckets:
             return  # nothing to correct, or admitted on no bucket (limits not learned yet)
         if admission.fallback:

@@ -62,6 +62,14 @@ class Cost:
             self.output_tokens - other.output_tokens,
         )
 
+    def plus(self, other: Cost) -> Cost:
+        """The sum `self + other`, field by field."""
+        return Cost(
+            self.requests + other.requests,
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+        )
+
     def on(self, dimension: Dimension) -> int:
         """The amount this cost takes from a bucket of `dimension`."""
         if dimension is Dimension.REQUESTS:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.limits.model import NeverFits, Refused, Reservation
+from gateway.limits.model import Cost, NeverFits, Refused, Reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,8 @@ class Admitted:
     """Held by the local fail-open backend, not the shared one."""
     reserved_at: float = field(default=0.0, compare=False)
     """This instance's clock when the buckets were debited (before any queue wait)."""
+    live: Cost = field(default=Cost(), compare=False, repr=False)
+    """Charged while the response ran, beyond the reservation (a stream's output)."""
     settled: bool = field(default=False, compare=False, repr=False)
 
     @property

@@ -210,9 +210,8 @@ class RedisBackend:
             args += (repr(new.total), new.count)
         reply = await self._run(_LEARN, [learning_key(group)], args)
         try:
-            return Figures(
-                Mean(float(reply[0]), int(reply[1])), Mean(float(reply[2]), int(reply[3]))
-            )
+            means = [Mean(float(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+            return Figures(*means)
         except (TypeError, ValueError, IndexError) as exc:
             raise LimitBackendError(f"unexpected learn reply: {reply!r}") from exc
 

@@ -65,10 +65,9 @@ def test_lessons_take_only_new_samples_once() -> None:
     learning.observe("h", None, 0, 70)
     second = learning.lessons()
     ratio = Mean(math.log(2), 1)
-    assert (
-        Lesson(Figures(ratio, Mean(300.0, 1)), Samples(math.log(2), 1), Samples(300.0, 1))
-        == (first["g"])
-    )
+    figures = Figures(ratio, Mean(300.0, 1), Mean(90_000.0, 1))
+    samples = (Samples(math.log(2), 1), Samples(300.0, 1), Samples(90_000.0, 1))
+    assert Lesson(figures, *samples) == first["g"]
     assert (["g", "h"], ["h"], Samples(70.0, 1)) == (
         sorted(first),
         sorted(second),
@@ -136,3 +135,22 @@ def test_one_sample_shortcut_moves_a_mean_as_the_batch_rule_does(mean: Mean, sam
     moved = _moved_value(mean.value, mean.count, sample, low, high)
     absorbed = _absorb(mean, Samples(sample, 1), low, high)
     assert pytest.approx(absorbed.value, rel=1e-12, abs=1e-15) == moved
+
+
+def test_the_high_output_is_a_quantile_above_the_mean() -> None:
+    """With outputs of 100 and 300 the mean is 200 and the spread 100: the high figure is
+    about the 90th percentile, 200 + 1.28 x 100; None before any response."""
+    learning = Learning()
+    before = learning.high_output("g")
+    learning.observe("g", None, 0, 100)
+    learning.observe("g", None, 0, 300)  # moving averages: two samples weigh alike
+    assert (None, 328.2) == (before, round(learning.high_output("g") or 0, 1))
+
+
+def test_cached_requests_learn_their_own_input_ratio() -> None:
+    """A request with cache breakpoints moves the cached ratio, never the plain one."""
+    learning = Learning()
+    learning.observe("g", 40_000, 100, None, cached=True)
+    learning.observe("g", 1_000, 1_000, None)
+    cached = learning.cached_ratio("g")
+    assert (1.0, 0.25) == (learning.input_ratio("g"), cached)  # clipped at 1/RATIO_BOUND

@@ -193,3 +193,60 @@ async def test_bucket_fill_reports_last_seen_levels(limiter: Limiter) -> None:
     await admit(limiter, Cost(1, 3_000))
     expected = {("sonnet", Dimension.REQUESTS): 59 / 60, ("sonnet", Dimension.INPUT_TOKENS): 0.5}
     assert expected == limiter.bucket_fill()
+
+
+def group_limiter(clock: FakeClock, **group: object) -> Limiter:
+    """A limiter whose one group `g` (model `m`) has the given settings."""
+    config = LimitsConfig.model_validate({"groups": [{"name": "g", "models": ["m"], **group}]})
+    return Limiter(MemoryBackend(clock), config, clock)
+
+
+def test_the_estimate_reserves_a_learned_high_quantile_not_max_tokens(clock: FakeClock) -> None:
+    """By default output is reserved as the group's ~90th percentile (1,024 before it has
+    one), never more than max_tokens; with `max_tokens` it is max_tokens."""
+    estimate = group_limiter(clock, output_tokens_per_minute=100_000)
+    pre_charged = group_limiter(
+        clock, output_tokens_per_minute=100_000, output_reservation="max_tokens"
+    )
+    cold = estimate.cost_for("m", 10, 64_000).output_tokens
+    for output in (100, 300):
+        estimate.learning.observe("g", None, 0, output)
+    assert (1_024, 329, 50, 64_000) == (
+        cold,
+        estimate.cost_for("m", 10, 64_000).output_tokens,
+        estimate.cost_for("m", 10, 50).output_tokens,
+        pre_charged.cost_for("m", 10, 64_000).output_tokens,
+    )
+
+
+def test_an_output_reservation_never_exceeds_what_the_limits_hold(clock: FakeClock) -> None:
+    """Charged as generated, a reservation is capped by the output limit and by what the
+    combined limit leaves beside the input, so max_tokens alone never makes it never fit."""
+    capped = group_limiter(clock, output_tokens_per_minute=500, output_reservation="fixed 900")
+    combined = group_limiter(clock, tokens_per_minute=1_000)
+    assert (500, 700) == (
+        capped.cost_for("m", 10, 64_000).output_tokens,
+        combined.cost_for("m", 300, 64_000).output_tokens,
+    )
+
+
+def test_a_cached_request_reserves_its_uncached_part_then_what_was_learned(
+    clock: FakeClock,
+) -> None:
+    """Cold, a request with cache breakpoints reserves the input after its last one; once
+    the group has settled one, the share of the estimate the API charged."""
+    limiter = group_limiter(clock, input_tokens_per_minute=30_000)
+    cold = limiter.cost_for("m", 50_000, 100, uncached=120).input_tokens
+    limiter.learning.observe("g", 50_000, 25_000, None, cached=True)
+    learned = limiter.cost_for("m", 50_000, 100, uncached=120).input_tokens
+    uncached = limiter.cost_for("m", 50_000, 100).input_tokens
+    assert (120, 25_000, 50_000) == (cold, learned, uncached)
+
+
+async def test_a_live_charge_counts_toward_settlement(limiter: Limiter) -> None:
+    """Output charged while a stream ran is not charged again when it settles."""
+    admission = await admitted(limiter, Cost(1, 1_000))
+    limiter.charge(admission, Cost(input_tokens=500))
+    limiter.settle(admission, Cost(1, 1_500))
+    refused = await admit(limiter, Cost(1, 4_600), max_wait=0)
+    assert Refused(ITPM, retry_after=1.0, remaining=4_500.0) == refused

@@ -40,7 +40,7 @@ BAD_FILES = [
     (
         "bad_output_reservation.yaml",
         "4: groups[0].output_reservation: "
-        "must be max_tokens, expected, a fraction from 0 to 1, or 'fixed N'",
+        "must be estimate, max_tokens, expected, a fraction from 0 to 1, or 'fixed N'",
     ),
     ("negative_count_tokens_rpm.yaml", "2: count_tokens_requests_per_minute: must be >= 0"),
     ("fractional_batch_rpm.yaml", "1: batch_requests_per_minute: must be an integer"),

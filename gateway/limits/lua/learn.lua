@@ -1,5 +1,6 @@
 -- Merge one gateway instance's lesson into the fleet's learned figures of one model group
--- (input log-ratio, output tokens); one call, a GET and a SET. Transcribes `merged` of
+-- (input log-ratio, output tokens, their square, cached input log-ratio: as many as the call
+-- sends); one call, a GET and a SET. Transcribes `merged` of
 -- gateway/limits/learning.py: a figure the fleet does not know takes the instance's seed,
 -- a known one moves toward the batch's clipped mean by max(1 - (1 - alpha)^k, k / (n + k)).
 -- Needs no clock: the key expires (PX) on Redis's own.
@@ -8,11 +9,12 @@
 -- ARGV[1]  time to live in milliseconds, renewed by every call
 -- ARGV[2]  alpha, the least weight of a batch of one sample
 -- ARGV[3]  most samples a figure counts
--- ARGV[4 + 6(i-1) ..]  for figure i (1: input log-ratio, 2: output tokens): low and high
---          bound, the seed's value and count, the new samples' total and count
+-- ARGV[4 + 6(i-1) ..]  for figure i (in `learning._BOUNDS` order): low and high bound, the
+--          seed's value and count, the new samples' total and count
 --
--- Stored and returned: {value_1, count_1, value_2, count_2} (the key holds them joined by
--- spaces). Values travel as '%.17g' strings: Redis truncates Lua numbers.
+-- Stored and returned: {value_1, count_1, value_2, count_2, ...} (the key holds them joined
+-- by spaces; a figure a stored key lacks is unknown). Values travel as '%.17g' strings:
+-- Redis truncates Lua numbers.
 
 local ttl, alpha, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
@@ -25,7 +27,7 @@ if text then
 end
 
 local reply = {}
-for i = 1, 2 do
+for i = 1, (#ARGV - 3) / 6 do
   local base = 3 + 6 * (i - 1)
   local low, high = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
   local seed, seeds = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
