@@ -70,7 +70,7 @@ def requested_max_wait(headers: Mapping[str, str]) -> float | None:
 def refusal(decision: Admission) -> GatewayError | None:
     """The error to answer with, or None when the request may go."""
     if isinstance(decision, Refused):
-        return _rate_limited(decision)
+        return rate_limited(decision)
     if isinstance(decision, NeverFits):
         bucket = decision.bucket
         dimension = bucket.dimension.value
@@ -97,7 +97,8 @@ def _per(dimension: str) -> str:
     return " per day" if dimension == "tokens_per_day" else " per minute"
 
 
-def _rate_limited(decision: Refused) -> RateLimited:
+def rate_limited(decision: Refused) -> RateLimited:
+    """The 429 a refusal becomes: honest `retry-after` and `x-gateway-ratelimit-*`."""
     bucket = decision.bucket
     retry_after = max(1, math.ceil(decision.retry_after))
     dimension = bucket.dimension.value

@@ -25,7 +25,13 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Protocol
 
-from gateway.admission import decision_label, group_of, refusal, requested_max_wait
+from gateway.admission import (
+    decision_label,
+    group_of,
+    rate_limited,
+    refusal,
+    requested_max_wait,
+)
 from gateway.background import Background
 from gateway.clock import Clock
 from gateway.estimate import estimate_input_tokens, max_output_tokens, uncached_input_tokens
@@ -270,10 +276,21 @@ class LimitedTicket:
                 record.fail_open = admission.fallback
                 record.reserved_input = admission.reservation.cost.input_tokens
                 if admission.wait > 0:
-                    record.queue_wait = admission.wait
-                    await self._shared.clock.sleep(admission.wait)
+                    await self._queue(admission)
         finally:
             metrics.queue_left()
+
+    async def _queue(self, admission: Admitted) -> None:
+        """Wait in the queue (re-timed as capacity frees); refused when it cannot go in time."""
+        clock, record = self._shared.clock, self._record
+        started = clock.now()
+        try:
+            late = await self._limiter.wait(admission)
+        finally:
+            record.queue_wait = clock.now() - started
+        if late is not None:
+            record.decision = decision_label(late)
+            raise rate_limited(late)
 
     async def _decide(self) -> Admission:
         """One limiter call: the endpoint's own bucket, or the model group's buckets (on the

@@ -8,7 +8,7 @@ import json
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,17 @@ from anthropic.types import MessageParam
 
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import (
+    Charge,
     Delay,
     DropMidStream,
     ErrorMidStream,
     FakeUpstream,
     Hang,
+    OutputCharging,
     Reply,
+    StallMidStream,
     Stream,
+    Totals,
     action_from_json,
 )
 
@@ -347,6 +351,329 @@ async def test_enforce_limits_charges_input_tokens_named_by_the_request(
     assert (expected, True) == (responses, "100 input tokens per minute" in str(body))
 
 
+def credentials(key: str, *, bearer: bool = False) -> dict[str, str]:
+    """Headers authenticating with `key`, as `x-api-key` or as `authorization: Bearer`."""
+    auth = {"authorization": f"Bearer {key}"} if bearer else {"x-api-key": key}
+    return {**auth, "anthropic-version": "2023-06-01"}
+
+
+async def post_as(
+    http: aiohttp.ClientSession,
+    url: str,
+    key: str,
+    *,
+    bearer: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> tuple[int, Mapping[str, str], Any]:
+    """POST the reference body to `url` with `key`: status, headers and the parsed JSON body."""
+    headers = {**credentials(key, bearer=bearer), **(extra or {})}
+    async with http.post(url, json=REFERENCE_BODY, headers=headers) as resp:
+        return resp.status, resp.headers, await resp.json()
+
+
+def stream_data(raw: bytes) -> list[dict[str, Any]]:
+    """The parsed `data:` objects of an SSE body, in order."""
+    lines = raw.decode().splitlines()
+    return [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+
+
+async def test_keys_of_one_organization_share_its_rpm(http: aiohttp.ClientSession) -> None:
+    """Two keys of one organisation (x-api-key and Bearer) draw on one RPM bucket."""
+    async with FakeUpstream(clock=FakeClock(start=0.0)) as fake:
+        org = fake.add_organization(["sk-a", "sk-b"], organization_id="org-ab", rpm=2)
+        url = fake.url + "/v1/messages"
+        replies = [
+            await post_as(http, url, "sk-a"),
+            await post_as(http, url, "sk-b", bearer=True),
+            await post_as(http, url, "sk-a"),
+        ]
+    outcomes = [(s, h["anthropic-ratelimit-requests-remaining"]) for s, h, _ in replies]
+    refusal = replies[2][2]["error"]["message"]
+    rejected = (fake.rejected_429, org.rejected_429, fake.default_organization.rejected_429)
+    expected = ([(200, "1"), (200, "0"), (429, "0")], True, (1, 1, 0))
+    assert expected == (
+        outcomes,
+        "organization (org-ab) of 2 requests per minute" in refusal,
+        rejected,
+    )
+
+
+async def test_keys_of_different_organizations_do_not_share(http: aiohttp.ClientSession) -> None:
+    """Two organisations and the default one (unknown keys) each have their own 1 RPM."""
+    async with FakeUpstream(clock=FakeClock(start=0.0)) as fake:
+        one = fake.add_organization(["sk-one"], rpm=1)
+        two = fake.add_organization(["sk-two"], rpm=1)
+        fake.enforce_limits(rpm=1)
+        url = fake.url + "/v1/messages"
+        keys = ("sk-one", "sk-two", "sk-other", "sk-one", "sk-two", "sk-other")
+        statuses = [(await post_as(http, url, key))[0] for key in keys]
+    rejected = [org.rejected_429 for org in (one, two, fake.default_organization)]
+    expected = ([200, 200, 200, 429, 429, 429], [1, 1, 1], 3)
+    assert expected == (statuses, rejected, fake.rejected_429)
+
+
+async def test_every_response_names_the_organization_of_its_key(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Successes, errors, 429s, count_tokens, models and 404s name the key's organisation."""
+    async with FakeUpstream(clock=FakeClock(start=0.0)) as fake:
+        fake.add_organization(["sk-a"], organization_id="org-a", rpm=2)
+        fake.add_organization(["sk-b"], organization_id="org-b")
+        fake.script(Reply(500))
+        calls = [
+            ("POST", "/v1/messages", "sk-a", False),  # the scripted 500
+            ("POST", "/v1/messages", "sk-a", True),
+            ("POST", "/v1/messages", "sk-a", False),  # org-a's 2 RPM are spent
+            ("POST", "/v1/messages/count_tokens", "sk-b", True),
+            ("GET", "/v1/models", "sk-b", False),
+            ("POST", "/v1/nothing-here", "sk-b", False),
+            ("POST", "/v1/messages", "sk-unknown", True),
+        ]
+        seen = []
+        for method, path, key, bearer in calls:
+            body = REFERENCE_BODY if method == "POST" else None
+            headers = credentials(key, bearer=bearer)
+            async with http.request(method, fake.url + path, json=body, headers=headers) as resp:
+                await resp.read()
+            seen.append((resp.status, resp.headers["anthropic-organization-id"]))
+    expected = [
+        *((500, "org-a"), (200, "org-a"), (429, "org-a")),
+        *((200, "org-b"), (200, "org-b"), (404, "org-b")),
+        (200, fake.organization_id),
+    ]
+    assert expected == seen
+
+
+async def test_cache_reads_are_free_on_itpm_but_cache_writes_count(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Each call costs input + cache writes (40 of 100 ITPM), never its 5,000 cache reads."""
+    async with FakeUpstream(clock=FakeClock(start=0.0)) as fake:
+        fake.usage.update(
+            input_tokens=10, cache_creation_input_tokens=30, cache_read_input_tokens=5000
+        )
+        fake.enforce_limits(itpm=100)
+        url = fake.url + "/v1/messages"
+        replies = [await post_as(http, url, "sk-test") for _ in range(3)]
+    outcomes = [
+        (status, headers["anthropic-ratelimit-input-tokens-remaining"], headers.get("retry-after"))
+        for status, headers, _ in replies
+    ]
+    expected = (
+        [(200, "60", None), (200, "20", None), (429, "20", "12")],
+        Totals(requests=2, input=80, output=12),
+        [(0.0, 40, 6), (0.0, 40, 6)],
+    )
+    assert expected == (outcomes, fake.default_organization.charged_in(), fake.admitted)
+
+
+async def test_a_stream_charges_its_output_delta_by_delta(http: aiohttp.ClientSession) -> None:
+    """240 output tokens stream as 4 deltas of 60 tokens (240 characters each), each charged
+    as it is sent: the headers, sent first, still show the whole OTPM."""
+    async with FakeUpstream(clock=FakeClock(start=0.0)) as fake:
+        fake.enforce_limits(otpm=1000)
+        headers = {**HEADERS, "x-fake-output-tokens": "240"}
+        body = {**REFERENCE_BODY, "stream": True}
+        async with http.post(fake.url + "/v1/messages", json=body, headers=headers) as resp:
+            events = stream_data(await resp.read())
+        remaining = resp.headers["anthropic-ratelimit-output-tokens-remaining"]
+        level = fake.default_organization.level("output")
+    deltas = [len(e["delta"]["text"]) for e in events if e["type"] == "content_block_delta"]
+    usage = [e["usage"]["output_tokens"] for e in events if e["type"] == "message_delta"]
+    charged = [charge.output for charge in fake.charged[fake.organization_id]]
+    expected = ("1000", [240, 240, 240, 240], [240], [0, 60, 60, 60, 60], 760)
+    assert expected == (remaining, deltas, usage, charged, level)
+
+
+@pytest.mark.parametrize(
+    ("after_events", "expected"),
+    [(4, (60, 200)), (5, (0, 429))],
+    ids=["one-delta-sent", "two-deltas-sent"],
+)
+async def test_a_request_during_a_slow_stream_sees_the_output_generated_so_far(
+    http: aiohttp.ClientSession, after_events: int, expected: tuple[int, int]
+) -> None:
+    """Under 120 OTPM, a 240-token stream stuck after one 60-token delta leaves another key
+    of the organisation 60 tokens of room (admitted); stuck after two, none (429)."""
+    async with FakeUpstream(clock=FakeClock(start=0.0)) as fake:
+        org = fake.add_organization(["sk-a", "sk-b"], otpm=120)
+        fake.script(StallMidStream(after_events=after_events))
+        url = fake.url + "/v1/messages"
+        headers = {**credentials("sk-a"), "x-fake-output-tokens": "240"}
+        stream = await http.post(url, json={**REFERENCE_BODY, "stream": True}, headers=headers)
+        for _ in range(after_events):
+            await stream.content.readuntil(b"\n\n")
+        level = org.level("output")
+        status, _, _ = await post_as(http, url, "sk-b", extra={"x-fake-output-tokens": "1"})
+        stream.close()
+    assert expected == (level, status)
+
+
+async def test_a_dropped_stream_is_charged_only_the_deltas_it_sent(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A connection cut after the first of 4 deltas charges 60 of the 240 output tokens."""
+    async with FakeUpstream(clock=FakeClock(start=0.0)) as fake:
+        fake.script(DropMidStream(after_events=4))
+        headers = {**HEADERS, "x-fake-output-tokens": "240"}
+        body = {**REFERENCE_BODY, "stream": True}
+        async with http.post(fake.url + "/v1/messages", json=body, headers=headers) as resp:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+    expected = Totals(requests=1, input=19, output=60)
+    assert expected == fake.default_organization.charged_in()
+
+
+async def test_an_empty_output_bucket_refuses_until_retry_after(
+    http: aiohttp.ClientSession,
+) -> None:
+    """89 output tokens take 60 OTPM to -29: later calls get 429s with retry-after until 1
+    token of room is back (30 s); refusals charge nothing and leave the script alone."""
+    clock = FakeClock(start=0.0)
+    async with FakeUpstream(clock=clock) as fake:
+        fake.enforce_limits(otpm=60)
+        url = fake.url + "/v1/messages"
+        first, _, _ = await post_as(http, url, "sk-test", extra={"x-fake-output-tokens": "89"})
+        fake.script(Reply(529))
+        outcomes, messages = [], []
+        for advance in (0, 29, 1):
+            clock.advance(advance)
+            status, headers, body = await post_as(http, url, "sk-test")
+            remaining = headers["anthropic-ratelimit-output-tokens-remaining"]
+            retry = (headers.get("retry-after"), headers.get("x-should-retry"))
+            outcomes.append((status, body["error"]["type"], *retry, remaining))
+            messages.append(body["error"]["message"])
+    named = f"organization ({fake.organization_id}) of 60 output tokens per minute"
+    expected = (
+        200,
+        [
+            (429, "rate_limit_error", "30", "true", "0"),
+            (429, "rate_limit_error", "1", "true", "0"),
+            (529, "overloaded_error", None, "true", "1"),
+        ],
+        True,
+        (2, Totals(requests=2, input=38, output=89)),
+    )
+    actual = (
+        first,
+        outcomes,
+        named in messages[0],
+        (fake.rejected_429, fake.default_organization.charged_in()),
+    )
+    assert expected == actual
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("as_generated", ("100", [0, 30, 30, 0, 60], (200, None))),
+        ("at_admission", ("40", [60], (429, "12"))),
+    ],
+)
+async def test_at_admission_mode_reserves_the_output_up_front(
+    http: aiohttp.ClientSession,
+    mode: OutputCharging,
+    expected: tuple[str, list[int], tuple[int, str | None]],
+) -> None:
+    """At admission a stream's 60 output tokens are charged before its headers and the next
+    60-token call does not fit 100 OTPM; as generated they come with the deltas and it does."""
+    async with FakeUpstream(clock=FakeClock(start=0.0)) as fake:
+        fake.enforce_limits(otpm=100, output_charged=mode)
+        url = fake.url + "/v1/messages"
+        headers = {**HEADERS, "x-fake-output-tokens": "60"}
+        async with http.post(url, json={**REFERENCE_BODY, "stream": True}, headers=headers) as r:
+            await r.read()
+        status, second, _ = await post_as(
+            http, url, "sk-test", extra={"x-fake-output-tokens": "60"}
+        )
+    charged = [charge.output for charge in fake.charged[fake.organization_id]]
+    actual = (
+        r.headers["anthropic-ratelimit-output-tokens-remaining"],
+        charged,
+        (status, second.get("retry-after")),
+    )
+    assert expected == actual
+
+
+async def test_charges_carry_their_time_and_sum_over_a_window(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Each charge is stamped with the fake's clock; `charged_in` sums a [start, end) window."""
+    clock = FakeClock(start=0.0)
+    async with FakeUpstream(clock=clock) as fake:
+        org = fake.add_organization(["sk-a"])
+        for _ in range(3):
+            await post_as(http, fake.url + "/v1/messages", "sk-a")
+            clock.advance(10)
+    expected = (
+        [
+            *(Charge(0.0, requests=1, input=19), Charge(0.0, output=6)),
+            *(Charge(10.0, requests=1, input=19), Charge(10.0, output=6)),
+            *(Charge(20.0, requests=1, input=19), Charge(20.0, output=6)),
+        ],
+        Totals(requests=1, input=19, output=6),
+        Totals(requests=2, input=38, output=12),
+    )
+    assert expected == (org.charged, org.charged_in(10, 20), org.charged_in(10))
+
+
+async def test_stream_text_tracks_the_output_tokens(
+    fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """500 output tokens are 2,000 characters in 8 deltas (64 tokens at most each); the
+    final usage is exact and a JSON reply carries the same text."""
+    fake_upstream.usage["output_tokens"] = 500
+    url = fake_upstream.url + "/v1/messages"
+    async with http.post(url, json={**REFERENCE_BODY, "stream": True}, headers=HEADERS) as resp:
+        events = stream_data(await resp.read())
+    _, _, message = await post_as(http, url, "sk-test")
+    deltas = [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"]
+    usage = [e["usage"]["output_tokens"] for e in events if e["type"] == "message_delta"]
+    expected = ([248] * 7 + [264], [500], "".join(deltas))
+    assert expected == ([len(d) for d in deltas], usage, message["content"][0]["text"])
+
+
+async def test_default_organization_keeps_the_single_tenant_behaviour(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Without `add_organization` every key, x-api-key or Bearer, shares the default
+    organisation's limits; its id is `organization_id`, which a test may rename."""
+    async with FakeUpstream(clock=FakeClock(start=0.0)) as fake:
+        fake.enforce_limits(rpm=1)
+        url = fake.url + "/v1/messages"
+        old = fake.organization_id
+        first = await post_as(http, url, "sk-one")
+        second = await post_as(http, url, "sk-two", bearer=True)
+        fake.organization_id = "org-renamed"
+        third = await post_as(http, url, "sk-three")
+    outcomes = [(s, h["anthropic-organization-id"]) for s, h, _ in (first, second, third)]
+    expected = (
+        [(200, old), (429, old), (429, "org-renamed")],
+        True,
+        ["org-renamed"],
+        (2, [(0.0, 19, 6)]),
+    )
+    actual = (
+        outcomes,
+        f"organization ({old}) of 1 requests per minute" in second[2]["error"]["message"],
+        list(fake.organizations),
+        (fake.rejected_429, fake.admitted),
+    )
+    assert expected == actual
+
+
+async def test_a_key_belongs_to_one_organization() -> None:
+    """Giving a key to a second organisation, or an id twice, is refused."""
+    fake = FakeUpstream()
+    fake.add_organization(["sk-a"], organization_id="org-a")
+    with pytest.raises(ValueError, match="sk-a"):
+        fake.add_organization(["sk-b", "sk-a"])
+    with pytest.raises(ValueError, match="org-a"):
+        fake.add_organization(["sk-c"], organization_id="org-a")
+    expected = ["org-a"]
+    assert expected == [org_id for org_id in fake.organizations if org_id != fake.organization_id]
+
+
 async def test_input_tokens_can_derive_from_the_body_size(
     fake_upstream: FakeUpstream, sdk: anthropic.AsyncAnthropic
 ) -> None:
@@ -539,6 +866,7 @@ def test_actions_parse_from_json() -> None:
         {"type": "stream", "split_every": 3, "events": [["ping", "{}"]]},
         {"type": "error_mid_stream", "after_events": 2},
         {"type": "drop_mid_stream", "after_events": 1},
+        {"type": "stall_mid_stream", "after_events": 4},
         {"type": "delay", "seconds": 0.5},
         {"type": "hang"},
     ]
@@ -548,6 +876,7 @@ def test_actions_parse_from_json() -> None:
         Stream(events=[("ping", "{}")], split_every=3),
         ErrorMidStream(2),
         DropMidStream(1),
+        StallMidStream(4),
         Delay(0.5),
         Hang(),
     ]
@@ -587,3 +916,36 @@ async def test_standalone_process_takes_scripts_and_reports_stats(
     dumped = json.loads(stats_path.read_text())
     summary = (live["requests"], live["rejected_429"], len(live["admitted"]))
     assert ([529, 429], (2, 1, 1), live, 0) == (statuses, summary, dumped, code)
+
+
+@pytest.mark.slow
+async def test_standalone_process_maps_keys_to_organizations(http: aiohttp.ClientSession) -> None:
+    """`--org ORGID=KEY1,KEY2` gives those keys one organisation with the `--rpm` limit of
+    their own; other keys stay in the default organisation."""
+    command = ["-m", "tests.support.fake_upstream", "--port", "0", "--rpm", "1"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *command,
+        *("--org", "org-cli=sk-cli,sk-cli-2"),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=20)
+        url = line.decode().split()[-1]
+        seen = []
+        for key in ("sk-cli", "sk-cli-2", "sk-other"):
+            status, headers, _ = await post_as(http, url + "/v1/messages", key, bearer=True)
+            seen.append((status, headers["anthropic-organization-id"]))
+        async with http.get(url + "/_fake/stats") as resp:
+            stats = await resp.json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=20)
+    default = seen[2][1]
+    expected = (
+        [(200, "org-cli"), (429, "org-cli"), (200, default)],
+        {"rejected_429": 1, "requests": 1, "input": 19, "output": 6},
+    )
+    assert expected == (seen, stats["organizations"]["org-cli"])

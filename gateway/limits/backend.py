@@ -19,6 +19,9 @@ from typing import Protocol
 from gateway.limits.learning import Figures, Lesson
 from gateway.limits.model import BucketSpec, Cost, NeverFits, Refused, Reservation
 
+ChangeListener = Callable[[str, float, float], None]
+"""Told of a change of a bucket in debt: its key, how its level moved (positive: freed), and
+when, in the backend's own order (comparable to `Reservation.at`)."""
 BackendObserver = Callable[[str, float, bool], None]
 """Told of every backend round trip: operation (`reserve`, `adjust`, `cap`, `learn`), seconds,
 success. Feeds `gateway_limiter_backend_seconds` and `..._errors_total`."""
@@ -86,6 +89,13 @@ class LimitBackend(Protocol):
         """Record `learned` (key scope -> organisation id, oldest first), make the first
         organisation any instance learned the fleet's primary, and return the primary and
         every mapping, in one atomic step (`organizations.py`)."""
+        ...
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """Call `listener` whenever a settlement, a live charge, a refund or a pull-down
+        changes the level of a bucket that is or becomes in debt (requests are queued on it),
+        on every instance sharing the backend (Redis publishes them, from the scripts that make
+        them). Best effort: a lost notification leaves a waiter on its original, safe time."""
         ...
 
     async def ping(self) -> None:

@@ -37,6 +37,7 @@ from gateway.limits.outcomes import (
     UnknownModel,
 )
 from gateway.limits.policy import Endpoint, GroupLimits, LimitsConfig
+from gateway.limits.queue import WaitQueue
 
 log = structlog.get_logger(__name__)
 _NO_COST = Cost()
@@ -68,6 +69,9 @@ class Limiter:
             clock, threshold=breaker_threshold, cooldown=breaker_cooldown
         )
         self._fallback = MemoryBackend(clock)
+        self._queue = WaitQueue(clock)
+        backend.on_change(self._queue.shift)
+        self._fallback.on_change(self._queue.shift)
         self._fill: dict[str, tuple[Reservation, float]] = {}
         """Per group, its latest reservation and when it was made (read at scrape time)."""
         self.learning = Learning()
@@ -207,12 +211,19 @@ class Limiter:
         self, group: str, buckets: Sequence[BucketSpec], cost: Cost, max_wait: float | None
     ) -> Admission:
         """Reserve `cost` on `buckets` of `group`, sleeping out any queue wait."""
-        outcome, fallback = await self._reserve(buckets, cost, self._queue_limit(max_wait))
+        limit = self._queue_limit(max_wait)
+        outcome, fallback = await self._reserve(buckets, cost, limit)
         if isinstance(outcome, Reservation):
             now = self._clock.now()
             self._fill[group] = (outcome, now)  # one write per admission: read at scrape
-            return Admitted(outcome, group, fallback, now)
+            return Admitted(outcome, group, fallback, now, limit)
         return outcome
+
+    async def wait(self, admitted: Admitted) -> Refused | None:
+        """Wait out an admission's queue time, re-timed whenever its buckets' debt moves
+        (`queue.py`): None to go, or a `Refused` as soon as it is known that it cannot go
+        within its max wait (give its reservation back then)."""
+        return await self._queue.wait(admitted, admitted.max_wait)
 
     def group_for(self, model: str) -> GroupLimits | None:
         """The file's group for `model`; with learning and no groups, one per model name."""

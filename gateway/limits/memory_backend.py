@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.clock import Clock
+from gateway.limits.backend import ChangeListener
 from gateway.limits.learning import LEARNED_TTL, Figures, Lesson, merged
 from gateway.limits.model import (
     MINUTE,
@@ -47,6 +48,8 @@ class MemoryBackend:
         """Per group: the fleet's figures and when they expire."""
         self._organizations: dict[str, str] = {}
         self._primary: str | None = None
+        self._listeners: list[ChangeListener] = []
+        self._stamp = 0
         self._next_sweep = clock.now() + sweep_every
 
     def __len__(self) -> int:
@@ -74,13 +77,16 @@ class MemoryBackend:
         after = tuple(level - amount for level, amount in zip(levels, amounts, strict=True))
         for bucket, level in zip(buckets, after, strict=True):
             self._store(bucket, level, at)
-        return Reservation(tuple(buckets), cost, decision / 1000, after)
+        return Reservation(tuple(buckets), cost, decision / 1000, after, self._next_stamp())
 
     def adjust(self, reservation: Reservation, delta: Cost, *, now: float | None = None) -> None:
         """Charge or refund every bucket of a reservation; see `LimitBackend.adjust`."""
         at = self._now(now)
         for bucket, amount in changes(reservation.buckets, delta):
-            self._store(bucket, adjusted(bucket, self._level(bucket, at), amount), at)
+            was = self._level(bucket, at)
+            level = adjusted(bucket, was, amount)
+            self._store(bucket, level, at)
+            self._changed(bucket, was, level)
 
     async def cap(
         self, buckets: Sequence[BucketSpec], ceilings: Sequence[float], *, now: float | None = None
@@ -88,8 +94,27 @@ class MemoryBackend:
         """Lower each bucket to at most its ceiling; see `LimitBackend.cap`."""
         at = self._now(now)
         for bucket, ceiling in zip(buckets, ceilings, strict=True):
-            if ceiling < self._level(bucket, at):
+            was = self._level(bucket, at)
+            if ceiling < was:
                 self._store(bucket, ceiling, at)
+                self._changed(bucket, was, ceiling)
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """Call `listener` for every change of a bucket in debt; see `LimitBackend.on_change`."""
+        self._listeners.append(listener)
+
+    def _changed(self, bucket: BucketSpec, was: float, level: float) -> None:
+        """Tell the listeners, when the change involves debt (someone is or will be queued)."""
+        if was < 0 or level < 0:
+            stamp = self._next_stamp()
+            for listener in self._listeners:
+                listener(bucket.key, level - was, stamp)
+
+    def _next_stamp(self) -> float:
+        """The order of operations, as `Reservation.at` and change times: a count, which
+        (unlike a fake clock) never gives two operations one time."""
+        self._stamp += 1
+        return float(self._stamp)
 
     async def learn(self, group: str, lesson: Lesson, *, now: float | None = None) -> Figures:
         """Merge a lesson into the group's figures; see `LimitBackend.learn`."""

@@ -166,7 +166,11 @@ class Reservation:
     cost: Cost
     wait: float
     levels: tuple[float, ...]
-    """Each bucket's level just after the debit, in `buckets` order (for metrics)."""
+    """Each bucket's level just after the debit, in `buckets` order."""
+    at: float = field(default=0.0, compare=False)
+    """When the debit happened, in the backend's own order (Redis TIME; the memory backend
+    counts its operations): a change stamped later is news to the reservation's waiter
+    (`queue.py`)."""
 
 
 @dataclass(frozen=True, slots=True)

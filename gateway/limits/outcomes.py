@@ -32,6 +32,8 @@ class Admitted:
     """Held by the local fail-open backend, not the shared one."""
     reserved_at: float = field(default=0.0, compare=False)
     """This instance's clock when the buckets were debited (before any queue wait)."""
+    max_wait: float = field(default=0.0, compare=False)
+    """The longest it may wait in the queue (the request's, capped by the limits file)."""
     live: Cost = field(default=Cost(), compare=False, repr=False)
     """Charged while the response ran, beyond the reservation (a stream's output)."""
     settled: bool = field(default=False, compare=False, repr=False)

@@ -29,7 +29,12 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.clock import Clock, SystemClock
-from gateway.limits.backend import BackendObserver, LimitBackendError, ignore_backend_call
+from gateway.limits.backend import (
+    BackendObserver,
+    ChangeListener,
+    LimitBackendError,
+    ignore_backend_call,
+)
 from gateway.limits.deferred import DeferredSettlements, Settlement
 from gateway.limits.learning import (
     ALPHA,
@@ -54,10 +59,13 @@ from gateway.limits.model import (
 from gateway.limits.redis import (
     CLIENT_ERRORS,
     ClientKind,
+    PubSubOpener,
     RedisClient,
     RedisPyClient,
     Script,
+    listen,
     open_client,
+    pubsub_opener,
 )
 
 log = structlog.get_logger(__name__)
@@ -92,6 +100,8 @@ _RESERVE, _ADJUST, _CAP = _script("reserve.lua"), _script("adjust.lua"), _script
 _LEARN = _script("learn.lua")
 _ORGANIZATIONS = _script("organizations.lua")
 SCRIPTS = (_RESERVE, _ADJUST, _CAP, _LEARN, _ORGANIZATIONS)
+CHANGES_CHANNEL = "cgw:changes"
+"""Where the scripts publish changes of buckets in debt (`publish_changes`, bucket.lua)."""
 ORGANIZATION_KEYS = ("cgw:{orgs}", "cgw:{orgs}:primary")
 """The fleet's key -> organisation hash and its primary organisation (one hash tag)."""
 ORGANIZATIONS_TTL_MS = 7 * 86_400 * 1000
@@ -113,12 +123,19 @@ class RedisBackend:
         settle_delay: float = SETTLE_DELAY,
         on_backend_call: BackendObserver | None = None,
         clock: Clock | None = None,
+        pubsub: PubSubOpener | None = None,
     ) -> None:
         """`on_backend_call` hears of each settlement flush (`adjust`), timed on `clock`;
-        reserves and caps are timed by their caller, the `Limiter`."""
+        reserves and caps are timed by their caller, the `Limiter`. `pubsub` opens the
+        subscription to bucket changes (`on_change`); a redis-py client opens its own."""
         self._transport: RedisClient = (
             RedisPyClient(client) if isinstance(client, Redis | RedisCluster) else client
         )
+        self._pubsub = pubsub or (client.pubsub if isinstance(client, Redis) else None)
+        self._listeners: list[ChangeListener] = []
+        self._listening: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+        """Set once subscribed to the fleet's bucket changes (tests wait for it)."""
         self._encoded: dict[BucketSpec, tuple[str, str, str]] = {}
         self._plans: dict[int, _Plan] = {}
         self._deferred = DeferredSettlements(self._flush, delay=settle_delay)
@@ -137,7 +154,8 @@ class RedisBackend:
     ) -> RedisBackend:
         """A backend on the client `open_client` picks for `url` (see `limits/redis/`)."""
         client = open_client(url, cluster=cluster, kind=kind, timeout=timeout)
-        return cls(client, on_backend_call=on_backend_call)
+        opener = pubsub_opener(url, timeout=timeout)
+        return cls(client, on_backend_call=on_backend_call, pubsub=opener)
 
     async def reserve(
         self,
@@ -171,9 +189,38 @@ class RedisBackend:
             _lost(tag, carried, "admission cancelled before Redis answered; may be applied")
             raise
         try:
-            return _outcome(buckets, cost, reply)
+            outcome = _outcome(buckets, cost, reply)
         except (TypeError, ValueError, IndexError) as exc:
             raise LimitBackendError(f"unexpected reserve reply: {reply!r}") from exc
+        if isinstance(outcome, Reservation) and outcome.wait > 0:
+            self._watch()  # a request of this instance queues: hear what frees room
+        return outcome
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """Call `listener` for every change of a bucket in debt, fleet-wide: the scripts
+        PUBLISH them on `CHANGES_CHANNEL`; this instance subscribes once one of its requests
+        first queues (see `LimitBackend.on_change`)."""
+        self._listeners.append(listener)
+
+    def _watch(self) -> None:
+        """Subscribe to the changes, once, in the background."""
+        if self._listening is None and self._listeners and self._pubsub is not None:
+            self._listening = asyncio.get_running_loop().create_task(
+                listen(self._pubsub, CHANGES_CHANNEL, self._changed, self.listening.set)
+            )
+
+    def _changed(self, message: bytes) -> None:
+        """`"<now> <key> <delta> ..."` from `publish_changes` (bucket.lua), to the listeners."""
+        try:
+            words = message.decode().split()
+            at, pairs = float(words[0]), words[1:]
+            changes = [(k, float(d)) for k, d in zip(pairs[::2], pairs[1::2], strict=True)]
+        except (UnicodeDecodeError, ValueError, IndexError):
+            log.warning("limits.bad_change_message", size=len(message))
+            return
+        for key, delta in changes:
+            for listener in self._listeners:
+                listener(key, delta, at)
 
     def adjust(self, reservation: Reservation, delta: Cost, *, now: float | None = None) -> None:
         """Charge or refund every bucket of a reservation; see `LimitBackend.adjust`.
@@ -256,6 +303,9 @@ class RedisBackend:
     async def aclose(self) -> None:
         """Send queued settlements and let them land, then close the client's connections."""
         await self.flush()
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
         await self._transport.aclose()
 
     async def _flush(self, tag: str, settlements: list[Settlement]) -> None:
@@ -346,10 +396,10 @@ def _lost(tag: str, settlements: list[Settlement], error: str) -> None:
 
 
 def _outcome(buckets: Sequence[BucketSpec], cost: Cost, reply: Any) -> Reservation | Refused:
-    """Parse reserve.lua's reply: `{0, wait_ms, levels...}` or `{1, i, wait_ms, level}`."""
+    """Parse reserve.lua's reply: `{0, wait_ms, now, levels...}` or `{1, i, wait_ms, level}`."""
     if int(reply[0]) == _REFUSED:
         return Refused(buckets[int(reply[1]) - 1], int(reply[2]) / 1000, float(reply[3]))
-    levels = tuple(float(level) for level in reply[2:])
+    levels = tuple(float(level) for level in reply[3:])
     if len(levels) != len(buckets):
         raise ValueError("one level per bucket expected")
-    return Reservation(tuple(buckets), cost, int(reply[1]) / 1000, levels)
+    return Reservation(tuple(buckets), cost, int(reply[1]) / 1000, levels, float(reply[2]))

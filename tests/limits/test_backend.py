@@ -44,7 +44,16 @@ async def opened(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncItera
 
 def test_the_protocol_has_the_documented_methods() -> None:
     """The protocol is the six methods its docstring promises (so the checks below bite)."""
-    expected = ["aclose", "adjust", "cap", "learn", "ping", "reserve", "share_organizations"]
+    expected = [
+        "aclose",
+        "adjust",
+        "cap",
+        "learn",
+        "on_change",
+        "ping",
+        "reserve",
+        "share_organizations",
+    ]
     assert expected == PROTOCOL_METHODS
 
 

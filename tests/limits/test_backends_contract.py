@@ -6,6 +6,7 @@ what proves the Lua scripts and the Python arithmetic agree.
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -20,10 +21,17 @@ from gateway.limits import (
     Refused,
     Reservation,
 )
+from gateway.limits.redis_backend import RedisBackend
 from tests.limits.conftest import bucket, open_backend
 from tests.support.fake_clock import FakeClock
 
 ONE_REQUEST = Cost(requests=1)
+
+
+async def subscribed(backend: LimitBackend) -> None:
+    """Wait until a Redis backend hears the fleet's changes (the memory backend always does)."""
+    if isinstance(backend, RedisBackend):
+        await asyncio.wait_for(backend.listening.wait(), 5)
 
 
 async def reserved(
@@ -363,3 +371,34 @@ async def test_the_first_organization_shared_becomes_the_fleets_primary(
     assert (None, {}) == nothing_yet
     assert ("org-a", {"k1": "org-a"}) == first
     assert ("org-a", {"k1": "org-a", "k2": "org-b", "k3": "org-a"}) == second
+
+
+async def test_changes_of_a_bucket_in_debt_reach_the_listeners(
+    backend: LimitBackend, clock: FakeClock
+) -> None:
+    """A refund and a charge on a bucket with queued debt are told to every listener with
+    the key, how far the level moved (Redis may tell both as one net move: settlements
+    travel together) and a stamp later than the queued reservation's; a refund on a bucket
+    with room, made between them, is not told."""
+    heard: list[tuple[str, float, float]] = []
+    both = asyncio.Event()
+
+    def listener(key: str, delta: float, at: float) -> None:
+        heard.append((key, delta, at))
+        if round(sum(d for _, d, _ in heard), 6) == -1.0:
+            both.set()
+
+    backend.on_change(listener)
+    rpm, roomy = bucket(Dimension.REQUESTS, 60), bucket(Dimension.REQUESTS, 60, scope="other")
+    for _ in range(60):
+        await reserved(backend, [rpm], ONE_REQUEST, clock)
+    queued = await backend.reserve([rpm], ONE_REQUEST, max_wait=5, now=clock.now())
+    assert isinstance(queued, Reservation)
+    spare = await reserved(backend, [roomy], ONE_REQUEST, clock)
+    await subscribed(backend)
+    backend.adjust(queued, Cost().minus(ONE_REQUEST), now=clock.now() + 0.5)
+    backend.adjust(spare, Cost().minus(ONE_REQUEST), now=clock.now() + 0.5)
+    backend.adjust(queued, Cost(requests=2), now=clock.now() + 0.5)
+    await asyncio.wait_for(both.wait(), 5)  # messages of one channel arrive in order
+    assert {rpm.key} == {key for key, _, _ in heard}
+    assert all(at > queued.at for _, _, at in heard)

@@ -8,6 +8,7 @@ Compact JSON everywhere except where the real API spaces it (`ping`, the mid-str
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,6 +16,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
+
+CHARS_PER_TOKEN = 4
+"""Characters of reply text per output token in sized replies (about right for English)."""
+
+SHORT_ANSWER_TOKENS = 8
+"""A reply text within this many tokens of its output is sent as is: the reference's 6-token
+answer is the 9 characters of "Hi there!"."""
+
+TOKENS_PER_DELTA = 64
+"""The most output tokens one delta of a sized reply carries; longer answers get more deltas."""
 
 SseEvent = tuple[str, str]
 """One server-sent event: its name and its `data:` line, exactly as sent."""
@@ -111,8 +122,61 @@ def text_pieces(text: str) -> list[str]:
     return re.findall(r"\s*\S+\s*$|\s*\S+", text) if text.strip() else ([text] if text else [])
 
 
-def message_events(model: str, text: str, usage: Mapping[str, int], msg_id: str) -> list[SseEvent]:
-    """The reference stream: start, block start, ping, text deltas, block stop, delta, stop."""
+def token_shares(total: int, parts: int) -> list[int]:
+    """`total` split over `parts`: equal whole shares, the remainder on the last."""
+    if parts <= 0:
+        return []
+    base = total // parts
+    return [base] * (parts - 1) + [total - base * (parts - 1)]
+
+
+def sized_pieces(text: str, output_tokens: int) -> list[str]:
+    """The text deltas of an answer of `output_tokens`, about CHARS_PER_TOKEN characters a token.
+
+    `text_pieces(text)` when `text` is within SHORT_ANSWER_TOKENS of the output, or longer.
+    Otherwise `text` is repeated to exactly `output_tokens * CHARS_PER_TOKEN` characters, cut
+    into as many deltas as `text_pieces(text)` gives (more when a delta would carry over
+    TOKENS_PER_DELTA tokens): delta i holds CHARS_PER_TOKEN x `token_shares(...)[i]` characters,
+    so a client counting delta characters / 4 counts the output exactly.
+    """
+    pieces = text_pieces(text)
+    if not _grows(text, output_tokens):
+        return pieces
+    count = min(output_tokens, max(len(pieces), math.ceil(output_tokens / TOKENS_PER_DELTA)))
+    unit = text if text.strip() else "Hi there!"
+    unit = unit if unit[-1].isspace() else unit + " "
+    size = output_tokens * CHARS_PER_TOKEN
+    grown = (unit * (size // len(unit) + 1))[:size]
+    sized: list[str] = []
+    start = 0
+    for share in token_shares(output_tokens, count):
+        sized.append(grown[start : start + share * CHARS_PER_TOKEN])
+        start += share * CHARS_PER_TOKEN
+    return sized
+
+
+def sized_text(text: str, output_tokens: int) -> str:
+    """The whole text of an answer of `output_tokens`: the deltas of `sized_pieces`, joined."""
+    return "".join(sized_pieces(text, output_tokens)) if _grows(text, output_tokens) else text
+
+
+def _grows(text: str, output_tokens: int) -> bool:
+    """Whether `output_tokens` is over SHORT_ANSWER_TOKENS more than `text` holds."""
+    return output_tokens > math.ceil(len(text) / CHARS_PER_TOKEN) + SHORT_ANSWER_TOKENS
+
+
+def message_events(
+    model: str,
+    text: str,
+    usage: Mapping[str, int],
+    msg_id: str,
+    *,
+    pieces: Sequence[str] | None = None,
+) -> list[SseEvent]:
+    """The reference stream: start, block start, ping, text deltas, block stop, delta, stop.
+
+    The text deltas are `pieces`, by default `text_pieces(text)`.
+    """
     start: dict[str, Any] = {
         "id": msg_id,
         "type": "message",
@@ -133,7 +197,7 @@ def message_events(model: str, text: str, usage: Mapping[str, int], msg_id: str)
         ),
         ping_event(),
     ]
-    for piece in text_pieces(text):
+    for piece in text_pieces(text) if pieces is None else pieces:
         delta = {"type": "text_delta", "text": piece}
         events.append(
             (

@@ -40,3 +40,34 @@ class HeldClock(FakeClock):
         self.sleeps.append(seconds)
         self.sleeping.set()
         await asyncio.get_running_loop().create_future()
+
+
+class ManualClock(FakeClock):
+    """A fake clock whose sleepers wake only when a test advances time past their end."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        super().__init__(start)
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        wake = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self._now + seconds, wake))
+        await wake
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake every sleeper whose end has come."""
+        self._now += seconds
+        due = [(end, wake) for end, wake in self._sleepers if end <= self._now + 1e-9]
+        self._sleepers = [(end, wake) for end, wake in self._sleepers if end > self._now + 1e-9]
+        for _, wake in due:
+            if not wake.done():
+                wake.set_result(None)
+
+    @property
+    def sleeping(self) -> int:
+        """Sleepers not yet woken (cancelled ones included until time passes them)."""
+        return sum(1 for _, wake in self._sleepers if not wake.done())

@@ -3,11 +3,21 @@
 It speaks the real JSON and SSE formats (`anthropic_payloads`), records every request, and
 answers `/v1/messages` and `/v1/complete` from a FIFO script of actions, falling back to a
 realistic success; other endpoints live in `fake_resources`. Standalone:
-`python -m tests.support.fake_upstream --port N` (see `main`).
+`python -m tests.support.fake_upstream --port N [--rpm R --itpm I --otpm O --org ID=K1,K2]`
+(see `main`).
 
     async with FakeUpstream() as fake:
         fake.script(Reply(529), Stream(split_every=7))
         ...  # point a client or the gateway at fake.url
+
+Rate limits work as the API's do (shared/reference/anthropic-api.md section 1): each
+organisation has continuous token buckets shared by all of its API keys; every response names
+the key's organisation in `anthropic-organization-id`; output is charged as it is generated.
+
+    org = fake.add_organization(["sk-a", "sk-b"], rpm=60, otpm=8_000)
+    fake.enforce_limits(rpm=10)  # the default organisation: every key not named elsewhere
+    ...
+    org.charged_in(start, end)  # requests, input and output charged in that window
 """
 
 from __future__ import annotations
@@ -20,10 +30,11 @@ import math
 import signal
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, NamedTuple, get_args
 from uuid import uuid4
 
 from aiohttp import web
@@ -37,6 +48,18 @@ Event = bytes | tuple[str, str | Mapping[str, Any]]
 """A stream event: (name, data text or object), or raw bytes sent verbatim."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OutputCharging = Literal["as_generated", "at_admission"]
+"""When output tokens are charged to OTPM.
+
+`as_generated` (the newest API): admission only needs output room (at least 1 token, so the
+`-remaining` header is above 0); a JSON reply's output is charged when it is sent, a stream's
+with each text delta, and may take the bucket below 0. `at_admission` (older accounts): the
+usage's output is reserved and charged at admission, which needs that much room.
+"""
+
+Frame = tuple[bytes, int]
+"""Stream bytes and the output tokens generated with them (charged as they are written)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +120,14 @@ class DropMidStream:
 
 
 @dataclass(frozen=True, slots=True)
+class StallMidStream:
+    """A 200 stream: `after_events` default events, then silence (generation stuck) until the
+    client leaves or the fake closes; the output of the deltas sent is charged."""
+
+    after_events: int
+
+
+@dataclass(frozen=True, slots=True)
 class Delay:
     """Wait `seconds` before sending headers, then perform the next scripted action (or default).
 
@@ -111,13 +142,14 @@ class Hang:
     """Accept the request and never answer, until the client leaves or the fake closes."""
 
 
-Action = Reply | Stream | ErrorMidStream | DropMidStream | Delay | Hang
+Action = Reply | Stream | ErrorMidStream | DropMidStream | StallMidStream | Delay | Hang
 
 _ACTION_TYPES: Mapping[str, Callable[..., Action]] = {
     "reply": Reply,
     "stream": Stream,
     "error_mid_stream": ErrorMidStream,
     "drop_mid_stream": DropMidStream,
+    "stall_mid_stream": StallMidStream,
     "delay": Delay,
     "hang": Hang,
 }
@@ -137,7 +169,10 @@ def action_from_json(item: Mapping[str, Any]) -> Action:
 
 
 class _Bucket:
-    """A continuous token bucket: capacity `limit`, refilled at limit/60 per second."""
+    """A continuous token bucket: capacity `limit`, refilled at limit/60 per second.
+
+    Output charged as generated may take the level below 0; it then refills from there.
+    """
 
     def __init__(self, limit: int, now: float) -> None:
         self.limit, self.level, self._at = limit, float(limit), now
@@ -146,13 +181,164 @@ class _Bucket:
         self.level = min(self.limit, self.level + (now - self._at) * self.limit / 60)
         self._at = now
 
-    def wait_for(self, amount: int) -> float:
-        """Seconds until `amount` fits (0 if it fits now)."""
+    def wait_for(self, amount: float) -> float:
+        """Seconds until the level reaches `amount` (0 if it already has)."""
         return max(0.0, (amount - self.level) * 60 / self.limit)
 
 
 _AXES = {"requests": "requests", "input": "input tokens", "output": "output tokens"}
 _HEADER_AXES = {"requests": "requests", "input": "input-tokens", "output": "output-tokens"}
+
+
+class Charge(NamedTuple):
+    """What an organisation was charged at clock time `at` (admission, or output generated)."""
+
+    at: float
+    requests: int = 0
+    input: int = 0
+    output: int = 0
+
+
+class Totals(NamedTuple):
+    """Requests, input tokens and output tokens charged over a window."""
+
+    requests: int
+    input: int
+    output: int
+
+
+class Organization:
+    """One organisation of the fake API: its keys, its limits, what it was charged and refused.
+
+    Read: `id`, `keys`, `output_charged`, `rejected_429` (its refusals), `charged` (every
+    `Charge` in time order: 1 request and the input at admission; the output when generated,
+    or at admission under `at_admission`), `limit(axis)`, `level(axis)`, `charged_in(...)`.
+    """
+
+    def __init__(
+        self,
+        organization_id: str,
+        keys: Iterable[str],
+        now: Callable[[], float],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.id = organization_id
+        self.keys = frozenset(keys)
+        self.output_charged: OutputCharging = "as_generated"
+        self.rejected_429 = 0
+        self.charged: list[Charge] = []
+        self._buckets: dict[str, _Bucket] = {}
+        self._now, self._on_change = now, on_change
+
+    def set_limits(
+        self,
+        *,
+        rpm: int | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
+        output_charged: OutputCharging = "as_generated",
+    ) -> None:
+        """Enforce these per-minute limits (None or 0: not enforced), with full buckets."""
+        if output_charged not in get_args(OutputCharging):
+            raise ValueError(f"output_charged must be one of {get_args(OutputCharging)}")
+        now = self._now()
+        limits = {"requests": rpm, "input": itpm, "output": otpm}
+        self._buckets = {axis: _Bucket(lim, now) for axis, lim in limits.items() if lim}
+        self.output_charged = output_charged
+
+    def limit(self, axis: str) -> int | None:
+        """The enforced per-minute limit of `axis` ("requests", "input", "output"), or None."""
+        bucket = self._buckets.get(axis)
+        return None if bucket is None else bucket.limit
+
+    def level(self, axis: str) -> float | None:
+        """The live level of `axis`'s bucket (below 0 after output past it), or None."""
+        bucket = self._buckets.get(axis)
+        if bucket is None:
+            return None
+        bucket.refill(self._now())
+        return bucket.level
+
+    def charged_in(self, start: float = -math.inf, end: float = math.inf) -> Totals:
+        """What was charged at clock times `start <= at < end`."""
+        window = [charge for charge in self.charged if start <= charge.at < end]
+        return Totals(
+            sum(charge.requests for charge in window),
+            sum(charge.input for charge in window),
+            sum(charge.output for charge in window),
+        )
+
+    def admit(self, charged_input: int, output: int) -> tuple[str, float] | None:
+        """Charge an admitted call and return None; or, charging nothing, the short axis
+        with the longest wait and that wait in seconds.
+
+        Needs 1 request and `charged_input` input tokens; 1 token of output room, or under
+        `at_admission` `output` tokens of it (they are then charged here).
+        """
+        at_admission = self.output_charged == "at_admission"
+        reserved = output if at_admission else 0
+        need = {"requests": 1, "input": charged_input, "output": reserved if at_admission else 1}
+        now = self._now()
+        short: dict[str, float] = {}
+        for axis, bucket in self._buckets.items():
+            bucket.refill(now)
+            if bucket.level < need[axis]:
+                short[axis] = bucket.wait_for(need[axis])
+        if short:
+            self.rejected_429 += 1
+            self._on_change()
+            return max(short.items(), key=lambda item: item[1])
+        self.charge(Charge(now, 1, charged_input, reserved))
+        return None
+
+    def charge_output(self, tokens: int) -> None:
+        """Charge `tokens` of output generated now (nothing if 0)."""
+        if tokens:
+            self.charge(Charge(self._now(), output=tokens))
+
+    def charge(self, charge: Charge) -> None:
+        """Take `charge` from the buckets (refilled to its time first) and record it."""
+        amounts = {"requests": charge.requests, "input": charge.input, "output": charge.output}
+        for axis, bucket in self._buckets.items():
+            bucket.refill(charge.at)
+            bucket.level -= amounts[axis]
+        self.charged.append(charge)
+        self._on_change()
+
+    def live_headers(self, wall: datetime) -> dict[str, str]:
+        """`anthropic-ratelimit-*` headers of the enforced axes: exact levels, floored, >= 0
+        (the real API rounds tokens to 1,000)."""
+        now = self._now()
+        headers: dict[str, str] = {}
+        for axis, bucket in self._buckets.items():
+            bucket.refill(now)
+            level = max(0, math.floor(bucket.level))
+            headers.update(p.axis_headers(_HEADER_AXES[axis], bucket.limit, level, wall))
+        return headers
+
+    def limit_message(self, axis: str) -> str:
+        """The 429 message naming this organisation and `axis`, as the API words it."""
+        return (
+            f"This request would exceed the rate limit for your organization "
+            f"({self.id}) of {self._buckets[axis].limit:,} {_AXES[axis]} per "
+            f"minute. For details, refer to: https://docs.claude.com/en/api/rate-limits. You can "
+            f"see the response headers for current usage. Please reduce the prompt length or the "
+            f"maximum tokens requested, or try again later."
+        )
+
+
+ORGANIZATION = web.RequestKey("organization", Organization)
+"""The organisation of an API request's key."""
+
+
+def api_key(headers: Mapping[str, str]) -> str | None:
+    """The credential of a request: `x-api-key`, else the token of `authorization: Bearer`."""
+    if "x-api-key" in headers:
+        return headers["x-api-key"]
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 class _Closing(Exception):
@@ -163,13 +349,19 @@ class FakeUpstream:
     """The fake API server; its state lives on this object, its handlers are its methods.
 
     Read: `url`, `requests`, `disconnects` (clients gone before the fake finished answering),
-    `rejected_429`, `admitted` ((clock time, input charged, output) per admitted call),
-    `count_tokens_calls` (requests to `/v1/messages/count_tokens`).
-    Set: `reply_text`, `usage` (reported per reply; requests may override input and output
-    with `x-fake-input-tokens` / `x-fake-output-tokens`), `input_tokens_from_body` (input =
-    len(body) // 4), `rate_limit_headers` (added to every API reply unless already set),
+    `rejected_429` (all organisations), `admitted` ((clock time, input charged, usage output)
+    per admitted call, all organisations), `count_tokens_calls` (requests to
+    `/v1/messages/count_tokens`), `organizations` (id -> `Organization`, the default one
+    included), `charged` (id -> that organisation's `Charge`s).
+    Set: `reply_text` (a streamed or JSON answer is grown to about 4 characters per output
+    token, see `anthropic_payloads.sized_pieces`), `usage` (reported per reply; requests may
+    override input and output with `x-fake-input-tokens` / `x-fake-output-tokens`),
+    `input_tokens_from_body` (input = len(body) // 4), `rate_limit_headers` (added to every API
+    reply unless already set; an organisation's enforced axes replace theirs),
     `count_tokens_input` (the count every default count_tokens answer gives; None = the
-    `usage` input as above). `script_count_tokens` scripts count_tokens answers.
+    `usage` input as above), `organization_id` (the default organisation's id).
+    `script_count_tokens` scripts count_tokens answers; `add_organization` and
+    `enforce_limits` set up organisations and their limits.
     """
 
     def __init__(self, *, clock: Clock | None = None, host: str = "127.0.0.1", port: int = 0):
@@ -189,17 +381,44 @@ class FakeUpstream:
         self.input_tokens_from_body = False
         self.count_tokens_input: int | None = None
         self.count_tokens_calls = 0
-        self.organization_id = str(uuid4())
         self.rate_limit_headers: dict[str, str] = p.default_rate_limit_headers(p.utc_now())
         self.resources = FakeResources(
             lambda: self.url, lambda: self.reply_text, lambda: self.usage
         )
         self._script: deque[Action] = deque()
         self._count_script: deque[Action] = deque()
-        self._buckets: dict[str, _Bucket] = {}
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._default = self._new_organization(str(uuid4()), ())
+        self.organizations: dict[str, Organization] = {self._default.id: self._default}
+        self._by_key: dict[str, Organization] = {}
+
+    @property
+    def organization_id(self) -> str:
+        """The default organisation's id: the organisation of every key not added elsewhere."""
+        return self._default.id
+
+    @organization_id.setter
+    def organization_id(self, value: str) -> None:
+        if value != self._default.id and value in self.organizations:
+            raise ValueError(f"organisation {value!r} exists already")
+        del self.organizations[self._default.id]
+        self._default.id = value
+        self.organizations[value] = self._default
+
+    @property
+    def default_organization(self) -> Organization:
+        """The organisation of every key no `add_organization` named (and of key-less calls)."""
+        return self._default
+
+    @property
+    def charged(self) -> dict[str, list[Charge]]:
+        """Every organisation's charges in time order, by organisation id."""
+        return {org_id: org.charged for org_id, org in self.organizations.items()}
+
+    def _new_organization(self, organization_id: str, keys: Iterable[str]) -> Organization:
+        return Organization(organization_id, keys, self.clock.now, self._notify)
 
     async def start(self) -> None:
         """Serve on `host:port` (port 0 picks a free one) and set `url`."""
@@ -242,19 +461,55 @@ class FakeUpstream:
         """
         self._count_script.extend(actions)
 
-    def enforce_limits(
-        self, *, rpm: int | None = None, itpm: int | None = None, otpm: int | None = None
-    ) -> None:
-        """Refuse inference calls past these per-minute limits with a real 429 (buckets start full).
+    def add_organization(
+        self,
+        keys: Iterable[str],
+        *,
+        organization_id: str | None = None,
+        rpm: int | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
+        output_charged: OutputCharging = "as_generated",
+    ) -> Organization:
+        """A new organisation owning `keys` (sent as `x-api-key` or `authorization: Bearer`),
+        with its own limits (as `enforce_limits`) shared by all of them; a fresh UUID unless
+        `organization_id` names it."""
+        if isinstance(keys, str):
+            raise TypeError("keys must be a list of API keys, not one string")
+        org = self._new_organization(organization_id or str(uuid4()), keys)
+        if org.id in self.organizations:
+            raise ValueError(f"organisation {org.id!r} exists already")
+        if taken := sorted(key for key in org.keys if key in self._by_key):
+            raise ValueError(f"keys already belong to an organisation: {taken}")
+        org.set_limits(rpm=rpm, itpm=itpm, otpm=otpm, output_charged=output_charged)
+        self.organizations[org.id] = org
+        self._by_key.update(dict.fromkeys(org.keys, org))
+        return org
 
-        An admitted call is charged, at admission, 1 request, its input tokens plus cache writes
-        (cache reads are free, as on current models) and its output tokens. Refused calls are
-        charged nothing and do not consume the script. The enforced axes' rate-limit headers then
-        report exact live bucket levels.
+    def organization_for(self, key: str | None) -> Organization:
+        """The organisation of an API key: the one `add_organization` gave it, or the default."""
+        return self._by_key.get(key or "", self._default)
+
+    def enforce_limits(
+        self,
+        *,
+        rpm: int | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
+        output_charged: OutputCharging = "as_generated",
+        organization: str | None = None,
+    ) -> None:
+        """Refuse the default organisation's inference calls (`organization`'s, given its id)
+        past these per-minute limits with a real 429; the buckets start full.
+
+        An admitted call is charged 1 request and its input tokens plus cache writes (cache
+        reads are free, as on current models) at admission. Its output is charged as generated
+        (admission needs output room above 0), or, with `output_charged="at_admission"`,
+        reserved in full at admission. A refused call is charged nothing and does not consume
+        the script. The enforced axes' rate-limit headers report exact live bucket levels.
         """
-        now = self.clock.now()
-        limits = {"requests": rpm, "input": itpm, "output": otpm}
-        self._buckets = {axis: _Bucket(lim, now) for axis, lim in limits.items() if lim}
+        org = self._default if organization is None else self.organizations[organization]
+        org.set_limits(rpm=rpm, itpm=itpm, otpm=otpm, output_charged=output_charged)
 
     async def wait_until(self, predicate: Callable[[FakeUpstream], bool]) -> None:
         """Return once `predicate(self)` holds; re-checked whenever a counter changes.
@@ -271,6 +526,10 @@ class FakeUpstream:
             "rejected_429": self.rejected_429,
             "admitted": [list(row) for row in self.admitted],
             "disconnects": self.disconnects,
+            "organizations": {
+                org_id: {"rejected_429": org.rejected_429, **org.charged_in()._asdict()}
+                for org_id, org in self.organizations.items()
+            },
         }
 
     def build_app(self) -> web.Application:
@@ -299,6 +558,7 @@ class FakeUpstream:
         if request.path.startswith("/_fake/"):
             return await handler(request)
         request[REQUEST_ID] = p.new_id("req")
+        request[ORGANIZATION] = self.organization_for(api_key(request.headers))
         body = await request.read()
         headers = CIMultiDict(request.headers)
         raw_query = request.raw_path.partition("?")[2]
@@ -318,12 +578,14 @@ class FakeUpstream:
             return error_reply(request, exc.status, error_type="invalid_request_error")
 
     async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Add `request-id`, the organisation and the rate-limit headers to every API reply."""
+        """Add `request-id`, the key's organisation and its rate-limit headers to API replies."""
         if REQUEST_ID not in request:
             return
+        org = request[ORGANIZATION]
         response.headers.setdefault("request-id", request[REQUEST_ID])
-        response.headers.setdefault("anthropic-organization-id", self.organization_id)
-        for name, value in {**self.rate_limit_headers, **self._live_limit_headers()}.items():
+        response.headers.setdefault("anthropic-organization-id", org.id)
+        live = org.live_headers(p.utc_now())
+        for name, value in {**self.rate_limit_headers, **live}.items():
             response.headers.setdefault(name, value)
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
@@ -341,16 +603,17 @@ class FakeUpstream:
         if not isinstance(body, dict):
             return error_reply(request, 400, message="Request body must be a JSON object")
         usage = self._usage_for(request, raw)
-        refusal = self._admit(usage)
+        org = request[ORGANIZATION]
+        refusal = self._admit(org, usage)
         if refusal is not None:
-            return self._limit_refusal(request, *refusal)
+            return self._limit_refusal(request, org, *refusal)
         delay, action = self._next_action(self._script)
         model = str(body.get("model") or p.DEFAULT_MODEL)
         try:
             await self._pause(delay)
             if action is None:
                 action = Stream() if body.get("stream") else Reply(200)
-            return await self._perform(request, action, model, usage, legacy)
+            return await self._perform(request, action, model, usage, legacy=legacy, org=org)
         except asyncio.CancelledError:
             self._count_disconnect()
             raise
@@ -370,24 +633,33 @@ class FakeUpstream:
         action: Action,
         model: str,
         usage: Mapping[str, int],
+        *,
         legacy: bool,
+        org: Organization,
     ) -> web.StreamResponse:
+        """Answer with `action`, charging `org` the output as generated if it is so charged."""
+        output = usage["output_tokens"] if org.output_charged == "as_generated" else 0
         if isinstance(action, Reply):
+            if action.status < 400:
+                org.charge_output(output)  # generated in full before a JSON reply is sent
             return self._reply(request, action, self._success(model, usage, legacy))
-        events = self._default_events(model, usage, legacy)
+        events: Sequence[Event] = self._default_events(model, usage, legacy)
         if isinstance(action, Stream):
-            frames = [p.encode_event(*e) for e in events]
-            if action.events is not None:
-                frames = [_frame(e) for e in action.events]
+            events = events if action.events is None else action.events
+            frames = _frames(events, output)
             if action.ping_every:
                 frames = _with_pings(frames, action.ping_every)
-            return await self._stream(request, frames, action.split_every, action.chunk_delay)
+            return await self._stream(
+                request, frames, action.split_every, action.chunk_delay, org=org
+            )
+        frames = _frames(events, output)
         if isinstance(action, ErrorMidStream):
-            sent = [*events[: action.after_events], p.error_event(action.error_type)]
-            return await self._stream(request, [p.encode_event(*e) for e in sent])
+            error = (p.encode_event(*p.error_event(action.error_type)), 0)
+            return await self._stream(request, [*frames[: action.after_events], error], org=org)
         if isinstance(action, DropMidStream):
-            frames = [p.encode_event(*e) for e in events[: action.after_events]]
-            return await self._stream(request, frames, drop=True)
+            return await self._stream(request, frames[: action.after_events], drop=True, org=org)
+        if isinstance(action, StallMidStream):
+            return await self._stream(request, frames[: action.after_events], stall=True, org=org)
         await self._pause(math.inf)  # Hang; a Delay was merged by _next_action
         raise _Closing
 
@@ -405,16 +677,33 @@ class FakeUpstream:
     async def _stream(
         self,
         request: web.Request,
-        frames: Sequence[bytes],
+        frames: Sequence[Frame],
         split_every: int | None = None,
         chunk_delay: float = 0.0,
         *,
         drop: bool = False,
+        stall: bool = False,
+        org: Organization | None = None,
     ) -> web.StreamResponse:
-        """Send `frames` as chunks of a chunked 200; a failed write counts as a disconnect."""
+        """Send `frames` as chunks of a chunked 200; a failed write counts as a disconnect.
+
+        Then `drop` aborts the connection; `stall` waits for the client to leave (a
+        disconnect) or the fake to close (the connection is cut).
+
+        A frame's output tokens are charged to `org` just before the chunk holding its last
+        byte is written, so a client that has read a delta finds its output counted.
+        """
+        chunks = [frame for frame, _ in frames]
         if split_every:
-            data = b"".join(frames)
-            frames = [data[i : i + split_every] for i in range(0, len(data), split_every)]
+            data = b"".join(chunks)
+            chunks = [data[i : i + split_every] for i in range(0, len(data), split_every)]
+        marks: deque[tuple[int, int]] = deque()  # (end offset of a frame, its output tokens)
+        end = 0
+        for frame, tokens in frames:
+            end += len(frame)
+            if tokens:
+                marks.append((end, tokens))
+        written = 0
         response = web.StreamResponse(
             headers={
                 "content-type": "text/event-stream; charset=utf-8",
@@ -424,15 +713,26 @@ class FakeUpstream:
         response.enable_chunked_encoding()
         try:
             await response.prepare(request)
-            for index, frame in enumerate(frames):
+            for index, chunk in enumerate(chunks):
                 if index and chunk_delay:
                     await self._pause(chunk_delay)
-                await response.write(frame)
+                written += len(chunk)
+                generated = 0
+                while marks and marks[0][0] <= written:
+                    generated += marks.popleft()[1]
+                if org is not None:
+                    org.charge_output(generated)
+                await response.write(chunk)
         except ConnectionError:
             self._count_disconnect()
             return response
         if drop:
             await _abort_after_flush(request)
+        if stall:
+            with contextlib.suppress(_Closing):
+                await self._pause(math.inf)
+            if request.transport is not None:
+                request.transport.abort()
         return response
 
     def _count_disconnect(self) -> None:
@@ -451,58 +751,40 @@ class FakeUpstream:
             usage["output_tokens"] = int(request.headers["x-fake-output-tokens"])
         return usage
 
-    def _admit(self, usage: Mapping[str, int]) -> tuple[str, float] | None:
+    def _admit(self, org: Organization, usage: Mapping[str, int]) -> tuple[str, float] | None:
         """None if admitted (and charged); else the tightest axis and its wait in seconds."""
         now = self.clock.now()
         charged_input = usage["input_tokens"] + usage.get("cache_creation_input_tokens", 0)
-        cost = {"requests": 1, "input": charged_input, "output": usage["output_tokens"]}
-        waits = {}
-        for axis, bucket in self._buckets.items():
-            bucket.refill(now)
-            waits[axis] = bucket.wait_for(cost[axis])
-        axis, wait = max(waits.items(), key=lambda item: item[1], default=("requests", 0.0))
-        self._notify()
-        if wait > 0:
+        refusal = org.admit(charged_input, usage["output_tokens"])
+        if refusal is None:
+            self.admitted.append((now, charged_input, usage["output_tokens"]))
+        else:
             self.rejected_429 += 1
-            return axis, wait
-        for axis, bucket in self._buckets.items():
-            bucket.level -= cost[axis]
-        self.admitted.append((now, charged_input, usage["output_tokens"]))
-        return None
+        self._notify()
+        return refusal
 
-    def _limit_refusal(self, request: web.Request, axis: str, wait: float) -> web.Response:
-        message = (
-            f"This request would exceed the rate limit for your organization "
-            f"({self.organization_id}) of {self._buckets[axis].limit:,} {_AXES[axis]} per "
-            f"minute. For details, refer to: https://docs.claude.com/en/api/rate-limits. You can "
-            f"see the response headers for current usage. Please reduce the prompt length or the "
-            f"maximum tokens requested, or try again later."
-        )
-        retry_after = {"retry-after": str(max(1, math.ceil(wait)))}
-        return error_reply(request, 429, message=message, headers=retry_after)
-
-    def _live_limit_headers(self) -> dict[str, str]:
-        """Exact bucket levels of the enforced axes (the real API rounds tokens to 1,000)."""
-        now, wall = self.clock.now(), p.utc_now()
-        headers: dict[str, str] = {}
-        for axis, bucket in self._buckets.items():
-            bucket.refill(now)
-            level = math.floor(bucket.level)
-            headers.update(p.axis_headers(_HEADER_AXES[axis], bucket.limit, level, wall))
-        return headers
+    def _limit_refusal(
+        self, request: web.Request, org: Organization, axis: str, wait: float
+    ) -> web.Response:
+        """The API's 429: names the organisation and axis; retry-after in whole seconds >= 1."""
+        seconds = max(1, math.ceil(round(wait, 6)))  # float noise must not add a second
+        headers = {"retry-after": str(seconds)}
+        return error_reply(request, 429, message=org.limit_message(axis), headers=headers)
 
     def _default_events(
         self, model: str, usage: Mapping[str, int], legacy: bool
     ) -> list[p.SseEvent]:
         if legacy:
             return p.completion_events(model, self.reply_text, p.new_id("compl"))
-        return p.message_events(model, self.reply_text, usage, p.new_id("msg"))
+        pieces = p.sized_pieces(self.reply_text, usage["output_tokens"])
+        return p.message_events(model, self.reply_text, usage, p.new_id("msg"), pieces=pieces)
 
     def _success(self, model: str, usage: Mapping[str, int], legacy: bool) -> bytes:
         if legacy:
             body = p.completion_body(model, self.reply_text, p.new_id("compl"))
         else:
-            body = p.message_body(model, self.reply_text, usage, p.new_id("msg"))
+            text = p.sized_text(self.reply_text, usage["output_tokens"])
+            body = p.message_body(model, text, usage, p.new_id("msg"))
         return p.compact(body).encode()
 
     async def _pause(self, seconds: float) -> None:
@@ -550,9 +832,35 @@ def _frame(event: Event) -> bytes:
     return p.encode_event(name, data if isinstance(data, str) else p.compact(data))
 
 
-def _with_pings(frames: Sequence[bytes], every: int) -> list[bytes]:
-    ping = p.encode_event(*p.ping_event())
-    out: list[bytes] = []
+def _frames(events: Sequence[Event], output: int) -> list[Frame]:
+    """Each event's bytes with the output generated with it: `output` split over the text
+    deltas (the remainder on the last), or all with the last event if there is none."""
+    deltas = [index for index, event in enumerate(events) if _is_delta(event)]
+    if not deltas and events:
+        deltas = [len(events) - 1]
+    shares = dict(zip(deltas, p.token_shares(output, len(deltas)), strict=True))
+    return [(_frame(event), shares.get(index, 0)) for index, event in enumerate(events)]
+
+
+def _is_delta(event: Event) -> bool:
+    """A `content_block_delta`, or a legacy `completion` event that is not the final one."""
+    if isinstance(event, bytes):
+        return False
+    name, data = event
+    if name == "content_block_delta":
+        return True
+    if name != "completion":
+        return False
+    try:
+        parsed = json.loads(data) if isinstance(data, str) else data
+    except ValueError:
+        return False
+    return isinstance(parsed, Mapping) and parsed.get("stop_reason") is None
+
+
+def _with_pings(frames: Sequence[Frame], every: int) -> list[Frame]:
+    ping = (p.encode_event(*p.ping_event()), 0)
+    out: list[Frame] = []
     for index, frame in enumerate(frames, start=1):
         out.append(frame)
         if index % every == 0 and index < len(frames):
@@ -576,18 +884,44 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.support.fake_upstream")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
-    parser.add_argument("--rpm", type=int)
-    parser.add_argument("--itpm", type=int)
-    parser.add_argument("--otpm", type=int)
+    parser.add_argument("--rpm", type=int, help="requests per minute, per organisation")
+    parser.add_argument("--itpm", type=int, help="input tokens per minute, per organisation")
+    parser.add_argument("--otpm", type=int, help="output tokens per minute, per organisation")
+    parser.add_argument(
+        "--output-charged", choices=get_args(OutputCharging), default="as_generated"
+    )
+    parser.add_argument(
+        "--org",
+        action="append",
+        default=[],
+        type=_org_spec,
+        metavar="ORGID=KEY1,KEY2",
+        help="an organisation owning these keys, with the same limits (repeatable); other keys "
+        "belong to the default organisation",
+    )
     parser.add_argument("--stats-path", help="write the stats JSON here on exit")
     parser.add_argument("--input-tokens-from-body", action="store_true")
     parser.add_argument("--output-tokens", type=int)
     return parser.parse_args(argv)
 
 
+def _org_spec(text: str) -> tuple[str, list[str]]:
+    """`ORGID=key1,key2` -> ("ORGID", ["key1", "key2"])."""
+    org_id, sep, keys = text.partition("=")
+    names = [key.strip() for key in keys.split(",") if key.strip()]
+    if not sep or not org_id.strip() or not names:
+        raise argparse.ArgumentTypeError(f"expected ORGID=KEY1,KEY2, got {text!r}")
+    return org_id.strip(), names
+
+
 async def _serve(args: argparse.Namespace) -> dict[str, Any]:
     fake = FakeUpstream(host=args.host, port=args.port)
-    fake.enforce_limits(rpm=args.rpm, itpm=args.itpm, otpm=args.otpm)
+    limits = {"rpm": args.rpm, "itpm": args.itpm, "otpm": args.otpm}
+    fake.enforce_limits(**limits, output_charged=args.output_charged)
+    for org_id, keys in args.org:
+        fake.add_organization(
+            keys, organization_id=org_id, **limits, output_charged=args.output_charged
+        )
     fake.input_tokens_from_body = args.input_tokens_from_body
     if args.output_tokens is not None:
         fake.usage["output_tokens"] = args.output_tokens

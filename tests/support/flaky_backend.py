@@ -13,6 +13,7 @@ from gateway.limits import (
     Refused,
     Reservation,
 )
+from gateway.limits.backend import ChangeListener
 from gateway.limits.learning import Figures, Lesson
 from tests.support.fake_clock import FakeClock
 
@@ -55,6 +56,9 @@ class FlakyBackend:
     ) -> tuple[str | None, dict[str, str]]:
         self._call("share_organizations")
         return await self.inner.share_organizations(learned)
+
+    def on_change(self, listener: ChangeListener) -> None:
+        self.inner.on_change(listener)
 
     async def ping(self) -> None:
         self._call("ping")

@@ -12,8 +12,9 @@
 local now = clock_now(ARGV[1])
 local margin = tonumber(ARGV[2])
 local caps, rates = {}, {}
-local levels, ats = apply_carried(0, 3, now, caps, rates)
+local levels, ats, changed = apply_carried(0, 3, now, caps, rates)
 for i = 1, #KEYS do
   store(KEYS[i], levels[i], ats[i], caps[i], rates[i], margin)
 end
+publish_changes(changed, now)
 return #KEYS

@@ -48,12 +48,34 @@ local function store(key, level, at, cap, rate, margin)
   redis.call('SET', key, string.format('%.17g %.17g', level, at), 'PX', string.format('%d', ttl))
 end
 
+-- Record a change of key i's level from `was` to `is` when it involves debt (requests are
+-- queued on the bucket, or will be): the instances re-time their waiters by it.
+local function note_change(changed, i, was, is)
+  if was < 0 or is < 0 then
+    changed[i] = (changed[i] or 0) + (is - was)
+  end
+end
+
+-- Tell every instance (channel cgw:changes) how each noted bucket's level moved, and when:
+-- "<now> <key> <delta> <key> <delta> ...". Waiters that reserved before `now` shift by it.
+local function publish_changes(changed, now)
+  local parts = {string.format('%.17g', now)}
+  for i, delta in pairs(changed) do
+    parts[#parts + 1] = KEYS[i]
+    parts[#parts + 1] = string.format('%.17g', delta)
+  end
+  if #parts > 1 then
+    redis.call('PUBLISH', 'cgw:changes', table.concat(parts, ' '))
+  end
+end
+
 -- Apply the settlements this call carries, in order, each at its own time, exactly as one
 -- adjust each would. Keys 1..n already have caps[i] and rates[i] (the call's own buckets);
 -- ARGV from `p` holds:
 --   m, then capacity and rate of KEYS[n+1 .. n+m] (buckets only settlements touch);
 --   e, then e settlements, each: time ("" = now), k, then k pairs (key index, amount).
--- Returns the touched keys' levels and times by key index (write them back with `store`).
+-- Returns the touched keys' levels and times by key index (write them back with `store`),
+-- and the changes that involve debt (for `publish_changes`).
 local function apply_carried(n, p, now, caps, rates)
   local m = tonumber(ARGV[p])
   p = p + 1
@@ -61,7 +83,7 @@ local function apply_carried(n, p, now, caps, rates)
     caps[j], rates[j] = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
     p = p + 2
   end
-  local levels, ats = {}, {}
+  local levels, ats, changed = {}, {}, {}
   local e = tonumber(ARGV[p])
   p = p + 1
   for _ = 1, e do
@@ -72,7 +94,8 @@ local function apply_carried(n, p, now, caps, rates)
       p = p + 2
       local level = level_at(i, levels, ats, caps, rates, t)
       levels[i], ats[i] = math.min(caps[i], level - amount), t
+      note_change(changed, i, level, levels[i])
     end
   end
-  return levels, ats
+  return levels, ats, changed
 end

@@ -12,7 +12,7 @@
 local now = clock_now(ARGV[1])
 local margin = tonumber(ARGV[2])
 
-local lowered = 0
+local lowered, changed = 0, {}
 for i = 1, #KEYS do
   local base = 2 + 3 * (i - 1)
   local cap, rate, ceiling = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
@@ -20,6 +20,8 @@ for i = 1, #KEYS do
   if ceiling < level then
     store(KEYS[i], ceiling, now, cap, rate, margin)
     lowered = lowered + 1
+    note_change(changed, i, level, ceiling)
   end
 end
+publish_changes(changed, now)
 return lowered

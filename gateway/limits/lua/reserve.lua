@@ -10,9 +10,10 @@
 -- ARGV[5 + 3(i-1) ..]  capacity, rate (per second), amount for bucket i <= n
 -- ARGV[5 + 3n ..]  carried settlements, as `apply_carried` in bucket.lua reads them
 --
--- Returns {0, wait_ms, level_1, ..., level_n}: debited; levels after the debit, as strings
+-- Returns {0, wait_ms, now, level_1, ..., level_n}: debited; the time (seconds) and the
+--      levels after the debit, as strings
 --      or {1, i, wait_ms, level_i}: refused, nothing debited; bucket i needs the longest
--- Settlements are written either way. Numbers that are not integers travel as '%.17g'
+-- Settlements are written (and their changes published, see bucket.lua) either way. Numbers that are not integers travel as '%.17g'
 -- strings: Redis truncates Lua numbers.
 
 local now = clock_now(ARGV[1])
@@ -25,7 +26,8 @@ for i = 1, n do
   local base = 4 + 3 * (i - 1)
   caps[i], rates[i], amounts[i] = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
 end
-local settled, settled_at = apply_carried(n, 5 + 3 * n, now, caps, rates)
+local settled, settled_at, changed = apply_carried(n, 5 + 3 * n, now, caps, rates)
+publish_changes(changed, now)
 
 local levels = {}
 local wait, worst = 0, 1
@@ -49,7 +51,7 @@ if wait > max_wait_ms then
   return {1, worst, wait, string.format('%.17g', levels[worst])}
 end
 
-local reply = {0, wait}
+local reply = {0, wait, string.format('%.17g', now)}
 for i = 1, n do
   local after = levels[i] - amounts[i]
   store(KEYS[i], after, now, caps[i], rates[i], margin)

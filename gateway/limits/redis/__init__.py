@@ -10,20 +10,26 @@ from __future__ import annotations
 from gateway.limits.redis.clients import (
     CLIENT_ERRORS,
     ClientKind,
+    PubSubOpener,
     RedisClient,
     RedisPyClient,
     check_url,
+    listen,
     open_client,
+    pubsub_opener,
 )
 from gateway.limits.redis.wire import RedisWire, Script
 
 __all__ = [
     "CLIENT_ERRORS",
     "ClientKind",
+    "PubSubOpener",
     "RedisClient",
     "RedisPyClient",
     "RedisWire",
     "Script",
     "check_url",
+    "listen",
     "open_client",
+    "pubsub_opener",
 ]

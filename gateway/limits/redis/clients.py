@@ -17,10 +17,12 @@ of the gateway.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.commands.core import AsyncScript
@@ -127,3 +129,43 @@ def open_client(
         return RedisPyClient(RedisCluster.from_url(url, **settings))
     pool = BlockingConnectionPool.from_url(url, timeout=timeout, **settings)
     return RedisPyClient(Redis.from_pool(pool))
+
+
+PubSubOpener = Callable[[], PubSub]
+"""Opens a redis-py `PubSub` on a connection of its own (subscriptions block a connection)."""
+RESUBSCRIBE_SECONDS = 1.0
+"""Pause before subscribing again after the subscription's connection was lost."""
+
+
+def pubsub_opener(url: str, *, timeout: float = 1.0) -> PubSubOpener:
+    """A `PubSubOpener` for `url` (a Cluster's seed node too: a Cluster forwards PUBLISH to
+    every node). Its connection never times out reading: a quiet channel is no failure."""
+
+    def opener() -> PubSub:
+        return Redis.from_url(url, socket_connect_timeout=timeout).pubsub()
+
+    return opener
+
+
+async def listen(
+    opener: PubSubOpener,
+    channel: str,
+    on_message: Callable[[bytes], None],
+    on_subscribed: Callable[[], None] = lambda: None,
+) -> None:
+    """Deliver every message of `channel` until cancelled, subscribing again (after a short
+    pause) whenever the connection is lost; `on_subscribed` hears of each subscription.
+    Neither callback may raise."""
+    while True:
+        pubsub = opener()
+        try:
+            await pubsub.subscribe(channel)
+            on_subscribed()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    on_message(message["data"])
+        except CLIENT_ERRORS:
+            await asyncio.sleep(RESUBSCRIBE_SECONDS)  # noqa: TID251 (no clock here: a pause)
+        finally:
+            await pubsub.aclose()
