@@ -215,8 +215,9 @@ class LimitedTicket:
         self._tap: UsageTap | None = None
         self._scope = call.scope
         """The bucket scope: the key's organisation's (or the key's own), set at admission."""
-        self._cached = False
-        """The request sets cache breakpoints (its input is reserved and learned apart)."""
+        self._uncached: int | None = None
+        """With cache breakpoints: the estimate of what follows the last one (the input is
+        reserved and learned on it, apart from requests without)."""
 
     async def __aenter__(self) -> LimitedTicket:
         try:
@@ -304,7 +305,7 @@ class LimitedTicket:
         body = call.body or {}
         self._input_estimate = estimate_input_tokens(body)
         uncached = uncached_input_tokens(body)
-        self._cached = uncached is not None
+        self._uncached = uncached
         cost = limiter.cost_for(
             call.model, self._input_estimate, max_output_tokens(body), uncached=uncached
         )
@@ -384,10 +385,12 @@ class LimitedTicket:
             record.usage_missing = ended_well and not answer.client_left
             return
         if answer.complete and not tap.errored:
-            if self._cached:  # learn what the API charged of such a request's estimate
+            estimated = self._input_estimate
+            if self._uncached is not None:  # what the API charged of the uncached part
                 cache_reads = self._limiter.counts_cache_reads(admission.group)
                 seen = usage.cost(cache_reads_count=cache_reads).input_tokens
-            else:  # learn the estimator's error on the whole prompt
+                estimated = self._uncached
+            else:  # the estimator's error on the whole prompt
                 seen = (
                     usage.input_tokens
                     + usage.cache_creation_input_tokens
@@ -395,10 +398,10 @@ class LimitedTicket:
                 )
             self._limiter.learning.observe(
                 admission.group,
-                self._input_estimate,
+                estimated,
                 seen,
                 usage.output_tokens,
-                cached=self._cached,
+                cached=self._uncached is not None,
             )
 
 

@@ -10,9 +10,10 @@ sample counts fully) and then weigh new samples by `ALPHA`:
   expected`), and the mean of their squares, which with it gives a high quantile of the
   output (`high_output`, what `output_reservation: estimate` reserves). None until the group
   has settled one;
-- the cached input ratio: charged / estimated input of requests with `cache_control`
-  breakpoints, whose cache reads the API does not charge (reference §1.3), apart from the
-  uncached ones (`scaled(..., cached=True)`).
+- the cached input ratio: of requests with `cache_control` breakpoints, whose cache reads
+  the API does not charge (reference §1.3), the charged input against the estimate of what
+  follows their last breakpoint (a cache hit charges about that; a cache write, now and
+  then, more), apart from uncached requests (`scaled(..., cached=True)`).
 
 Each instance learns from the responses it relays at once, and keeps the samples since its
 last sync per group. `LearningSync` (`learning_sync.py`) pushes them to the backend every
@@ -219,13 +220,11 @@ class Learning:
         state = self._groups.get(group)
         return 1.0 if state is None else math.exp(state.ratio.value)
 
-    def cached_ratio(self, group: str) -> float | None:
-        """Charged / estimated input of requests with cache breakpoints, or None before the
-        group has settled one."""
+    def cached_ratio(self, group: str) -> float:
+        """Charged input / the estimate after the last breakpoint, of requests with cache
+        breakpoints (1.0 before the group has settled one)."""
         state = self._groups.get(group)
-        if state is None or state.cached_ratio.count <= 0:
-            return None
-        return math.exp(state.cached_ratio.value)
+        return 1.0 if state is None else math.exp(state.cached_ratio.value)
 
     def high_output(self, group: str) -> float | None:
         """A high quantile (about the 90th percentile) of this group's output tokens: the
@@ -267,9 +266,11 @@ class Learning:
             state.output.move(float(output_tokens), *_BOUNDS[1])
             state.output_square.move(float(output_tokens) ** 2, *_BOUNDS[2])
 
-    def scaled(self, group: str, estimate: int) -> int:
-        """`estimate` times the group's input ratio, rounded up."""
-        return math.ceil(estimate * self.input_ratio(group))
+    def scaled(self, group: str, estimate: int, *, cached: bool = False) -> int:
+        """`estimate` times the group's input ratio (the cached one for the uncached part of
+        a request with cache breakpoints), rounded up."""
+        ratio = self.cached_ratio(group) if cached else self.input_ratio(group)
+        return math.ceil(estimate * ratio)
 
     def lessons(self) -> dict[str, Lesson]:
         """Take every group's samples since the last sync, as lessons for the backend;

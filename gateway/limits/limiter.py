@@ -123,9 +123,9 @@ class Limiter:
         `output_reservation` asks for (raw figures for unmatched models).
 
         Input: the estimate scaled by the group's learned ratio; for a request with cache
-        breakpoints (`uncached`: the estimate of what follows the last one), what the group's
-        cached requests were charged of their estimate, or before one was settled the
-        uncached part alone (cache reads are not charged; a cache write is settled later).
+        breakpoints (`uncached`: the estimate of what follows the last one), that part scaled
+        by what the group's cached requests were charged of it (cache reads are not charged;
+        a cache write, now and then, is settled when it happens), never more than the whole.
         Output: never more than the group's output and combined limits can hold when upstream
         charges output as generated, so `max_tokens` alone never makes a request never fit.
         """
@@ -135,9 +135,7 @@ class Limiter:
         name, learning = group.name, self.learning
         input_tokens = learning.scaled(name, input_estimate)
         if uncached is not None:
-            ratio = learning.cached_ratio(name)
-            cached = learning.scaled(name, uncached) if ratio is None else input_estimate * ratio
-            input_tokens = min(input_tokens, math.ceil(cached))
+            input_tokens = min(input_tokens, learning.scaled(name, uncached, cached=True))
         reservation = group.output_reservation
         output = reservation.amount(
             max_tokens, learning.expected_output(name), learning.high_output(name)

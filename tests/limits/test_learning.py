@@ -150,7 +150,7 @@ def test_the_high_output_is_a_quantile_above_the_mean() -> None:
 def test_cached_requests_learn_their_own_input_ratio() -> None:
     """A request with cache breakpoints moves the cached ratio, never the plain one."""
     learning = Learning()
-    learning.observe("g", 40_000, 100, None, cached=True)
+    before = learning.cached_ratio("g")
+    learning.observe("g", 100, 200, None, cached=True)
     learning.observe("g", 1_000, 1_000, None)
-    cached = learning.cached_ratio("g")
-    assert (1.0, 0.25) == (learning.input_ratio("g"), cached)  # clipped at 1/RATIO_BOUND
+    assert (1.0, 1.0, 2.0) == (before, learning.input_ratio("g"), learning.cached_ratio("g"))

@@ -230,17 +230,16 @@ def test_an_output_reservation_never_exceeds_what_the_limits_hold(clock: FakeClo
     )
 
 
-def test_a_cached_request_reserves_its_uncached_part_then_what_was_learned(
-    clock: FakeClock,
-) -> None:
-    """Cold, a request with cache breakpoints reserves the input after its last one; once
-    the group has settled one, the share of the estimate the API charged."""
+def test_a_cached_request_reserves_its_uncached_part_as_learned(clock: FakeClock) -> None:
+    """A request with cache breakpoints reserves the input after its last one, scaled by
+    what the group's cached requests were charged of theirs (cold: as estimated), never
+    more than the whole prompt; a request without breakpoints reserves the whole."""
     limiter = group_limiter(clock, input_tokens_per_minute=30_000)
     cold = limiter.cost_for("m", 50_000, 100, uncached=120).input_tokens
-    limiter.learning.observe("g", 50_000, 25_000, None, cached=True)
+    limiter.learning.observe("g", 100, 150, None, cached=True)
     learned = limiter.cost_for("m", 50_000, 100, uncached=120).input_tokens
     uncached = limiter.cost_for("m", 50_000, 100).input_tokens
-    assert (120, 25_000, 50_000) == (cold, learned, uncached)
+    assert (120, 180, 50_000) == (cold, learned, uncached)
 
 
 async def test_a_live_charge_counts_toward_settlement(limiter: Limiter) -> None:
