@@ -13,8 +13,9 @@
 #                      and REDIS_URL are always the local ones)
 #   STACK_DIR          where configs, logs and stack.env go (default: a temporary directory,
 #                      removed on exit unless STACK_KEEP=1)
-#   STACK_LB_PORT      nginx port (default 8080); other ports are free ones
+#   STACK_LB_PORT      nginx port (default 8080; 0 = a free one, like the other ports)
 #   STACK_TIMEOUT      stop everything after this many seconds once ready (default 3600)
+#   STACK_STARTUP_SECONDS  how long each process may take to answer (default 20)
 #   STACK_PROMETHEUS   1 (default) or 0
 #   CLAUDE_GATEWAY     the gateway command (default: .venv/bin/claude-gateway, as the image)
 # Once everything answers, it writes $STACK_DIR/stack.env (LB_URL, GATEWAY_1_URL, ...), then
@@ -27,7 +28,7 @@ PY="${STACK_PYTHON:-$ROOT/.venv/bin/python}"
 GATEWAY_CMD="${CLAUDE_GATEWAY:-$ROOT/.venv/bin/claude-gateway}"
 TIMEOUT="${STACK_TIMEOUT:-3600}"
 WITH_PROMETHEUS="${STACK_PROMETHEUS:-1}"
-STARTUP_SECONDS=20
+STARTUP_SECONDS="${STACK_STARTUP_SECONDS:-20}"
 
 if [[ -n "${STACK_DIR:-}" ]]; then
     DIR="$STACK_DIR"
@@ -139,10 +140,15 @@ fi
 cd "$DIR"
 rm -f "$DIR/ready" "$DIR/pids" "$DIR/stack.env"
 # Distinct ports from below the ephemeral range, so no outgoing connection (a gateway's to
-# Redis, say) takes one before its server binds it: bench/ports.py says why.
-{ read -r REDIS_PORT; read -r G1_PORT; read -r G2_PORT; read -r PROM_PORT; } \
-    < <("$PY" "$ROOT/bench/ports.py" 4)
+# Redis, say) takes one before its server binds it: bench/ports.py says why. All in one
+# call: ports.py only knows the ports it handed out itself, and a port chosen elsewhere but
+# not bound yet looks free to it, so STACK_LB_PORT=0 takes the balancer's from here too.
+{ read -r REDIS_PORT; read -r G1_PORT; read -r G2_PORT; read -r PROM_PORT; read -r FREE_LB_PORT; } \
+    < <("$PY" "$ROOT/bench/ports.py" 5)
 LB_PORT="${STACK_LB_PORT:-8080}"
+if [[ "$LB_PORT" == 0 ]]; then
+    LB_PORT="$FREE_LB_PORT"
+fi
 
 # Redis: the compose service's flags.
 redis_flags="$(compose redis-args)"

@@ -13,7 +13,7 @@ What this keeps:
 - each settlement is applied as one adjust call would apply it: in order, at its own time,
   clamped one by one (the scripts replay the list);
 - other instances see a settlement within `delay`, or sooner with this instance's next
-  admission of the tag;
+  admission of the tag; a charge (`urgent`) goes at once;
 - a flush or call that fails loses what it carried, as a failed adjust always did: those
   buckets refill as if the reservation was used. The backend logs it, and also logs a call
   cancelled before Redis answered, whose settlements may or may not have landed (never
@@ -63,14 +63,15 @@ class DeferredSettlements:
         self._flights: dict[str, asyncio.Task[None]] = {}
         """The latest flush of each tag still flying; it waits for the one before it."""
 
-    def add(self, tag: str, settlement: Settlement) -> None:
-        """Queue a settlement of `tag`; it goes with the tag's next call, or by `delay`."""
+    def add(self, tag: str, settlement: Settlement, *, urgent: bool = False) -> None:
+        """Queue a settlement of `tag`; it goes with the tag's next call, or by `delay`, or
+        at once (with any queued before it) when `urgent`."""
         pending = self._pending.get(tag)
         if pending is None:
             pending = self._pending[tag] = []
             self._started[tag] = asyncio.get_running_loop().time()
         pending.append(settlement)
-        if len(pending) >= self._max_pending:
+        if urgent or len(pending) >= self._max_pending:
             self._fly(tag)
         elif tag not in self._armed:
             self._arm(tag, self._delay)

@@ -11,7 +11,6 @@ cooldown, so a dead Redis costs no latency per request.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import structlog

@@ -171,7 +171,7 @@ class RedisBackend:
         if never is not None:
             return never
         tag = buckets[0].hash_tag
-        if self._deferred.flying(tag):
+        while self._deferred.flying(tag):  # a timer may send more while we wait for one
             await self._deferred.landed(tag)
         plan = self._plan(buckets)
         keys = list(plan.keys)
@@ -225,12 +225,15 @@ class RedisBackend:
     def adjust(self, reservation: Reservation, delta: Cost, *, now: float | None = None) -> None:
         """Charge or refund every bucket of a reservation; see `LimitBackend.adjust`.
 
-        Returns at once: the settlement goes with the tag's next reserve or cap, or alone
-        after `settle_delay` (see `DeferredSettlements`).
+        Returns at once. A refund goes with the tag's next reserve or cap, or alone after
+        `settle_delay` (see `DeferredSettlements`): late, it only leaves room unused a moment.
+        A charge (usage past a reservation, a stream's live output) is sent at once: other
+        instances must not admit on room the API no longer has.
         """
         touched = changes(reservation.buckets, delta)
         if touched:
-            self._deferred.add(touched[0][0].hash_tag, Settlement(touched, now))
+            charges = any(amount > 0 for _, amount in touched)
+            self._deferred.add(touched[0][0].hash_tag, Settlement(touched, now), urgent=charges)
 
     async def cap(
         self, buckets: Sequence[BucketSpec], ceilings: Sequence[float], *, now: float | None = None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -13,7 +14,7 @@ from structlog.testing import capture_logs
 
 from gateway.limits import BucketSpec, Cost, Dimension, LimitBackendError, Refused, Reservation
 from gateway.limits.deferred import MAX_PENDING
-from gateway.limits.redis.wire import RedisWire, WireConnectionError
+from gateway.limits.redis.wire import RedisWire, Script, WireConnectionError
 from gateway.limits.redis_backend import RedisBackend
 from tests.limits.conftest import bucket, hung_server
 from tests.support.redis_server import RedisServer
@@ -389,3 +390,42 @@ async def test_a_list_of_buckets_is_encoded_on_every_call(backend: RedisBackend)
     assert isinstance(first, Reservation)
     assert isinstance(grown, Reservation)
     assert (first.levels, grown.levels) == ((9.0,), (99.0,))
+
+
+class HeldAdjusts:
+    """A Redis client that records each script call and holds every adjust until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.release = asyncio.Event()
+
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        kind = "adjust" if len(args) and args[1] == "1000" else "reserve"  # margin vs max_wait
+        self.calls.append(kind)
+        if kind == "adjust":
+            await self.release.wait()
+            return 1
+        return [0, 0, "1000", "58.0"]
+
+    async def script_load(self, script: Script) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def test_a_reserve_waits_for_every_flush_started_while_it_waited() -> None:
+    """A charge flies at once; a refund queued behind it is flushed by its timer while a
+    reserve waits for the charge to land: the reserve waits for that flush too, so it never
+    decides on levels missing a settlement of its own group."""
+    client = HeldAdjusts()
+    backend = RedisBackend(client, settle_delay=0.001)
+    rpm = bucket(Dimension.REQUESTS, 60)
+    held = Reservation((rpm,), Cost(1), 0.0, (59.0,))
+    backend.adjust(held, Cost(1), now=1000.0)  # a charge: flies at once, then held
+    backend.adjust(held, Cost(-1), now=1000.0)  # a refund: queued, flushed by its timer
+    reserving = asyncio.create_task(backend.reserve([rpm], Cost(1), max_wait=0, now=1000.0))
+    await asyncio.sleep(0.01)  # the refund's 1 ms timer fires first: timers run in order
+    client.release.set()
+    await reserving
+    assert ["adjust", "adjust", "reserve"] == client.calls

@@ -130,19 +130,20 @@ def token_shares(total: int, parts: int) -> list[int]:
     return [base] * (parts - 1) + [total - base * (parts - 1)]
 
 
-def sized_pieces(text: str, output_tokens: int) -> list[str]:
+def sized_pieces(text: str, output_tokens: int, per_delta: int = TOKENS_PER_DELTA) -> list[str]:
     """The text deltas of an answer of `output_tokens`, about CHARS_PER_TOKEN characters a token.
 
     `text_pieces(text)` when `text` is within SHORT_ANSWER_TOKENS of the output, or longer.
     Otherwise `text` is repeated to exactly `output_tokens * CHARS_PER_TOKEN` characters, cut
     into as many deltas as `text_pieces(text)` gives (more when a delta would carry over
-    TOKENS_PER_DELTA tokens): delta i holds CHARS_PER_TOKEN x `token_shares(...)[i]` characters,
-    so a client counting delta characters / 4 counts the output exactly.
+    `per_delta` tokens, TOKENS_PER_DELTA by default): delta i holds CHARS_PER_TOKEN x
+    `token_shares(...)[i]` characters, so a client counting delta characters / 4 counts the
+    output exactly.
     """
     pieces = text_pieces(text)
     if not _grows(text, output_tokens):
         return pieces
-    count = min(output_tokens, max(len(pieces), math.ceil(output_tokens / TOKENS_PER_DELTA)))
+    count = min(output_tokens, max(len(pieces), math.ceil(output_tokens / per_delta)))
     unit = text if text.strip() else "Hi there!"
     unit = unit if unit[-1].isspace() else unit + " "
     size = output_tokens * CHARS_PER_TOKEN

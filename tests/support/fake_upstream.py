@@ -372,6 +372,11 @@ class FakeUpstream:
         self.rejected_429 = 0
         self.admitted: list[tuple[float, int, int]] = []
         self.reply_text = "Hi there!"
+        self.default_stream = Stream()
+        """How a stream no script shaped is sent (e.g. `Stream(chunk_delay=0.01)`: paced)."""
+        self.tokens_per_delta = p.TOKENS_PER_DELTA
+        """The most output tokens one text delta of a long answer carries (the real API sends
+        a few at a time)."""
         self.usage: dict[str, int] = {
             "input_tokens": 19,
             "cache_creation_input_tokens": 0,
@@ -612,7 +617,7 @@ class FakeUpstream:
         try:
             await self._pause(delay)
             if action is None:
-                action = Stream() if body.get("stream") else Reply(200)
+                action = self.default_stream if body.get("stream") else Reply(200)
             return await self._perform(request, action, model, usage, legacy=legacy, org=org)
         except asyncio.CancelledError:
             self._count_disconnect()
@@ -776,7 +781,7 @@ class FakeUpstream:
     ) -> list[p.SseEvent]:
         if legacy:
             return p.completion_events(model, self.reply_text, p.new_id("compl"))
-        pieces = p.sized_pieces(self.reply_text, usage["output_tokens"])
+        pieces = p.sized_pieces(self.reply_text, usage["output_tokens"], self.tokens_per_delta)
         return p.message_events(model, self.reply_text, usage, p.new_id("msg"), pieces=pieces)
 
     def _success(self, model: str, usage: Mapping[str, int], legacy: bool) -> bytes:
