@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway.admissions import LimitedAdmissions, NoLimits
 from gateway.background import Background
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
@@ -47,7 +48,7 @@ from gateway.services import (
     Lifecycle,
 )
 from gateway.startup import Startup, startup_for
-from gateway.ticket import LimitedAdmissions, NoLimits
+from gateway.ticket import TicketServices
 from gateway.upstream import Upstream, UpstreamSettings, open_session
 
 log = get_logger("gateway.app")
@@ -128,7 +129,7 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
             shared=isinstance(backend, RedisBackend),
         )
         app[ADMISSIONS] = LimitedAdmissions(
-            limiter, app[EXACT_COUNTER], clock, metrics, app[BACKGROUND]
+            TicketServices(limiter, app[EXACT_COUNTER], clock, metrics, app[BACKGROUND])
         )
         _watch(metrics, limiter, config)
         syncing: asyncio.Task[None] | None = None

@@ -12,12 +12,12 @@ from aiohttp import web
 from gateway.body import request_body
 from gateway.errors import Overloaded
 from gateway.headers import REQUEST_ID, credential_of, upstream_request_headers
+from gateway.limited_call import limited_call
 from gateway.messages import parse_facts, route_of
 from gateway.record import record_of
 from gateway.relay import RelayResult, relay
 from gateway.retry import MAX_RETRIES_HEADER, requested_retries
 from gateway.services import ADMISSIONS, BODY_LIMITS, CLOCK, CREDENTIALS, METRICS, UPSTREAM
-from gateway.ticket import limited_call
 
 
 async def handle_v1(request: web.Request) -> web.StreamResponse:

@@ -17,7 +17,7 @@ limiter's backend timings move while it runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from prometheus_client import (
@@ -30,11 +30,15 @@ from prometheus_client import (
     Histogram,
     Info,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.metric_collectors import (
+    BucketFillCollector,
+    FillReader,
+    LearningCollector,
+    LearningReader,
+)
 from gateway.record import RequestRecord
 
 MAX_MODELS = 50
@@ -45,52 +49,6 @@ DURATION_BUCKETS = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
 RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 4.0)
-FillReader = Callable[[], Mapping[tuple[str, str], float]]
-
-
-class _BucketFillCollector(Collector):
-    """`gateway_limiter_bucket_fill_ratio`, read from the limiter's in-memory snapshot."""
-
-    def __init__(self) -> None:
-        self.read: FillReader = dict
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "gateway_limiter_bucket_fill_ratio",
-            "Last seen bucket level / capacity per group and dimension (below 0: queued debt).",
-            labels=["model_group", "dimension"],
-        )
-        for (group, dimension), ratio in sorted(self.read().items()):
-            family.add_metric([group, dimension], ratio)
-        yield family
-
-
-LearningReader = Callable[[], Mapping[str, tuple[float, float | None]]]
-
-
-class _LearningCollector(Collector):
-    """The token estimator's learned figures per group, read at scrape time."""
-
-    def __init__(self) -> None:
-        self.read: LearningReader = dict
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        ratio = GaugeMetricFamily(
-            "gateway_token_learned_input_ratio",
-            "Learned actual / estimated input tokens per group (scales new estimates).",
-            labels=["model_group"],
-        )
-        output = GaugeMetricFamily(
-            "gateway_token_learned_expected_output",
-            "Learned mean output tokens per group (the `expected` output reservation).",
-            labels=["model_group"],
-        )
-        for group, (input_ratio, expected) in sorted(self.read().items()):
-            ratio.add_metric([group], input_ratio)
-            if expected is not None:
-                output.add_metric([group], expected)
-        yield ratio
-        yield output
 
 
 class GatewayMetrics:
@@ -108,9 +66,9 @@ class GatewayMetrics:
         self._define_upstream(registry)
         self._define_tokens(registry)
         self._define_estimates(registry)
-        self._fill = _BucketFillCollector()
+        self._fill = BucketFillCollector()
         registry.register(self._fill)
-        self._learning = _LearningCollector()
+        self._learning = LearningCollector()
         registry.register(self._learning)
         Info("gateway_build", "Build information.", registry=registry).info(
             {"version": __version__}

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.admissions import Admissions
 from gateway.background import Background
 from gateway.clock import Clock
 from gateway.headers import CredentialPolicy
 from gateway.metrics import GatewayMetrics
-from gateway.ticket import Admissions
 from gateway.upstream import Upstream
 
 

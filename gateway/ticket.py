@@ -14,7 +14,7 @@ model-group request is charged what it really used (`settlement.py`); an endpoin
 nowhere else. Leaving never waits: a settlement that needs a backend round trip (a pull-down
 first) runs in `Background`, outside the request's cancellation.
 
-`Admissions` makes tickets: `NoLimits` when no limiter runs, whose tickets do nothing.
+`admissions.py` makes the tickets.
 """
 
 from __future__ import annotations
@@ -30,17 +30,15 @@ from gateway.admission import (
     group_of,
     rate_limited,
     refusal,
-    requested_max_wait,
 )
 from gateway.background import Background
 from gateway.clock import Clock
 from gateway.estimate import estimate_input_tokens, max_output_tokens, uncached_input_tokens
-from gateway.exact_count import Caller, Counted, ExactCounter, NotCounted
-from gateway.headers import Credential, Headers
+from gateway.exact_count import Counted, ExactCounter, NotCounted
+from gateway.limited_call import LimitedCall
 from gateway.limits import UNLIMITED, Admission, Admitted, Cost, Dimension, Limiter, Unlimited
-from gateway.limits.policy import Endpoint
+from gateway.live_charge import ChargingTap
 from gateway.logs import get_logger
-from gateway.messages import COUNT_TOKENS_PATH, RequestFacts
 from gateway.metrics import GatewayMetrics
 from gateway.record import RequestRecord
 from gateway.relay import Ending, RelayResult
@@ -59,62 +57,8 @@ log = get_logger("gateway.ticket")
 Tap = Callable[[bytes], None]
 """What the relay shows every chunk to (`relay.relay`'s `tap`)."""
 QUEUE_WAIT_HEADER = "x-gateway-queue-wait-ms"
-LIVE_CHARGE_LEAD = 32
-"""Output tokens a stream past its reservation is charged ahead of what it generated: the API
-counts output the moment it generates it, before the gateway sees it, so the gateway stays a
-little ahead; charges go in blocks of about this size, not one backend call per token."""
 ORGANIZATION_HEADER = "anthropic-organization-id"
 _REFUND = Cost()
-
-
-ANONYMOUS_SCOPE = "anonymous"
-BATCHES_PATH = "/v1/messages/batches"
-
-
-@dataclass(frozen=True, slots=True)
-class LimitedCall:
-    """What the limiter needs of one request: a generation of `model` (with its parsed
-    `body`), or one call to an `endpoint` with its own RPM."""
-
-    scope: str
-    caller: Caller
-    model: str = ""
-    body: Mapping[str, Any] | None = None
-    endpoint: Endpoint | None = None
-
-    @property
-    def max_wait(self) -> float | None:
-        """The client's `x-gateway-max-wait` (InvalidRequest when malformed), or None."""
-        return requested_max_wait(self.caller.headers)
-
-
-def limited_call(
-    method: str,
-    path_qs: str,
-    headers: Headers,
-    facts: RequestFacts | None,
-    credential: Credential | None,
-) -> LimitedCall | None:
-    """The limiter's view of a request, or None when no limit looks at it: generations
-    (`/v1/messages`, `/v1/complete`) with a model, `POST /v1/messages/count_tokens` and every
-    `/v1/messages/batches*` call; everything else passes through."""
-    scope = credential.scope if credential else ANONYMOUS_SCOPE
-    caller = Caller(headers, path_qs, credential)
-    endpoint = _endpoint_of(method, caller.path)
-    if endpoint is not None:
-        return LimitedCall(scope, caller, endpoint=endpoint)
-    if facts is None or not facts.is_generation or facts.body is None or not facts.model:
-        return None  # a generation without a model: the API answers it (400) itself
-    return LimitedCall(scope, caller, facts.model, facts.body)
-
-
-def _endpoint_of(method: str, path: str) -> Endpoint | None:
-    """The endpoint with its own upstream RPM that this request calls, if any."""
-    if path == COUNT_TOKENS_PATH:
-        return "count_tokens" if method == "POST" else None
-    if path == BATCHES_PATH or path.startswith(BATCHES_PATH + "/"):
-        return "batches"
-    return None
 
 
 class Ticket(Protocol):
@@ -163,48 +107,21 @@ class FreeTicket:
 FREE = FreeTicket()
 
 
-class Admissions(Protocol):
-    """Protocol: makes the ticket for one request (`None`: a request no limit looks at)."""
+@dataclass(frozen=True, slots=True)
+class TicketServices:
+    """What every ticket of a limited gateway shares."""
 
-    def admit(self, call: LimitedCall | None, record: RequestRecord) -> Ticket: ...
-
-
-class NoLimits:
-    """The admissions of a gateway without limits: every ticket is free."""
-
-    def admit(self, call: LimitedCall | None, record: RequestRecord) -> Ticket:
-        return FREE
-
-
-class LimitedAdmissions:
-    """The admissions of a gateway with a limiter: what every ticket shares."""
-
-    def __init__(
-        self,
-        limiter: Limiter,
-        counter: ExactCounter,
-        clock: Clock,
-        metrics: GatewayMetrics,
-        background: Background,
-    ) -> None:
-        self.limiter = limiter
-        self.counter = counter
-        self.clock = clock
-        self.metrics = metrics
-        self.background = background
-
-    def admit(self, call: LimitedCall | None, record: RequestRecord) -> Ticket:
-        if call is None:
-            return FREE
-        if call.endpoint is not None and not self.limiter.limits_endpoint(call.endpoint):
-            return FREE
-        return LimitedTicket(self, call, record)
+    limiter: Limiter
+    counter: ExactCounter
+    clock: Clock
+    metrics: GatewayMetrics
+    background: Background
 
 
 class LimitedTicket:
     """The ticket of a request the limiter decides on."""
 
-    def __init__(self, shared: LimitedAdmissions, call: LimitedCall, record: RequestRecord):
+    def __init__(self, shared: TicketServices, call: LimitedCall, record: RequestRecord):
         self._shared = shared
         self._limiter = shared.limiter
         self._call = call
@@ -244,7 +161,7 @@ class LimitedTicket:
             return None
         self._tap = UsageTap(stream=stream, encoding=response.headers.get("content-encoding"))
         if stream and self._limiter.charges_live(admission.group):
-            return _ChargingTap(self._tap, self._limiter, admission)
+            return ChargingTap(self._tap, self._limiter, admission)
         return self._tap
 
     def relayed(self, result: RelayResult) -> None:
@@ -403,24 +320,6 @@ class LimitedTicket:
                 usage.output_tokens,
                 cached=self._uncached is not None,
             )
-
-
-class _ChargingTap:
-    """The usage tap of a stream charged as generated: once its output passes its
-    reservation, it is charged ahead of what it generated by LIVE_CHARGE_LEAD to
-    2 x LIVE_CHARGE_LEAD tokens (settlement later corrects the total)."""
-
-    def __init__(self, tap: UsageTap, limiter: Limiter, admission: Admitted) -> None:
-        self._tap, self._limiter, self._admission = tap, limiter, admission
-
-    def __call__(self, chunk: bytes) -> None:
-        self._tap(chunk)
-        admission, generated = self._admission, self._tap.generated
-        reserved = admission.reservation.cost.output_tokens
-        charged = reserved + admission.live.output_tokens
-        if generated > reserved and generated + LIVE_CHARGE_LEAD > charged:
-            ahead = generated + 2 * LIVE_CHARGE_LEAD - charged
-            self._limiter.charge(admission, Cost(output_tokens=ahead))
 
 
 async def _pull_down_then_settle(

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from gateway.admissions import LimitedAdmissions
 from gateway.app import create_app
 from gateway.clock import Clock
 from gateway.config import Settings
@@ -21,7 +22,6 @@ from gateway.headers import Credential
 from gateway.limits import Limiter
 from gateway.logs import configure_logging
 from gateway.services import ADMISSIONS
-from gateway.ticket import LimitedAdmissions
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
 

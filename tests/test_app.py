@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.ports import free_port
+from gateway.admissions import LimitedAdmissions, NoLimits
 from gateway.app import open_backend, upstream_settings
 from gateway.config import Settings
 from gateway.limits import MemoryBackend
@@ -16,7 +17,6 @@ from gateway.limits.redis_backend import RedisBackend
 from gateway.metrics import GatewayMetrics
 from gateway.ops import READINESS_CHECKS
 from gateway.services import ADMISSIONS, UPSTREAM
-from gateway.ticket import LimitedAdmissions, NoLimits
 from tests.conftest import GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
 

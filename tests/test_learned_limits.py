@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.limits import Admitted, Cost, Dimension, Limiter, LimitsConfig, MemoryBackend
-from gateway.limits.learning import MAX_MODEL_GROUPS, LearnedLimits
+from gateway.limits.learned_limits import MAX_MODEL_GROUPS, LearnedLimits
 from tests.conftest import GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream, Reply

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from gateway.limits import Cost, Refused
+from gateway.live_charge import LIVE_CHARGE_LEAD
 from gateway.services import BACKGROUND
-from gateway.ticket import LIVE_CHARGE_LEAD
 from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock, HeldClock
 from tests.support.fake_upstream import FakeUpstream, Stream

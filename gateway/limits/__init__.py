@@ -17,6 +17,7 @@ from __future__ import annotations
 from gateway.limits.backend import LimitBackend, LimitBackendError
 from gateway.limits.learning_sync import LearningSync
 from gateway.limits.limiter import Limiter
+from gateway.limits.limits_file import load_limits
 from gateway.limits.memory_backend import MemoryBackend
 from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
 from gateway.limits.outcomes import (
@@ -27,7 +28,7 @@ from gateway.limits.outcomes import (
     UnknownModel,
     Unlimited,
 )
-from gateway.limits.policy import GroupLimits, LimitsConfig, LimitsFileError, load_limits
+from gateway.limits.policy import GroupLimits, LimitsConfig, LimitsFileError
 
 __all__ = [
     "UNLIMITED",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
-from gateway.limits.learning import LearnedLimits
+from gateway.limits.learned_limits import LearnedLimits
 from gateway.limits.model import BucketSpec
 from gateway.limits.policy import ENDPOINT_GROUPS, Endpoint, GroupLimits, LimitsConfig
 

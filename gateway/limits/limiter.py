@@ -24,7 +24,8 @@ from gateway.limits.backend import (
 )
 from gateway.limits.breaker import CircuitBreaker
 from gateway.limits.bucket_cache import BucketCache
-from gateway.limits.learning import MAX_MODEL_GROUPS, LearnedLimits, Learning
+from gateway.limits.learned_limits import MAX_MODEL_GROUPS, LearnedLimits
+from gateway.limits.learning import Learning
 from gateway.limits.memory_backend import MemoryBackend
 from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
 from gateway.limits.organizations import Organizations

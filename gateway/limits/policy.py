@@ -1,59 +1,27 @@
-"""The limits file: model groups, their limits, and the buckets one request touches.
+"""The limits file's model: model groups, their limits, and the buckets one request touches.
 
-`load_limits(path)` validates a YAML file (see `config/limits.example.yaml`) and reports any
-mistake as one `LimitsFileError` naming the file, the line and the problem::
-
-    limits.yaml:7: groups[0].requests_per_minute: must be >= 0
-
-Line numbers come from the composed YAML node tree: each pydantic error `loc` is walked down
-that tree to the node it names.
+What a file may say and what it means; reading one (YAML, line numbers in errors) is
+`limits_file.py`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
 from gateway.limits.model import BucketSpec, Dimension
+from gateway.limits.reservation import OutputReservation, parse_output_reservation
 
 NonNegativeInt = Annotated[int, Field(ge=0, strict=True)]
-Loc = tuple[int | str, ...]
-
-_MESSAGES = {
-    "greater_than_equal": "must be >= {ge}",
-    "greater_than": "must be > {gt}",
-    "less_than": "must be < {lt}",
-    "less_than_equal": "must be <= {le}",
-    "extra_forbidden": "unknown key",
-    "missing": "required",
-    "too_short": "must not be empty",
-    "string_too_short": "must not be empty",
-    "int_type": "must be an integer",
-    "float_type": "must be a number",
-    "finite_number": "must be a finite number",
-    "bool_type": "must be true or false",
-    "string_type": "must be a string",
-    "tuple_type": "must be a list",
-    "model_type": "must be a mapping",
-    "literal_error": "must be {expected}",
-    "string_pattern_mismatch": "must contain only letters, digits, '_', '.' and '-'",
-}
-
 
 Endpoint = Literal["count_tokens", "batches"]
 """Endpoints with their own upstream RPM, apart from the Messages buckets (reference 1.8)."""
@@ -82,67 +50,6 @@ class QueueLimits(_Section):
     max_wait_seconds: Annotated[float, Field(ge=0, strict=True)] = 30.0
 
 
-COLD_OUTPUT_ESTIMATE = 1_024
-"""Output tokens `estimate` reserves before the group has settled a response."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutputReservation:
-    """How many output tokens a request reserves at admission; settlement corrects it.
-
-    `estimate` (the default: the API charges output as it is generated, reference §1.4): the
-    group's learned high quantile of output (about its 90th percentile; COLD_OUTPUT_ESTIMATE
-    until one response settled), at most `max_tokens`; a stream's output past it is charged
-    while it is generated. `max_tokens` (accounts whose upstream still pre-charges
-    `max_tokens`: safe, wasteful), `expected` (the learned mean output, at most `max_tokens`;
-    `max_tokens` until one response settled), a fraction of `max_tokens`, or `fixed N` (at
-    most `max_tokens`).
-    """
-
-    mode: Literal["estimate", "max_tokens", "expected", "fraction", "fixed"] = "estimate"
-    value: float = 0.0
-
-    @property
-    def charges_as_generated(self) -> bool:
-        """Whether upstream is taken to charge output as it is generated (any mode but
-        `max_tokens`): then `max_tokens` alone never makes a request "never fit", and a
-        stream's output past its reservation is charged while it runs."""
-        return self.mode != "max_tokens"
-
-    def amount(self, max_tokens: int, expected: float | None, high: float | None) -> int:
-        """Tokens to reserve for a request asking for `max_tokens` (0: it named none), given
-        the group's learned mean (`expected`) and high quantile (`high`) output."""
-        asked = max_tokens if max_tokens > 0 else COLD_OUTPUT_ESTIMATE
-        if self.mode == "estimate":
-            guess = COLD_OUTPUT_ESTIMATE if high is None else max(1, math.ceil(high))
-            return min(asked, guess)
-        if self.mode == "fraction":
-            return math.ceil(self.value * max_tokens)
-        if self.mode == "fixed":
-            return min(int(self.value), asked)
-        if self.mode == "expected" and expected is not None:
-            return min(asked, max(1, math.ceil(expected)))
-        return max_tokens
-
-
-def _output_reservation(value: object) -> OutputReservation:
-    """Parse `estimate`, `max_tokens`, `expected`, a number in [0, 1] or `fixed N`."""
-    if isinstance(value, OutputReservation):
-        return value
-    if value in ("estimate", "max_tokens", "expected"):
-        return OutputReservation(value)
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
-        return OutputReservation("fraction", float(value))
-    if isinstance(value, str):
-        word, _, number = value.partition(" ")
-        if word == "fixed" and number.strip().isdigit():
-            return OutputReservation("fixed", int(number))
-    raise PydanticCustomError(
-        "output_reservation",
-        "must be estimate, max_tokens, expected, a fraction from 0 to 1, or 'fixed N'",
-    )
-
-
 class GroupLimits(_Section):
     """Models sharing one set of limits (an upstream model class or a local policy)."""
 
@@ -153,7 +60,7 @@ class GroupLimits(_Section):
     output_tokens_per_minute: NonNegativeInt | None = None
     tokens_per_minute: NonNegativeInt | None = None
     tokens_per_day: NonNegativeInt | None = None
-    output_reservation: Annotated[OutputReservation, BeforeValidator(_output_reservation)] = (
+    output_reservation: Annotated[OutputReservation, BeforeValidator(parse_output_reservation)] = (
         OutputReservation()
     )
     cache_reads_count: Annotated[bool, Field(strict=True)] = False
@@ -278,95 +185,3 @@ class LimitsConfig(_Section):
             return []
         group = ENDPOINT_GROUPS[endpoint]
         return [BucketSpec.create(scope, group, Dimension.REQUESTS, limit, headroom=self.headroom)]
-
-
-def load_limits(path: Path) -> LimitsConfig:
-    """Read and validate a limits file; an empty one is valid and limits nothing."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise LimitsFileError(f"{path}: cannot read: {exc.strerror}") from exc
-    loader = yaml.SafeLoader(text)
-    try:  # what yaml.safe_load does, keeping the node tree for line numbers
-        root = loader.get_single_node()
-        data = None if root is None else loader.construct_document(root)
-    except yaml.YAMLError as exc:
-        raise LimitsFileError(_yaml_problem(path, exc)) from exc
-    finally:
-        loader.dispose()
-    if root is None:
-        return LimitsConfig()
-    duplicate = _duplicate_key(root, ())
-    if duplicate is not None:
-        line, loc = duplicate
-        raise LimitsFileError(f"{path}:{line}: {_path(loc)}: duplicate key")
-    try:
-        return LimitsConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = (_problem(path, root, error) for error in exc.errors(include_url=False))
-        raise LimitsFileError("\n".join(problems)) from exc
-
-
-def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        return f"{path}:{exc.problem_mark.line + 1}: invalid YAML: {exc.problem}"
-    return f"{path}: invalid YAML: {exc}"
-
-
-def _problem(path: Path, root: yaml.Node, error: ErrorDetails) -> str:
-    """One validation error as `file:line: where: what`."""
-    ctx = error.get("ctx", {})
-    loc = tuple(error["loc"])
-    if "index" in ctx:  # a duplicate group: point at the second one's name
-        loc = (*loc, ctx["index"], "name")
-    template = _MESSAGES.get(error["type"])
-    plain = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
-    message = template.format(**plain) if template else error["msg"]
-    return f"{path}:{_line(root, loc)}: {_path(loc)}: {message}"
-
-
-def _line(root: yaml.Node, loc: Sequence[int | str]) -> int:
-    """The 1-based line of the deepest node `loc` reaches (a mapping entry's key line)."""
-    node, line = root, root.start_mark.line
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            entry = next((e for e in node.value if e[0].value == part), None)
-            if entry is None:
-                break
-            line, node = entry[0].start_mark.line, entry[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if not 0 <= part < len(node.value):
-                break
-            node = node.value[part]
-            line = node.start_mark.line
-        else:
-            break
-    return line + 1
-
-
-def _duplicate_key(node: yaml.Node, loc: Loc) -> tuple[int, Loc] | None:
-    """The line and path of the first key repeated in one mapping (YAML keeps the last)."""
-    if isinstance(node, yaml.SequenceNode):
-        children: list[tuple[int | str, yaml.Node]] = list(enumerate(node.value))
-    elif isinstance(node, yaml.MappingNode):
-        children, seen = [], set()
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                continue
-            if key.value in seen:
-                return key.start_mark.line + 1, (*loc, key.value)
-            seen.add(key.value)
-            children.append((key.value, value))
-    else:
-        return None
-    for part, child in children:
-        found = _duplicate_key(child, (*loc, part))
-        if found is not None:
-            return found
-    return None
-
-
-def _path(loc: Sequence[int | str]) -> str:
-    """`('groups', 0, 'name')` as `groups[0].name`; the empty path as `(top level)`."""
-    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-    return text.lstrip(".") or "(top level)"

@@ -14,7 +14,7 @@ from gateway.limits import (
     Unlimited,
 )
 from gateway.limits.bucket_cache import BucketCache
-from gateway.limits.learning import LearnedLimits
+from gateway.limits.learned_limits import LearnedLimits
 from tests.support.fake_clock import FakeClock
 
 SONNET = GroupLimits(name="sonnet", models=("claude-sonnet-4*",), requests_per_minute=60)
