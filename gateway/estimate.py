@@ -33,7 +33,17 @@ _THINKING = frozenset({"thinking", "redacted_thinking"})
 
 
 def estimate_input_tokens(body: Mapping[str, Any]) -> int:
-    """An estimate of the input tokens a Messages (or legacy Complete) body will count."""
+    """An estimate of the input tokens a Messages (or legacy Complete) body will count.
+
+    A body nested deeper than the estimate can walk (legal JSON, hundreds of levels) is
+    estimated from its size instead: a limit is never worked around by nesting."""
+    try:
+        return _estimate(body)
+    except RecursionError:
+        return _size_estimate(body)
+
+
+def _estimate(body: Mapping[str, Any]) -> int:
     chars, tokens = _content_size(body.get("system"))
     tools = body.get("tools")
     if isinstance(tools, list) and tools:
@@ -60,6 +70,13 @@ def uncached_input_tokens(body: Mapping[str, Any]) -> int | None:
     The prompt is read in the API's order: tools, system, messages. With automatic caching
     (a top-level `cache_control`) the breakpoint is taken to sit before the last message.
     """
+    try:
+        return _uncached(body)
+    except RecursionError:
+        return None  # too deep to walk: reserve it as uncached (the whole estimate)
+
+
+def _uncached(body: Mapping[str, Any]) -> int | None:
     parts = list(_prompt_parts(body))
     marked = [index for index, (_, cached) in enumerate(parts) if cached]
     if marked:
@@ -99,6 +116,22 @@ def _last_message_start(body: Mapping[str, Any], total: int) -> int:
     last = messages[-1]
     content = last.get("content") if isinstance(last, dict) else None
     return total - (len(content) if isinstance(content, list) else 1)
+
+
+def _size_estimate(body: Mapping[str, Any]) -> int:
+    """Characters of the body's text, walked without recursion, at CHARS_PER_TOKEN a token."""
+    chars, stack = 0, [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        else:
+            chars += 4  # a number, true, false or null and its framing
+    return REQUEST_OVERHEAD_TOKENS + math.ceil(chars / CHARS_PER_TOKEN)
 
 
 def max_output_tokens(body: Mapping[str, Any]) -> int:

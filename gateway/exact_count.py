@@ -155,10 +155,14 @@ class ExactCounter:
         path_qs = f"{COUNT_TOKENS_PATH}?{query}" if query else COUNT_TOKENS_PATH
         url = URL(self._base + path_qs, encoded=True)
         try:
+            data = counted_body(body)
+        except (RecursionError, ValueError):  # nested deeper than json.dumps goes
+            return NotCounted("error", reached=False, detail="body too deep to send")
+        try:
             async with (
                 asyncio.timeout(time_limit),
                 self._session.post(
-                    url, data=counted_body(body), headers=headers, allow_redirects=False
+                    url, data=data, headers=headers, allow_redirects=False
                 ) as response,
             ):
                 status, raw = response.status, await response.read()

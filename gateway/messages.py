@@ -17,6 +17,8 @@ MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 COMPLETE_PATH = "/v1/complete"
 PARSED_PATHS = frozenset({MESSAGES_PATH, COUNT_TOKENS_PATH, COMPLETE_PATH})
+MAX_TOKENS = 2**31 - 1
+"""The largest `max_tokens` the gateway reads (far above any model's; the API judges the rest)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +91,20 @@ def parse_facts(path: str, body: bytes) -> RequestFacts:
         document = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {_position(exc)}") from None
+    except RecursionError:  # legal JSON, nested deeper than the decoder goes
+        raise InvalidRequest("Request body is nested too deeply to read.") from None
+    except ValueError:  # legal JSON, an integer longer than Python converts (4,300 digits)
+        raise InvalidRequest("Request body holds a number too long to read.") from None
     if not isinstance(document, dict):
         raise InvalidRequest("Request body must be a JSON object.")
     model = document.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequest("model: must be a string.")
     max_tokens = document.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
-        raise InvalidRequest("max_tokens: must be an integer.")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens > MAX_TOKENS
+    ):
+        raise InvalidRequest(f"max_tokens: must be an integer up to {MAX_TOKENS:,}.")
     return RequestFacts(
         route=route,
         model=model,

@@ -10,7 +10,9 @@ settled in one `Limiter.settle` call):
 - an upstream error (4xx/5xx, or a stream `error` event) before any usage: the request
   only; input and output are refunded;
 - the client left before any usage arrived: the reserved input, no output;
-- a 2xx that ended without usage: the reservation as is (counted by `usage_missing`).
+- a 2xx that ended without usage: the reservation as is (counted by `usage_missing`);
+- a count upstream reported that was no sane count (negative, absurd, not an integer) is
+  ignored: what was charged for it so far stands.
 
 Feedback: the API's `anthropic-ratelimit-*-remaining` headers, and a 429's `retry-after`,
 pull the shared buckets down (never up) when upstream has used more than this gateway
@@ -33,6 +35,10 @@ AXES = {
 }
 PULL_SHARE = 0.05
 """Disagreements below this share of a bucket are noise (in-flight requests, rounding)."""
+INPUT_FIELDS = frozenset(
+    {"input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"}
+)
+"""Usage fields that make up the charged input."""
 TOKEN_ROUNDING = 500  # the API rounds token `remaining` to the nearest 1,000: +-500
 
 
@@ -129,12 +135,25 @@ def actual_cost(
     usage = tap.usage
     reserved = admitted.reservation.cost
     if usage is not None:
-        return usage.cost(cache_reads_count=cache_reads, requests=answer.requests)
+        cost = usage.cost(cache_reads_count=cache_reads, requests=answer.requests)
+        return _standing_in(cost, admitted, tap.rejected) if tap.rejected else cost
     if answer.status >= 400 or tap.errored:
         return Cost(requests=answer.requests)
     if answer.client_left:
         return Cost(answer.requests, reserved.input_tokens, 0)
     return Cost(answer.requests, reserved.input_tokens, reserved.output_tokens)
+
+
+def _standing_in(cost: Cost, admitted: Admitted, rejected: Mapping[str, object]) -> Cost:
+    """`cost` with what was charged so far standing in for a count upstream reported that
+    was no sane count (it was ignored): neither refunded nor charged on a count not believed."""
+    charged = admitted.reservation.cost.plus(admitted.live)
+    input_tokens, output_tokens = cost.input_tokens, cost.output_tokens
+    if rejected.keys() & INPUT_FIELDS:
+        input_tokens = charged.input_tokens
+    if "output_tokens" in rejected:
+        output_tokens = charged.output_tokens
+    return Cost(cost.requests, input_tokens, output_tokens)
 
 
 def _threshold(bucket: BucketSpec) -> float:

@@ -271,10 +271,13 @@ class LimitedTicket:
         admission = self._admission
         if not isinstance(admission, Admitted) or admission.settled:
             return
-        if self._answer is None:
-            self._limiter.settle(admission, _REFUND)
-        elif self._settles_usage and self._tap is not None:
-            self._settle(admission, self._answer, self._tap)
+        try:
+            if self._answer is None:
+                self._limiter.settle(admission, _REFUND)
+            elif self._settles_usage and self._tap is not None:
+                self._settle(admission, self._answer, self._tap)
+        except Exception:  # the client has its answer: a settlement bug must not change it
+            log.exception("settlement_failed", group=admission.group)
 
     def _settle(self, admission: Admitted, answer: UpstreamAnswer, tap: UsageTap) -> None:
         """Learn from the answer's headers and usage, then charge the difference; after a
@@ -296,6 +299,8 @@ class LimitedTicket:
     def _observe(self, admission: Admitted, answer: UpstreamAnswer, tap: UsageTap) -> None:
         """Put the usage on the record; a complete answer teaches the group its figures."""
         record, usage = self._record, tap.usage
+        if tap.rejected:  # once per response: the counts are the upstream's, not a client's
+            log.warning("usage_invalid", group=admission.group, fields=repr(tap.rejected)[:200])
         record.usage = usage
         if usage is None:
             ended_well = answer.status < 400 and not tap.errored

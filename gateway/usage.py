@@ -11,13 +11,22 @@ import json
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from gateway.encoding import inflater, readable
 from gateway.estimate import CHARS_PER_TOKEN
 from gateway.limits import Cost
 from gateway.sse import SseParser
 
+MAX_COUNT = 100_000_000
+"""The largest usage count believed: far above any context window or output limit. A larger
+(or negative, or non-integer) count is ignored, never settled."""
+COUNTED_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
 MAX_JSON_BODY = 8 * 1024 * 1024
 """The most of a JSON body the tap keeps to read `usage` from (the rest is relayed unseen)."""
 DELTA_FRAMING_CHARS = len(
@@ -96,6 +105,8 @@ class UsageTap:
         self._inflate = inflater(encoding) if self._readable else None
         self.errored = False
         """An `error` event arrived mid-stream."""
+        self.rejected: dict[str, Any] = {}
+        """Usage fields upstream reported that were no sane count (ignored), first value."""
         self._delta_chars = 0
 
     def __call__(self, chunk: bytes) -> None:
@@ -126,7 +137,7 @@ class UsageTap:
         if self._parser is None and self._usage is None and self._body:
             reported = json_body_usage(bytes(self._body))
             if reported is not None:
-                self._usage = _NO_USAGE.updated(reported)
+                self._take(reported)
             self._body.clear()
         return self._usage
 
@@ -147,7 +158,13 @@ class UsageTap:
         message = document.get("message")
         reported = message.get("usage") if isinstance(message, dict) else document.get("usage")
         if isinstance(reported, dict):
-            self._usage = (self._usage or _NO_USAGE).updated(reported)
+            self._take(reported)
+
+    def _take(self, reported: dict[str, Any]) -> None:
+        """Adopt a reported usage; a count that is no sane count is noted and ignored."""
+        for name in rejected_counts(reported):
+            self.rejected.setdefault(name, reported[name])
+        self._usage = (self._usage or _NO_USAGE).updated(reported)
 
 
 def json_body_usage(body: bytes) -> dict[str, Any] | None:
@@ -158,9 +175,23 @@ def json_body_usage(body: bytes) -> dict[str, Any] | None:
 
 
 def _count(reported: dict[str, Any], name: str, current: int) -> int:
-    """`reported[name]` when it is an integer (a bool is not), else `current`."""
+    """`reported[name]` when it is a sane count (`valid_count`), else `current`."""
     value = reported.get(name)
-    return value if type(value) is int else current
+    return value if valid_count(value) else current
+
+
+def valid_count(value: Any) -> TypeGuard[int]:
+    """An integer (a bool is not) from 0 to MAX_COUNT: a usage count the API could report."""
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
+def rejected_counts(reported: dict[str, Any]) -> list[str]:
+    """The usage fields `reported` carries that are no sane count (null is absent, not bad)."""
+    return [
+        name
+        for name in COUNTED_FIELDS
+        if reported.get(name) is not None and not valid_count(reported[name])
+    ]
 
 
 def _loads(data: str | bytes) -> Any:

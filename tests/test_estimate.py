@@ -100,3 +100,13 @@ def test_a_breakpoint_on_a_later_message_block_moves_the_cut() -> None:
         ],
     }
     assert 13 == uncached_input_tokens(body)
+
+
+def test_a_body_too_deep_to_walk_is_estimated_from_its_size() -> None:
+    """Nested past the recursion limit, the text is still counted (iteratively), and the
+    request is taken as uncached: nesting never lowers what is reserved."""
+    nested: object = "x" * 400
+    for _ in range(5_000):
+        nested = [nested]
+    body = {"messages": [{"role": "user", "content": nested}], "cache_control": {}}
+    assert (104, None) == (estimate_input_tokens(body), uncached_input_tokens(body))

@@ -248,3 +248,39 @@ def test_actual_cost_for_each_ending(
     for chunk in chunks:
         tap(chunk)
     assert expected == actual_cost(RESERVED, tap, outcome, cache_reads=False)
+
+
+@pytest.mark.parametrize(
+    ("usage", "levels"),
+    [
+        ({"input_tokens": -5, "output_tokens": 50}, (99, LIMIT - 7, LIMIT - 50)),
+        ({"input_tokens": 300, "output_tokens": 10**15}, (99, LIMIT - 300, LIMIT - 1_000)),
+    ],
+    ids=["negative-input", "absurd-output"],
+)  # 7: the input estimate reserved for the small body `post` sends
+async def test_usage_no_api_could_report_is_ignored_and_logged_once(
+    make_gateway: GatewayFactory,
+    fake_upstream: FakeUpstream,
+    tmp_path: Path,
+    usage: dict[str, int],
+    levels: tuple[float, float, float],
+) -> None:
+    """A negative or absurd count in the API's usage is ignored (what was reserved for it
+    stands), logged once, and the client's 200 stays an `ok` in the access line."""
+    gateway = await gateway_with_limits(make_gateway, tmp_path)
+    body = {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL,
+            "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn",
+            "usage": usage}  # fmt: skip
+    fake_upstream.script(Reply(200, body=body))
+    await post(gateway, max_tokens=1_000)
+    line = gateway.access_lines()[-1]
+    invalid = [entry for entry in gateway.log_lines() if entry.get("event") == "usage_invalid"]
+    assert ("ok", 200, 1) == (line["outcome"], line["status"], len(invalid))
+    assert "settlement_failed" not in gateway.logs.getvalue()
+    assert levels == await levels_of(gateway)
+
+
+async def levels_of(gateway: RunningGateway) -> tuple[int, int, int]:
+    """(requests, input, output) levels, each rounded to a whole token."""
+    requests, input_tokens, output_tokens = await levels(gateway)
+    return round(requests), round(input_tokens), round(output_tokens)

@@ -172,3 +172,35 @@ def test_a_stream_counts_its_output_as_it_is_generated() -> None:
     mid = tap.generated
     tap(sse("message_delta", {"type": "message_delta", "usage": {"output_tokens": 260}}))
     assert (200, 260) == (mid, tap.generated)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chunks=st.lists(
+        st.binary(max_size=300)
+        | st.sampled_from([START, DELTA_1, DELTA_2, STOP, PING, b"data: {\n\n", b"\r\n"]),
+        max_size=12,
+    ),
+    stream=st.booleans(),
+    encoding=st.sampled_from([None, "gzip", "deflate", "br"]),
+)
+def test_the_tap_never_raises_on_any_bytes(
+    chunks: list[bytes], stream: bool, encoding: str | None
+) -> None:
+    """Any bytes in any chunking, stream or not, any encoding: usage or None, never an error."""
+    tap = tap_of(chunks, stream=stream, encoding=encoding)
+    usage = tap.usage
+    assert usage is None or all(count >= 0 for count in usage.by_kind().values())
+    assert tap.generated >= 0
+
+
+@pytest.mark.parametrize("bad", [-5, 10**12, 3.5, "12", True])
+def test_a_count_that_is_no_sane_count_is_ignored_and_noted(bad: object) -> None:
+    """A negative, absurd, fractional, text or boolean count is ignored (the last sane one
+    stands) and noted once for the log."""
+    start = sse("message_start", {"type": "message_start",
+                "message": {"usage": {"input_tokens": 19, "output_tokens": 2}}})  # fmt: skip
+    delta = sse("message_delta", {"type": "message_delta",
+                "usage": {"input_tokens": bad, "output_tokens": 6}})  # fmt: skip
+    tap = tap_of([start, delta])
+    assert (Usage(19, 6), {"input_tokens": bad}) == (tap.usage, tap.rejected)
