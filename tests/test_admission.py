@@ -11,6 +11,8 @@ import pytest
 from multidict import CIMultiDict
 
 from bench.ports import free_port
+from gateway.admission import rate_limited
+from gateway.limits import BucketSpec, Dimension, Refused
 from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream
@@ -312,3 +314,29 @@ async def test_a_cached_prompt_larger_than_the_input_limit_is_served(
             async with session.post(gateway.url + "/v1/messages", json=body, headers=headers) as r:
                 statuses.append(r.status)
     assert [200] * 5 == statuses
+
+
+@pytest.mark.parametrize(
+    ("wait", "retry_after", "retry_after_ms", "should_retry"),
+    [
+        (0.001, "1", "1", None),
+        (1.2, "2", "1200", None),
+        (1.2345, "2", "1235", None),
+        (60.0, "60", "60000", None),
+        (60.2, "61", "60200", "false"),
+    ],
+)
+def test_a_refusal_is_an_honest_429(
+    wait: float, retry_after: str, retry_after_ms: str, should_retry: str | None
+) -> None:
+    """retry-after is the wait in whole seconds rounded up (at least 1), the -ms header the
+    wait in milliseconds rounded up, and x-should-retry: false only past the SDK's 60 s."""
+    rpm = BucketSpec.create("org", "sonnet", Dimension.REQUESTS, 60)
+    error = rate_limited(Refused(rpm, wait, 0.4))
+    assert (429, retry_after, retry_after_ms, should_retry, "0") == (
+        error.status,
+        error.headers["retry-after"],
+        error.headers["x-gateway-ratelimit-retry-after-ms"],
+        error.headers.get("x-should-retry"),
+        error.headers["x-gateway-ratelimit-remaining"],
+    )

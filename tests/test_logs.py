@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 
 import aiohttp
 import anthropic
@@ -108,3 +109,21 @@ def test_json_format_renders_one_object_per_line() -> None:
         document["level"],
         document["component"],
     )
+
+
+def test_stdlib_records_are_redacted_too() -> None:
+    """A record from aiohttp or asyncio (stdlib logging) passes the same redaction: a key in
+    its message or its traceback never reaches the output."""
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    secret = "sk-ant-api03-STDLIB-secret-0123456789"
+    try:
+        raise ValueError(f"bad header x-api-key: {secret}")
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request %s", secret)
+    logging.getLogger("asyncio").warning("Authorization: Bearer %s", secret)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert ["aiohttp.server", "asyncio"] == [line["logger"] for line in lines]
+    assert secret not in out.getvalue()
+    assert REDACTED in lines[0]["event"]
+    assert REDACTED in lines[0]["exception"]
