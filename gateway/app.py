@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -24,7 +24,6 @@ from gateway.headers import CredentialPolicy
 from gateway.limits import (
     LearningSync,
     LimitBackend,
-    LimitBackendError,
     Limiter,
     LimitsConfig,
     MemoryBackend,
@@ -33,7 +32,7 @@ from gateway.limits.redis_backend import RedisBackend
 from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import gateway_middleware
-from gateway.ops import READINESS_CHECKS, add_ops_routes
+from gateway.ops import READINESS_CHECKS, Dependency, add_ops_routes
 from gateway.retry import RetryPolicy
 from gateway.services import (
     ADMISSIONS,
@@ -134,7 +133,11 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
         _watch(metrics, limiter, config)
         syncing: asyncio.Task[None] | None = None
         if isinstance(backend, RedisBackend):  # in process there is no fleet to share with
-            app[READINESS_CHECKS]["redis"] = _pinger(backend)
+            app[READINESS_CHECKS]["redis"] = Dependency(
+                limiter.probe,
+                required=config.redis_failure == "fail_closed",
+                degraded_means="admitting on this instance's share of each limit (fail_open)",
+            )
             sync = LearningSync(
                 limiter.learning,
                 backend,
@@ -170,18 +173,8 @@ def _watch(metrics: GatewayMetrics, limiter: Limiter, config: LimitsConfig) -> N
     metrics.watch_limiter(
         lambda: {(g, d.value): ratio for (g, d), ratio in limiter.bucket_fill().items()},
         lambda: limiter.breaker_open,
+        lambda: limiter.degraded,
     )
-
-
-def _pinger(backend: LimitBackend) -> Callable[[], Awaitable[bool]]:
-    async def ping() -> bool:
-        try:
-            await backend.ping()
-        except LimitBackendError:
-            return False
-        return True
-
-    return ping
 
 
 def create_app(

@@ -159,6 +159,12 @@ class GatewayMetrics:
             "1 while the circuit breaker skips the shared backend.",
             registry=registry,
         )
+        self._degraded = Gauge(
+            "gateway_limiter_degraded",
+            "1 while the shared backend's last call failed (unreachable, timeout, or an error "
+            "reply such as OOM or READONLY): requests follow the redis_failure policy.",
+            registry=registry,
+        )
         self._limit = Gauge(
             "gateway_limiter_limit",
             "Configured limit per group and dimension, from the limits file (per minute; "
@@ -293,7 +299,8 @@ class GatewayMetrics:
         self._queue_depth.dec()
 
     def backend_call(self, operation: str, seconds: float, ok: bool) -> None:
-        """One limiter backend round trip (reserve, adjust, cap, learn) and whether it failed."""
+        """One limiter backend round trip (reserve, adjust, cap, learn, ping) and whether it
+        failed."""
         self._backend_latency.labels(operation).observe(seconds)
         if not ok:
             self._backend_errors.labels(operation).inc()
@@ -307,10 +314,16 @@ class GatewayMetrics:
         """Read the estimator's learned ratio and expected output at scrape time."""
         self._learning.read = read
 
-    def watch_limiter(self, read_fill: FillReader, breaker_open: Callable[[], bool]) -> None:
-        """Read bucket fill and breaker state from the limiter at scrape time."""
+    def watch_limiter(
+        self,
+        read_fill: FillReader,
+        breaker_open: Callable[[], bool],
+        degraded: Callable[[], bool],
+    ) -> None:
+        """Read bucket fill, breaker state and degradation from the limiter at scrape time."""
         self._fill.read = read_fill
         self._breaker_open.set_function(lambda: 1.0 if breaker_open() else 0.0)
+        self._degraded.set_function(lambda: 1.0 if degraded() else 0.0)
 
     # Upstream -------------------------------------------------------------------------
 

@@ -54,7 +54,8 @@ async def probe_all(
 
 
 async def probe_redis(settings: Settings, clock: Clock) -> ProbeResult:
-    """PING, then SCRIPT LOAD every limiter script, each bounded by the Redis timeout."""
+    """A write probe (what `/readyz` runs), then SCRIPT LOAD every limiter script, each
+    bounded by the Redis timeout."""
     assert settings.redis_url is not None
     url = settings.redis_url.get_secret_value()
     target = f"redis {mask_url(url)}"
@@ -77,7 +78,7 @@ async def probe_redis(settings: Settings, clock: Clock) -> ProbeResult:
     return ProbeResult(
         target,
         True,
-        f"PING {_ms(pinged - started)}, {loaded} scripts loaded in {_ms(done - pinged)}",
+        f"write probe {_ms(pinged - started)}, {loaded} scripts loaded in {_ms(done - pinged)}",
     )
 
 

@@ -35,9 +35,7 @@ AXES = {
 }
 PULL_SHARE = 0.05
 """Disagreements below this share of a bucket are noise (in-flight requests, rounding)."""
-INPUT_FIELDS = frozenset(
-    {"input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"}
-)
+INPUT_FIELDS = frozenset({"input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"})
 """Usage fields that make up the charged input."""
 TOKEN_ROUNDING = 500  # the API rounds token `remaining` to the nearest 1,000: +-500
 

@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 from bench.ports import free_port
 from gateway.admission import rate_limited
 from gateway.limits import BucketSpec, Dimension, Refused
-from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory
+from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
@@ -233,25 +233,103 @@ async def test_upstream_failure_gives_the_reservation_back(
     assert [502, 502, 502] == statuses
 
 
-@pytest.mark.parametrize(("policy", "expected"), [("fail_open", 200), ("fail_closed", 503)])
+async def readiness(url: str) -> tuple[int, dict[str, Any]]:
+    """GET /readyz: status and JSON body."""
+    async with aiohttp.ClientSession() as session, session.get(url + "/readyz") as ready:
+        return ready.status, await ready.json()
+
+
+def degraded_gauge(gateway: RunningGateway) -> float | None:
+    """`gateway_limiter_degraded` as the gateway's registry reads it now."""
+    return gateway.registry.get_sample_value("gateway_limiter_degraded")
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("fail_open", (200, 200, "degraded")), ("fail_closed", (503, 503, "not_ready"))],
+)
 async def test_redis_gone_follows_the_failure_policy(
-    make_gateway: GatewayFactory, tmp_path: Path, policy: str, expected: int
+    make_gateway: GatewayFactory, tmp_path: Path, policy: str, expected: tuple[int, int, str]
 ) -> None:
-    """With Redis unreachable, fail_open admits locally and fail_closed answers 503; not ready."""
+    """With Redis unreachable, fail_open admits locally and stays ready (degraded: body,
+    metric, one log line); fail_closed answers 503 and is not ready (it could serve none)."""
     path = limits_file(tmp_path, "    requests_per_minute: 100\n", redis_failure=policy)
     gateway = await make_gateway(
         limits_file=str(path), redis_url=f"redis://127.0.0.1:{free_port()}/0"
     )
     status, body, _ = await send(gateway.url)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(gateway.url + "/readyz") as ready,
-    ):
-        readiness = await ready.json()
-    assert expected == status
-    if expected == 503:
+    await send(gateway.url)
+    ready_status, readiness_body = await readiness(gateway.url)
+    if status == 503:
         assert "overloaded_error" == body["error"]["type"]
-    assert (503, False) == (ready.status, readiness["redis"])
+    degraded_lines = [line for line in gateway.log_lines() if line["event"] == "limits.degraded"]
+    assert (*expected, False, 1.0, 1) == (
+        status,
+        ready_status,
+        readiness_body["status"],
+        readiness_body["redis"],
+        degraded_gauge(gateway),
+        len(degraded_lines),
+    )
+
+
+async def refuse_writes(admin: Any, fault: str) -> None:
+    """Make the real Redis refuse every write: full (`maxmemory` under `noeviction`) or a
+    read-only replica (of a master that does not exist)."""
+    if fault == "oom":
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", 1)
+    else:
+        await admin.execute_command("REPLICAOF", "127.0.0.1", free_port())
+
+
+async def accept_writes(admin: Any, fault: str) -> None:
+    """Undo `refuse_writes`."""
+    if fault == "oom":
+        await admin.config_set("maxmemory", 0)
+    else:
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("fault", ["oom", "readonly"])
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("fail_open", (200, 200, "degraded")), ("fail_closed", (503, 503, "not_ready"))],
+)
+async def test_a_redis_refusing_writes_is_a_redis_failure(
+    make_gateway: GatewayFactory,
+    redis_server: RedisServer,
+    redis_admin: Any,
+    tmp_path: Path,
+    *,
+    fault: str,
+    policy: str,
+    expected: tuple[int, int, str],
+) -> None:
+    """A Redis that answers PING but refuses writes (OOM, READONLY) fails readiness and the
+    limiter like an unreachable one; once it accepts writes again, the next probe recovers."""
+    path = limits_file(tmp_path, "    requests_per_minute: 100\n", redis_failure=policy)
+    gateway = await make_gateway(limits_file=str(path), redis_url=redis_server.url)
+    before = await readiness(gateway.url)
+    await refuse_writes(redis_admin, fault)
+    try:
+        status, _, _ = await send(gateway.url)
+        during = await readiness(gateway.url)
+        gauge_during = degraded_gauge(gateway)
+    finally:
+        await accept_writes(redis_admin, fault)
+    after = await readiness(gateway.url)
+    served_after, _, _ = await send(gateway.url)
+    assert (
+        (200, "ready"),
+        (*expected, False, 1.0),
+        (200, "ready", True, 0.0, 200),
+    ) == (
+        (before[0], before[1]["status"]),
+        (status, during[0], during[1]["status"], during[1]["redis"], gauge_during),
+        (after[0], after[1]["status"], after[1]["redis"], degraded_gauge(gateway), served_after),
+    )
 
 
 @pytest.mark.redis

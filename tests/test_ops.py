@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import aiohttp
+import asyncio
 
-from gateway.ops import READINESS_CHECKS
+import aiohttp
+import pytest
+
+from gateway.ops import READINESS_CHECKS, Dependency
 from gateway.services import LIFECYCLE
 from tests.conftest import RunningGateway
 
@@ -44,11 +47,49 @@ async def test_not_ready_once_the_gateway_stops_accepting(gateway: RunningGatewa
 
 
 async def test_a_readiness_check_that_raises_counts_as_failing(gateway: RunningGateway) -> None:
-    """A registered dependency check that raises makes /readyz 503 under its own name."""
+    """A required dependency check that raises makes /readyz 503 under its own name."""
 
     async def broken() -> bool:
         raise ConnectionError("no route")
 
-    gateway.app[READINESS_CHECKS]["redis"] = broken
+    gateway.app[READINESS_CHECKS]["redis"] = Dependency(broken)
+    status, body = await readiness(gateway)
+    assert (503, "not_ready", False) == (status, body["status"], body["redis"])
+
+
+async def test_an_optional_dependency_failing_leaves_the_gateway_ready_but_degraded(
+    gateway: RunningGateway,
+) -> None:
+    """Redis under fail_open: its failure is said (status, name, what it means) but the
+    answer stays 200, so no load balancer drops a replica that can serve."""
+
+    async def failing() -> bool:
+        return False
+
+    gateway.app[READINESS_CHECKS]["redis"] = Dependency(
+        failing, required=False, degraded_means="admitting locally"
+    )
+    status, body = await readiness(gateway)
+    assert (200, "degraded", False, {"redis": "admitting locally"}) == (
+        status,
+        body["status"],
+        body["redis"],
+        body["degraded"],
+    )
+
+
+async def test_a_hung_check_fails_within_the_check_timeout(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dependency that never answers (a blackholed Redis) fails the check in bounded time,
+    so the probe gets an answer before its own timeout."""
+    monkeypatch.setattr("gateway.ops.CHECK_TIMEOUT_SECONDS", 0.05)
+    never = asyncio.Event()
+
+    async def hung() -> bool:
+        await never.wait()
+        return True
+
+    gateway.app[READINESS_CHECKS]["redis"] = Dependency(hung)
     status, body = await readiness(gateway)
     assert (503, False) == (status, body["redis"])

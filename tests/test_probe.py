@@ -56,14 +56,14 @@ async def refusing_api() -> AsyncIterator[str]:
 async def test_redis_probe_pings_and_loads_every_script(
     redis_server: RedisServer, redis_admin: Any, fake_upstream: FakeUpstream
 ) -> None:
-    """A reachable Redis answers PING and holds the limiter's four scripts afterwards."""
+    """A reachable Redis takes a write probe and holds the limiter's scripts afterwards."""
     settings = settings_for(redis_url=redis_server.url, upstream_url=fake_upstream.url)
     await redis_admin.script_flush()
     (redis, _) = await probe(settings)
     loaded = await redis_admin.script_exists(*(script.sha.decode() for script in SCRIPTS))
     assert (f"redis {redis_server.url}", True) == redis[:2]
     scripts = len(SCRIPTS)
-    assert re.fullmatch(f"PING {MS}, {scripts} scripts loaded in {MS}", redis[2]), redis[2]
+    assert re.fullmatch(f"write probe {MS}, {scripts} scripts loaded in {MS}", redis[2]), redis[2]
     assert [True] * scripts == loaded
 
 
@@ -73,7 +73,7 @@ async def test_redis_probe_names_what_failed(fake_upstream: FakeUpstream) -> Non
     settings = settings_for(redis_url=url, upstream_url=fake_upstream.url)
     (redis, upstream) = await probe(settings)
     assert (f"redis redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]}", False) == redis[:2]
-    assert redis[2].startswith("redis ping failed:"), redis[2]
+    assert redis[2].startswith("redis probe failed:"), redis[2]
     assert "hunter2" not in repr(redis)
     assert upstream[1]
 

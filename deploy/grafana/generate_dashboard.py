@@ -352,9 +352,19 @@ def redis() -> list[Panel]:
             unit="reqps",
         ),
         panel(
-            "Circuit breaker open",
-            "1 while an instance skips Redis after repeated errors.",
-            [(f"max by (instance) (gateway_limiter_breaker_open{{{INST}}})", "{{instance}}")],
+            "Redis degraded / circuit breaker open",
+            "Degraded: 1 while an instance's last Redis call failed (unreachable, OOM, "
+            "READONLY); breaker: 1 while it skips Redis after repeated errors.",
+            [
+                (
+                    f"max by (instance) (gateway_limiter_degraded{{{INST}}})",
+                    "degraded {{instance}}",
+                ),
+                (
+                    f"max by (instance) (gateway_limiter_breaker_open{{{INST}}})",
+                    "breaker {{instance}}",
+                ),
+            ],
             thresholds=[("green", None), ("red", 1)],
         ),
     ]

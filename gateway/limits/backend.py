@@ -99,7 +99,8 @@ class LimitBackend(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Return when the backend answers; raise LimitBackendError when it does not."""
+        """Return when the backend answers and accepts writes; raise LimitBackendError when
+        it does not (readiness and the circuit breaker count it like any failed call)."""
         ...
 
     async def aclose(self) -> None:

@@ -87,6 +87,26 @@ class Limiter:
         """Whether the backend is being skipped after repeated errors (for metrics)."""
         return self._breaker.is_open
 
+    @property
+    def degraded(self) -> bool:
+        """Whether the shared backend's last call failed: requests are then admitted on this
+        instance's fallback (`fail_open`) or refused (`fail_closed`) until one succeeds."""
+        return not self._breaker.healthy
+
+    async def probe(self) -> bool:
+        """Check the backend (a write, see `LimitBackend.ping`) for readiness; the outcome
+        feeds the breaker like a request's call, so a recovered Redis is used again at once."""
+        started = self._clock.now()
+        try:
+            await self._backend.ping()
+        except LimitBackendError as exc:
+            self._observe("ping", self._clock.now() - started, False)
+            self._breaker.failed(str(exc))
+            return False
+        self._observe("ping", self._clock.now() - started, True)
+        self._breaker.succeeded()
+        return True
+
     def bucket_fill(self) -> dict[tuple[str, Dimension], float]:
         """Last seen level / capacity per (group, dimension); below 0 means queued debt."""
         now = self._clock.now()
@@ -275,7 +295,7 @@ class Limiter:
         try:
             self._backend.adjust(admission.reservation, delta)
         except LimitBackendError as exc:
-            self._breaker.failed()
+            self._breaker.failed(str(exc))
             log.warning("limits.settle_failed", group=admission.group, error=str(exc))
 
     async def pull_down(
@@ -293,7 +313,7 @@ class Limiter:
             await self._backend.cap(buckets, levels)
         except LimitBackendError as exc:
             self._observe("cap", self._clock.now() - started, False)
-            self._breaker.failed()
+            self._breaker.failed(str(exc))
             log.warning("limits.pull_down_failed", group=admission.group, error=str(exc))
         else:
             self._observe("cap", self._clock.now() - started, True)
@@ -311,7 +331,7 @@ class Limiter:
                 outcome = await self._backend.reserve(buckets, cost, max_wait=max_wait)
             except LimitBackendError as exc:
                 self._observe("reserve", self._clock.now() - started, False)
-                self._breaker.failed()
+                self._breaker.failed(str(exc))
                 log.warning("limits.backend_failed", error=str(exc), policy=self._policy)
             else:
                 self._observe("reserve", self._clock.now() - started, True)

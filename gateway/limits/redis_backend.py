@@ -99,7 +99,10 @@ def _script(name: str) -> Script:
 _RESERVE, _ADJUST, _CAP = _script("reserve.lua"), _script("adjust.lua"), _script("cap.lua")
 _LEARN = _script("learn.lua")
 _ORGANIZATIONS = _script("organizations.lua")
-SCRIPTS = (_RESERVE, _ADJUST, _CAP, _LEARN, _ORGANIZATIONS)
+_PROBE = _script("probe.lua")
+SCRIPTS = (_RESERVE, _ADJUST, _CAP, _LEARN, _ORGANIZATIONS, _PROBE)
+PROBE_KEY = "cgw:{probe}"
+"""What `ping` writes (a minute's expiry); on a Cluster, one master's slot."""
 CHANGES_CHANNEL = "cgw:changes"
 """Where the scripts publish changes of buckets in debt (`publish_changes`, bucket.lua)."""
 ORGANIZATION_KEYS = ("cgw:{orgs}", "cgw:{orgs}:primary")
@@ -283,11 +286,12 @@ class RedisBackend:
         return primary, dict(zip(pairs[::2], pairs[1::2], strict=True))
 
     async def ping(self) -> None:
-        """Return when Redis answers PING."""
+        """Return when Redis runs a script that writes: PING alone passes on a Redis that
+        refuses every bucket update (OOM under `noeviction`, READONLY on a replica)."""
         try:
-            await self._transport.ping()
+            await self._transport.evalsha(_PROBE, [PROBE_KEY], [repr(self._clock.now())])
         except CLIENT_ERRORS as exc:
-            raise LimitBackendError(f"redis ping failed: {exc}") from exc
+            raise LimitBackendError(f"redis probe failed: {exc}") from exc
 
     async def load_scripts(self) -> int:
         """Load every script the limiter runs (a start-up probe: permissions, Lua support);

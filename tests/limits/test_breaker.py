@@ -4,6 +4,7 @@ and the limiter skipping its backend while the breaker is open."""
 from __future__ import annotations
 
 import pytest
+import structlog.testing
 
 from gateway.limits import Limiter
 from gateway.limits.breaker import CircuitBreaker
@@ -121,3 +122,48 @@ async def test_failed_trial_keeps_the_breaker_open_another_cooldown(
     clock.advance(5.0)
     await admit(limiter)  # skipped
     assert (4, True) == (len(backend.calls), limiter.breaker_open)
+
+
+def test_one_failure_degrades_and_one_success_recovers_each_logged_once(
+    clock: FakeClock,
+) -> None:
+    """The limiter is degraded from the first failed call to the next good one; an outage is
+    two log lines, however many calls failed in between."""
+    breaker = CircuitBreaker(clock, threshold=3, cooldown=10.0)
+    with structlog.testing.capture_logs() as logs:
+        failed_in_a_row(breaker, 5)
+        degraded = breaker.healthy
+        clock.advance(12.5)
+        breaker.succeeded()
+        breaker.succeeded()
+    assert (
+        False,
+        True,
+        [("limits.degraded", "warning"), ("limits.recovered", "info")],
+        12.5,
+    ) == (
+        degraded,
+        breaker.healthy,
+        [(line["event"], line["log_level"]) for line in logs],
+        logs[1]["degraded_seconds"],
+    )
+
+
+async def test_a_readiness_probe_feeds_the_breaker(
+    limiter: Limiter, backend: FlakyBackend, clock: FakeClock
+) -> None:
+    """A failing probe counts like a failed request call; a passing one closes an open
+    breaker at once, so requests use the recovered backend before any cooldown ends."""
+    backend.failing = True
+    probes = [await limiter.probe() for _ in range(3)]
+    opened, degraded = limiter.breaker_open, limiter.degraded
+    backend.failing = False
+    probes.append(await limiter.probe())
+    served = await admitted(limiter)
+    assert ([False, False, False, True], True, True, False, False) == (
+        probes,
+        opened,
+        degraded,
+        limiter.degraded,
+        served.fallback,
+    )

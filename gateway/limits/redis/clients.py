@@ -2,7 +2,7 @@
 picks between them.
 
 `RedisClient` is what `RedisBackend` needs: `evalsha` (loading the script on NOSCRIPT),
-`script_load`, `ping`, `aclose`. Two implementations:
+`script_load`, `aclose`. Two implementations:
 
 - `RedisWire` (`wire.py`), the pipelined client: a standalone `redis://` or `unix://` server,
   where the limiter's per-request CPU matters most (the default, `pipelined`);
@@ -47,10 +47,6 @@ class RedisClient(Protocol):
         """SCRIPT LOAD `script` (on every primary of a Cluster)."""
         ...
 
-    async def ping(self) -> None:
-        """Return when Redis answers PING."""
-        ...
-
     async def aclose(self) -> None:
         """Close every connection."""
         ...
@@ -72,9 +68,6 @@ class RedisPyClient:
 
     async def script_load(self, script: Script) -> None:
         await self._client.script_load(script.source)
-
-    async def ping(self) -> None:
-        await self._client.ping()
 
     async def aclose(self) -> None:
         await self._client.aclose()
