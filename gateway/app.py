@@ -66,6 +66,7 @@ def upstream_settings(settings: Settings) -> UpstreamSettings:
         connection_limit=settings.upstream_connection_limit,
         retry=RetryPolicy(
             max_attempts=settings.retry_max_attempts,
+            client_attempts=settings.retry_client_attempts,
             base_seconds=settings.retry_base_seconds,
             cap_seconds=settings.retry_cap_seconds,
             budget_seconds=settings.retry_budget_seconds,

@@ -89,7 +89,14 @@ class Settings(BaseSettings):
     )
     # Upstream retries (docs/retries.md) ------------------------------------------------
     retry_max_attempts: int = Field(
-        3, ge=1, le=10, description="Upstream attempts per request, the first included (1 = off)."
+        6, ge=1, le=10, description="Upstream attempts per request, the first included (1 = off)."
+    )
+    retry_client_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Attempts an SDK client makes on its own (max_retries + 1): the gateway "
+        "keeps the client's retries until it has made that many, and they cost no budget.",
     )
     retry_base_seconds: float = Field(
         0.5, gt=0, description="Backoff before the first retry is uniform in [0, this]."

@@ -9,9 +9,19 @@ from an injected `Clock`, jitter from an injected `random.Random`. `upstream.py`
 - Delay: `retry-after-ms` / `retry-after` when present, else full jitter,
   `uniform(0, min(cap, base * 2**retry))`. A delay that would end past the request's time
   budget stops the retries: the client gets the upstream's answer instead.
+- Never lower the client's success. An official SDK announces which of its attempts this
+  is (`x-stainless-retry-count`) and obeys `x-should-retry`; on its own it would make
+  `client_attempts` (3: `max_retries=2`) attempts in all. The gateway makes the ones still
+  to come itself, close together and with jitter, and only once it has made at least as
+  many does a relayed error say `x-should-retry: false`; before that the client keeps its
+  own retries. Those attempts add no load the client would not have made, so they draw
+  nothing from the budget; attempts past them (up to `max_attempts`), and every retry for a
+  client that does not announce its attempts, do.
 - Budget: `RetryBudget` lets retries add at most `ratio` of this instance's first attempts
   (plus a small floor per second so low traffic can retry), so a fleet under an upstream
-  storm adds at most that share of load.
+  storm adds at most that share of load. A retry the budget cannot pay for now waits until
+  the floor has earned it, if that is within the request's time budget (later waiters wait
+  longer: the budget goes into debt, like the limiter's buckets), instead of failing.
 """
 
 from __future__ import annotations
@@ -32,6 +42,10 @@ SPEND_CAP_CODE = "enforced_spend_limit_reached"
 SPEND_CAP_WORDS = ("spend limit", "usage limit", SPEND_CAP_CODE)
 MAX_RETRIES_HEADER = "x-gateway-max-retries"
 SHOULD_RETRY = "x-should-retry"
+CLIENT_RETRY_COUNT = "x-stainless-retry-count"
+"""Sent by the official SDKs on every attempt: 0, then 1, 2, ... on their own retries."""
+SDK_RETRIED_STATUSES = frozenset({408, 409, 429})
+"""Besides every 5xx: what the SDKs retry unless told `x-should-retry: false`."""
 SDK_RETRY_AFTER_CAP = 60.0  # the Python SDK ignores a longer retry-after (reference §4)
 CONNECT_ERROR = "connect_error"
 CONNECT_TIMEOUT = "timeout"
@@ -41,7 +55,9 @@ CONNECT_TIMEOUT = "timeout"
 class RetryPolicy:
     """How hard one request may retry, and how this instance bounds retries overall."""
 
-    max_attempts: int = 3
+    max_attempts: int = 6
+    client_attempts: int = 3
+    """Attempts a client makes on its own: the official SDKs' default `max_retries=2`."""
     base_seconds: float = 0.5
     cap_seconds: float = 8.0
     budget_seconds: float = 30.0
@@ -118,25 +134,34 @@ def requested_retries(raw: str | None, policy: RetryPolicy) -> int | None:
     return min(int(value), max(0, policy.max_attempts - 1))
 
 
+def client_retry_count(headers: Mapping[str, str]) -> int | None:
+    """Which retry of its own this request is for an official SDK (0 = its first attempt),
+    or None when the client does not say (plain HTTP, other libraries) or says nonsense."""
+    raw = headers.get(CLIENT_RETRY_COUNT, "").strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 3:
+        return None
+    return int(raw)
+
+
 def client_should_retry(
-    status: int, headers: Mapping[str, str], *, gateway_retried: bool, hopeless: bool = False
+    status: int, headers: Mapping[str, str], *, client_done: bool, hopeless: bool = False
 ) -> str | None:
     """The `x-should-retry` to put on a relayed answer, or None to relay upstream's unchanged.
 
-    `false` when the gateway already retried (or found the wait too long) an error the SDK
-    would retry again, unless a retry-after the SDK honours (≤ 60 s) tells it when; `false` on
-    an answer known `hopeless` (the spend cap) and on a 429 with neither `retry-after` nor
-    `x-should-retry` (the spend cap's shape, reference §7.4). Otherwise SDK retries would
-    multiply gateway retries (3 x 3 attempts).
+    `false` on an error the SDK would retry once the gateway has made at least as many
+    attempts as the client would still have made on its own (`client_done`): its retries
+    could then only multiply the gateway's (3 x 3 attempts), never add success it would have
+    had without the gateway. Before that, upstream's word stands and the client keeps every
+    retry. Also `false` on an answer known `hopeless` (the spend cap) and on a 429 with
+    neither `retry-after` nor `x-should-retry` (the spend cap's shape, reference §7.4).
     """
     if status < 400:
         return None
     if hopeless:
         return "false"
-    hint = retry_after(headers)
-    if gateway_retried and (hint is None or hint > SDK_RETRY_AFTER_CAP):
+    if status == 429 and retry_after(headers) is None and SHOULD_RETRY not in headers:
         return "false"
-    if status == 429 and hint is None and SHOULD_RETRY not in headers:
+    if client_done and (status >= 500 or status in SDK_RETRIED_STATUSES):
         return "false"
     return None
 
@@ -175,13 +200,24 @@ class RetryBudget:
         self._refill()
         self._tokens = min(self._burst, self._tokens + self._ratio)
 
-    def withdraw(self) -> bool:
-        """Spend one retry if there is one; False means the budget is exhausted."""
+    def withdraw(self, within: float = 0.0) -> float | None:
+        """Take one retry: the seconds until it is paid for (0 = at once), or None, taking
+        nothing, when that is more than `within` seconds away.
+
+        With nothing saved, the retry is owed to the floor's refill: the level goes below
+        zero, so each later retry waits one more `1 / min_per_second` behind it, in order.
+        """
         self._refill()
-        if self._tokens < 1.0 - 1e-9:  # ten deposits of 0.2 sum to 1.999...
-            return False
+        if self._tokens >= 1.0 - 1e-9:  # ten deposits of 0.2 sum to 1.999...
+            self._tokens -= 1.0
+            return 0.0
+        if self._floor <= 0:
+            return None
+        wait = (1.0 - self._tokens) / self._floor
+        if wait > within:
+            return None
         self._tokens -= 1.0
-        return True
+        return wait
 
     def _refill(self) -> None:
         now = self._clock.now()
@@ -198,6 +234,11 @@ class RetryPlan:
     rng: random.Random
     allowed: int
     deadline: float
+    client_left: int = 1
+    """Attempts the client would still have made on its own, this one included."""
+    unbudgeted: int = 1
+    """Attempts that draw nothing from the budget: `client_left` for an SDK that announces
+    its attempts (it stops when told), else only the first."""
     made: int = 0
     answered: int = 0  # attempts the API answered: each one counts toward its RPM
     stopped: str | None = None  # "attempts", "deadline", "budget" or "hopeless" once it gave up
@@ -208,6 +249,24 @@ class RetryPlan:
             self.budget.deposit()
         self.made += 1
 
+    @classmethod
+    def create(
+        cls,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        rng: random.Random,
+        *,
+        now: float,
+        allowed: int,
+        client_retries: int | None,
+    ) -> RetryPlan:
+        """The plan for a request that may make `allowed` attempts; `client_retries` is its
+        `x-stainless-retry-count` (None when the client does not send one)."""
+        client_left = max(1, policy.client_attempts - (client_retries or 0))
+        unbudgeted = 1 if client_retries is None else client_left
+        deadline = now + policy.budget_seconds
+        return cls(policy, budget, rng, allowed, deadline, client_left, unbudgeted)
+
     def next_delay(self, hint: float | None, now: float) -> float | None:
         """Seconds to wait before another attempt, or None to give up (see `stopped`)."""
         if self.made >= self.allowed:
@@ -217,19 +276,19 @@ class RetryPlan:
         if now + delay > self.deadline:
             self.stopped = "deadline"
             return None
-        if not self.budget.withdraw():
+        if self.made < self.unbudgeted:
+            return delay
+        paid_in = self.budget.withdraw(within=self.deadline - now)
+        if paid_in is None:
             self.stopped = "budget"
             return None
-        return delay
+        return max(delay, paid_in)
 
     @property
-    def gateway_retried(self) -> bool:
-        """True when the gateway retried, or would have but the wait passed its deadline.
-
-        A first attempt stopped by the budget is not: the client's own retries then cost what
-        they would without the gateway, which only bounds what it adds itself.
-        """
-        return self.made > 1 or self.stopped == "deadline"
+    def client_done(self) -> bool:
+        """True once the gateway has made at least as many attempts as the client would
+        still have made on its own: a retry of the client's could add load, not success."""
+        return self.made >= self.client_left
 
 
 def _positive(raw: str | None) -> float | None:

@@ -38,6 +38,7 @@ from gateway.retry import (
     RetryBudget,
     RetryPlan,
     RetryPolicy,
+    client_retry_count,
     client_should_retry,
     is_retryable,
     retry_after,
@@ -177,7 +178,16 @@ class Upstream:
         header.
         """
         url = URL(self._base + path_qs, encoded=True)
-        plan = self._plan(retries, replayable=body is None or isinstance(body, bytes))
+        plan = RetryPlan.create(
+            self._policy,
+            self.budget,
+            self._rng,
+            now=self._clock.now(),
+            allowed=self._policy.attempts_for(
+                retries, replayable=body is None or isinstance(body, bytes)
+            ),
+            client_retries=client_retry_count(headers),
+        )
         while True:
             plan.attempt_started()
             outcome = await self._send(method, url, headers, body, observer)
@@ -200,15 +210,10 @@ class Upstream:
         hint = client_should_retry(
             response.status,
             response.headers,
-            gateway_retried=plan.gateway_retried,
+            client_done=plan.client_done,
             hopeless=plan.stopped == "hopeless",
         )
         return Opened(response, plan.made, plan.answered, hint, self._policy.charge_rpm)
-
-    def _plan(self, max_retries: int | None, *, replayable: bool) -> RetryPlan:
-        allowed = self._policy.attempts_for(max_retries, replayable=replayable)
-        deadline = self._clock.now() + self._policy.budget_seconds
-        return RetryPlan(self._policy, self.budget, self._rng, allowed, deadline)
 
     def _next_delay(
         self, plan: RetryPlan, hint: float | None, observer: AttemptObserver
@@ -296,9 +301,10 @@ def _mapped(exc: Exception) -> _Failed | None:
 
 
 def _final(error: GatewayError, plan: RetryPlan) -> GatewayError:
-    """`error`, carrying the attempts header (and `x-should-retry: false` after retries)."""
+    """`error`, carrying the attempts header (and `x-should-retry: false` once the gateway
+    made the attempts the client would have)."""
     error.headers[ATTEMPTS_HEADER] = str(plan.made)
-    if plan.gateway_retried:
+    if plan.client_done:
         error.headers[SHOULD_RETRY] = "false"
     return error
 

@@ -17,6 +17,7 @@ from gateway.retry import (
     RetryBudget,
     RetryPlan,
     RetryPolicy,
+    client_retry_count,
     client_should_retry,
     is_retryable,
     is_spend_cap,
@@ -46,11 +47,25 @@ def headers(**values: str) -> CIMultiDict[str]:
     return CIMultiDict({name.replace("_", "-"): value for name, value in values.items()})
 
 
-def plan(policy: RetryPolicy, clock: FakeClock, *, allowed: int = 3, seed: int = 7) -> RetryPlan:
-    """A fresh plan for one request on a full budget."""
+def plan(
+    policy: RetryPolicy,
+    clock: FakeClock,
+    *,
+    allowed: int = 3,
+    seed: int = 7,
+    client_retries: int | None = None,
+) -> RetryPlan:
+    """A fresh plan for one request on a full budget (a client that does not announce its
+    attempts unless `client_retries` is given)."""
     budget = RetryBudget.of(policy, clock)
-    deadline = clock.now() + policy.budget_seconds
-    return RetryPlan(policy, budget, random.Random(seed), allowed, deadline)
+    return RetryPlan.create(
+        policy,
+        budget,
+        random.Random(seed),
+        now=clock.now(),
+        allowed=allowed,
+        client_retries=client_retries,
+    )
 
 
 @pytest.mark.parametrize(
@@ -177,30 +192,41 @@ def test_bad_requested_retries_is_an_invalid_request(raw: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "given", "retried", "hopeless", "expected"),
+    ("status", "given", "done", "hopeless", "expected"),
     [
         (200, {}, True, False, None),
         (529, {"x_should_retry": "true"}, True, False, "false"),
         (529, {"x_should_retry": "true"}, False, False, None),
-        (429, {"retry_after": "20", "x_should_retry": "true"}, True, False, None),
-        (429, {"retry_after": "90", "x_should_retry": "true"}, True, False, "false"),
+        (429, {"retry_after": "20", "x_should_retry": "true"}, True, False, "false"),
+        (429, {"retry_after": "20", "x_should_retry": "true"}, False, False, None),
         (429, {}, False, False, "false"),
         (429, {"x_should_retry": "true"}, False, True, "false"),
-        (400, {}, False, False, None),
+        (400, {}, True, False, None),
+        (409, {}, True, False, "false"),
     ],
 )
-def test_client_sees_should_retry_false_once_the_gateway_retried(
-    status: int, given: dict[str, str], retried: bool, hopeless: bool, expected: str | None
+def test_client_sees_should_retry_false_once_the_gateway_made_its_attempts(
+    status: int, given: dict[str, str], done: bool, hopeless: bool, expected: str | None
 ) -> None:
-    """After gateway retries the SDK is told not to retry, unless a usable retry-after says when."""
-    actual = client_should_retry(
-        status, headers(**given), gateway_retried=retried, hopeless=hopeless
-    )
+    """`false` on an error the SDK would retry only once the gateway made the attempts the
+    client would have (`client_done`); the spend cap and its shape always; never on a 400."""
+    actual = client_should_retry(status, headers(**given), client_done=done, hopeless=hopeless)
     assert expected == actual
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, None), ("0", 0), ("2", 2), (" 1 ", 1), ("-1", None), ("x", None), ("1e3", None)],
+)
+def test_client_retry_count_reads_the_sdk_header(raw: str | None, expected: int | None) -> None:
+    """`x-stainless-retry-count` is a small whole number, or the client did not say."""
+    given = CIMultiDict({} if raw is None else {"x-stainless-retry-count": raw})
+    assert expected == client_retry_count(given)
+
+
 def test_budget_allows_ratio_of_first_attempts_plus_a_floor() -> None:
-    """Drained, 10 first attempts earn 2 retries at ratio 0.2; a second of floor earns 1 more."""
+    """Drained, 10 first attempts earn 2 retries at ratio 0.2; a second of floor earns 1 more.
+    A retry taken at once waits 0; one the budget cannot pay for now is refused."""
     clock = FakeClock()
     budget = RetryBudget(clock, ratio=0.2, min_per_second=1.0, burst=5)
     drained = [budget.withdraw() for _ in range(6)]
@@ -209,7 +235,18 @@ def test_budget_allows_ratio_of_first_attempts_plus_a_floor() -> None:
     earned = [budget.withdraw() for _ in range(3)]
     clock.advance(1.0)
     floor = [budget.withdraw() for _ in range(2)]
-    assert ([True] * 5 + [False], [True, True, False], [True, False]) == (drained, earned, floor)
+    assert ([0.0] * 5 + [None], [0.0, 0.0, None], [0.0, None]) == (drained, earned, floor)
+
+
+def test_budget_paces_retries_in_order_instead_of_refusing_them() -> None:
+    """Spent, the budget lends against its floor: each retry waits one more 1/floor behind
+    the one before it (0.5 s at 2/s), as long as that is within the caller's bound."""
+    clock = FakeClock()
+    budget = RetryBudget(clock, ratio=0.2, min_per_second=2.0, burst=1)
+    waits = [budget.withdraw(within=1.6) for _ in range(5)]
+    clock.advance(1.0)
+    later = budget.withdraw(within=1.6)
+    assert ([0.0, 0.5, 1.0, 1.5, None], 1.0) == (waits, later)
 
 
 def test_budget_never_saves_up_more_than_its_burst() -> None:
@@ -244,16 +281,16 @@ def test_plan_uses_retry_after_and_stops_when_it_passes_the_deadline() -> None:
     fits, late = plan(policy, clock), plan(policy, clock)
     fits.attempt_started()
     late.attempt_started()
-    assert (12.0, None, "deadline", True) == (
+    assert (12.0, None, "deadline") == (
         fits.next_delay(12.0, clock.now()),
         late.next_delay(31.0, clock.now()),
         late.stopped,
-        late.gateway_retried,
     )
 
 
 def test_plan_stops_when_the_budget_is_spent() -> None:
-    """An exhausted budget stops the retry and says so, without counting as a gateway retry."""
+    """An exhausted budget with no floor stops the retry and says so; the client, whose
+    attempts the gateway has not made, keeps its own retries."""
     clock = FakeClock()
     policy = RetryPolicy(budget_ratio=0.0, budget_min_per_second=0.0, budget_burst=1)
     first, second = plan(policy, clock), plan(policy, clock)
@@ -264,8 +301,48 @@ def test_plan_stops_when_the_budget_is_spent() -> None:
         first.next_delay(None, clock.now()) is not None,
         second.next_delay(None, clock.now()),
         second.stopped,
-        second.gateway_retried,
+        second.client_done,
     )
+
+
+def test_plan_waits_for_budget_within_its_deadline() -> None:
+    """A retry the budget cannot pay for at once waits for the floor, not less than its
+    backoff; one that could only be paid for after the deadline is not made."""
+    clock = FakeClock()
+    policy = RetryPolicy(budget_ratio=0.0, budget_min_per_second=0.05, budget_burst=1)
+    budget = RetryBudget.of(policy, clock)
+    budget.withdraw()
+    paced, hopeless = plan(policy, clock), plan(policy, clock)
+    paced.budget = hopeless.budget = budget
+    paced.attempt_started()
+    hopeless.attempt_started()
+    assert (20.0, None, "budget") == (
+        paced.next_delay(None, clock.now()),
+        hopeless.next_delay(None, clock.now()),
+        hopeless.stopped,
+    )
+
+
+@pytest.mark.parametrize(
+    ("client_retries", "expected"),
+    [(0, (3, True, 3.0)), (1, (2, True, 3.0)), (2, (1, True, 3.0)), (None, (3, True, 1.0))],
+)
+def test_an_sdk_clients_own_attempts_cost_no_budget(
+    client_retries: int | None, expected: tuple[int, bool, float]
+) -> None:
+    """For an SDK at its attempt n (of 3), the gateway makes the 3 - n attempts it would
+    still have made without drawing on the budget, and says `client_done` after them; for
+    a client that does not announce its attempts every retry is budgeted."""
+    clock = FakeClock()
+    policy = RetryPolicy(budget_burst=3)
+    retries = plan(policy, clock, allowed=6, client_retries=client_retries)
+    done_after = 0
+    while not retries.client_done:
+        retries.attempt_started()
+        done_after += 1
+        if not retries.client_done:
+            assert retries.next_delay(None, clock.now()) is not None
+    assert expected == (done_after, retries.client_done, retries.budget.tokens)
 
 
 @given(

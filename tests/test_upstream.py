@@ -202,12 +202,13 @@ async def test_retry_after_beyond_the_time_budget_returns_the_error(
 async def test_exhausted_retries_relay_the_last_error_unchanged(
     make_gateway: GatewayFactory, fake_upstream: FakeUpstream
 ) -> None:
-    """After three 529s the last one goes back byte for byte, with x-should-retry: false."""
+    """After six 529s (the default attempts) the last one goes back byte for byte, with
+    x-should-retry: false: the gateway made more attempts than a client would have."""
     gateway = await fake_clock_gateway(make_gateway)
-    last = Reply(529, body=OVERLOADED, headers={"request-id": "req_3"})
-    fake_upstream.script(Reply(529), Reply(529), last)
+    last = Reply(529, body=OVERLOADED, headers={"request-id": "req_6"})
+    fake_upstream.script(*[Reply(529)] * 5, last)
     status, headers, body = await post(gateway.url)
-    assert (529, OVERLOADED, "req_3", "3", "false") == (
+    assert (529, OVERLOADED, "req_6", "6", "false") == (
         status,
         body,
         headers["request-id"],
@@ -235,7 +236,9 @@ async def test_spend_cap_429_is_not_retried(
 async def test_retry_budget_stops_a_storm(
     make_gateway: GatewayFactory, fake_upstream: FakeUpstream
 ) -> None:
-    """With two retries in the budget, the second request fails fast, is counted, keeps its hint."""
+    """With two retries in the budget and no floor, the first request makes 3 attempts (as
+    many as a client would have: x-should-retry false) and the second one, which the client
+    may still retry itself (its hint kept); both budget stops are counted."""
     gateway = await fake_clock_gateway(
         make_gateway,
         retry_budget_ratio=0,
@@ -244,7 +247,7 @@ async def test_retry_budget_stops_a_storm(
     )
     fake_upstream.script(*[Reply(529)] * 4)
     first, second = await post(gateway.url), await post(gateway.url)
-    assert (("3", "false"), ("1", "true"), 4, 1.0) == (
+    assert (("3", "false"), ("1", "true"), 4, 2.0) == (
         (first[1]["x-gateway-upstream-attempts"], first[1]["x-should-retry"]),
         (second[1]["x-gateway-upstream-attempts"], second[1]["x-should-retry"]),
         len(fake_upstream.requests),
@@ -284,12 +287,12 @@ async def test_unreachable_upstream_is_retried_then_502(make_gateway: GatewayFac
     """Refused connections are retried; the final 502 carries the attempts and no-retry hint."""
     gateway = await fake_clock_gateway(make_gateway, upstream_url=f"http://127.0.0.1:{free_port()}")
     status, headers, _ = await post(gateway.url)
-    assert (502, "3", "false") == (
+    assert (502, "6", "false") == (
         status,
         headers["x-gateway-upstream-attempts"],
         headers["x-should-retry"],
     )
-    assert (3.0, 2.0) == (
+    assert (6.0, 5.0) == (
         metric(gateway, "gateway_upstream_attempts_total", status="connect_error"),
         metric(gateway, "gateway_upstream_retries_total", cause="connect_error"),
     )
@@ -418,15 +421,22 @@ async def test_sdk_succeeds_through_transient_overloads(
 async def test_sdk_does_not_multiply_gateway_retries(
     make_gateway: GatewayFactory, fake_upstream: FakeUpstream
 ) -> None:
-    """With a persistent 529 the SDK obeys x-should-retry: 3 upstream calls, not 3 x 3."""
-    gateway = await fake_clock_gateway(make_gateway)
-    fake_upstream.script(*[Reply(529)] * 9)
+    """With a persistent 529 the SDK obeys x-should-retry: one SDK call costs the 3 attempts
+    it would have made + what the budget allows (3 more on a full budget, none on a spent
+    one), never 3 x 6."""
+    gateway = await fake_clock_gateway(
+        make_gateway, retry_budget_burst=3, retry_budget_ratio=0, retry_budget_min_per_second=0
+    )
+    fake_upstream.script(*[Reply(529)] * 18)
     async with anthropic.AsyncAnthropic(
         base_url=gateway.url, api_key=TEST_KEY, max_retries=2
     ) as client:
-        with pytest.raises(anthropic.OverloadedError) as caught:
-            await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
-    assert (529, 3) == (caught.value.status_code, len(fake_upstream.requests))
+        calls: list[int] = []
+        for _ in range(2):
+            with pytest.raises(anthropic.OverloadedError):
+                await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
+            calls.append(len(fake_upstream.requests) - sum(calls))
+    assert [6, 3] == calls
 
 
 @contextlib.asynccontextmanager
@@ -487,8 +497,8 @@ class FailingSession:
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (aiohttp.ConnectionTimeoutError(), (504, 3, "false")),
-        (aiohttp.ServerDisconnectedError(), (502, 3, "false")),
+        (aiohttp.ConnectionTimeoutError(), (504, 6, "false")),
+        (aiohttp.ServerDisconnectedError(), (502, 6, "false")),
         (aiohttp.SocketTimeoutError(), (504, 1, None)),
         (aiohttp.ClientPayloadError("bad request body"), (502, 1, None)),
     ],
@@ -506,4 +516,56 @@ async def test_connection_failures_retried_read_timeouts_not(
         caught.value.status,
         session.calls,
         caught.value.headers.get("x-should-retry"),
+    )
+
+
+def overloaded_share(share: float, count: int, seed: int) -> list[Reply]:
+    """`count` upstream answers, each a 529 with probability `share` (seeded)."""
+    rng = random.Random(seed)
+    return [Reply(529) if rng.random() < share else Reply(200) for _ in range(count)]
+
+
+async def sdk_successes(base_url: str, *, calls: int, max_retries: int) -> int:
+    """How many of `calls` Messages calls the real SDK (at `max_retries`) gets answered,
+    100 at a time."""
+    gate = asyncio.Semaphore(100)
+
+    async def one(client: anthropic.AsyncAnthropic) -> bool:
+        async with gate:
+            try:
+                await client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
+            except anthropic.APIStatusError:
+                return False
+            return True
+
+    async with anthropic.AsyncAnthropic(
+        base_url=base_url, api_key=TEST_KEY, max_retries=max_retries
+    ) as client:
+        return sum(await asyncio.gather(*(one(client) for _ in range(calls))))
+
+
+@pytest.mark.parametrize(
+    ("share", "max_retries"), [(0.3, 2), (0.1, 0)], ids=["30pct-sdk-retries", "10pct-no-retries"]
+)
+async def test_retries_never_lower_the_sdks_success(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, share: float, max_retries: int
+) -> None:
+    """The real SDK against an upstream answering `share` of calls with 529, directly and
+    through a gateway at its default retry settings, in the same run: through the gateway
+    at least 99.5% succeed, at least as many as directly, at most 1.6 upstream attempts per
+    call. (Before, the gateway told the SDK to stop after 3 attempts and its budget failed
+    requests outright: 95.5-96.2% against 97.3-97.8% direct.)"""
+    calls = 600
+    fake_upstream.script(*overloaded_share(share, calls * 3, seed=1))
+    direct = await sdk_successes(fake_upstream.url, calls=calls, max_retries=max_retries)
+    gateway = await make_gateway(log_level="info")
+    fake_upstream.script(*overloaded_share(share, calls * 6, seed=2))
+    before = len(fake_upstream.requests)
+    through = await sdk_successes(gateway.url, calls=calls, max_retries=max_retries)
+    attempts_per_call = (len(fake_upstream.requests) - before) / calls
+    print(f"direct {direct}/{calls}, gateway {through}/{calls}, {attempts_per_call:.3f}/call")
+    assert (True, True, True) == (
+        through >= 0.995 * calls,
+        through >= direct,
+        attempts_per_call <= 1.6,
     )
