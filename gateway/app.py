@@ -47,6 +47,7 @@ from gateway.services import (
     Lifecycle,
 )
 from gateway.startup import Startup, startup_for
+from gateway.targets import V1_METHODS
 from gateway.ticket import TicketServices
 from gateway.upstream import Upstream, UpstreamSettings, open_session
 
@@ -197,7 +198,9 @@ def create_app(
     app[CLOCK] = clock or SystemClock()
     app[METRICS] = GatewayMetrics(registry)
     app[BODY_LIMITS] = BodyLimits(
-        buffered=settings.max_body_bytes, streamed=settings.max_upload_bytes
+        buffered=settings.max_body_bytes,
+        streamed=settings.max_upload_bytes,
+        stall_seconds=settings.client_body_timeout_seconds,
     )
     app[CREDENTIALS] = CredentialPolicy()
     app[LIFECYCLE] = Lifecycle()
@@ -206,5 +209,6 @@ def create_app(
     app.cleanup_ctx.append(upstream_ctx(upstream_settings(settings)))
     app.cleanup_ctx.append(limiter_ctx(startup))
     add_ops_routes(app)
-    app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
+    for method in V1_METHODS:
+        app.router.add_route(method, "/v1/{tail:.*}", handle_v1)
     return app

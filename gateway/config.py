@@ -87,6 +87,31 @@ class Settings(BaseSettings):
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="auto = uvloop when installed."
     )
+    # Client connections (gateway/connections.py) ---------------------------------------
+    client_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this (from the connection "
+        "for the first request, from its first byte for later ones), else 408 and close.",
+    )
+    client_body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for the next bytes of a request body the gateway is reading, "
+        "else 408 and close.",
+    )
+    keepalive_timeout_seconds: float = Field(
+        75.0,
+        gt=0,
+        description="An idle keep-alive client connection closes after this; keep it above the "
+        "load balancer's idle timeout (ALB 60 s; Google Cloud LB needs more than 600 s).",
+    )
+    max_connections: int = Field(
+        10_000,
+        ge=1,
+        description="Open client connections at most; past it a new one gets 503 overloaded_error "
+        "and is closed. Lowered at start to what the file-descriptor limit allows.",
+    )
     # Upstream retries (docs/retries.md) ------------------------------------------------
     retry_max_attempts: int = Field(
         6, ge=1, le=10, description="Upstream attempts per request, the first included (1 = off)."

@@ -5,6 +5,9 @@ Exception tree::
     GatewayError                     status, error type and a client-safe message
     ├── InvalidRequest               400 invalid_request_error  (malformed JSON, bad header value)
     ├── NotFound                     404 not_found_error        (a path outside /v1 and ops)
+    ├── MethodNotAllowed             405 invalid_request_error  (CONNECT, TRACE)
+    ├── RequestTimeout               408 invalid_request_error  (a request body stalled;
+    │                                                            closes the connection)
     ├── RequestTooLarge              413 request_too_large      (a body over the configured limit;
     │                                                            never_fits: a cost over a limit)
     ├── RateLimited                  429 rate_limit_error       (queue wait would exceed the cap)
@@ -30,6 +33,7 @@ class GatewayError(Exception):
     status: int = 500
     error_type: str = "api_error"
     outcome: str = "gateway_error"  # the metrics/access-log outcome label
+    closes_connection: bool = False  # the answer ends the connection (its request is unusable)
 
     def __init__(
         self,
@@ -54,6 +58,19 @@ class InvalidRequest(GatewayError):
 class NotFound(GatewayError):
     status = 404
     error_type = "not_found_error"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    error_type = "invalid_request_error"
+    outcome = "invalid_request"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    error_type = "invalid_request_error"
+    outcome = "client_timeout"
+    closes_connection = True
 
 
 class RequestTooLarge(GatewayError):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.body import request_body
-from gateway.errors import Overloaded
+from gateway.body import StreamedBody, request_body
+from gateway.errors import GatewayError, Overloaded
 from gateway.headers import REQUEST_ID, credential_of, upstream_request_headers
 from gateway.limited_call import limited_call
 from gateway.messages import parse_facts, route_of
@@ -39,9 +39,14 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     call = limited_call(request.method, request.raw_path, request.headers, facts, credential)
     async with app[ADMISSIONS].admit(call, record) as ticket:
         record.upstream_sent_at = clock.now()
-        opened = await upstream.open(  # one admission covers every attempt
-            request.method, request.raw_path, headers, body, retries=retries, observer=record
-        )
+        try:
+            opened = await upstream.open(  # one admission covers every attempt
+                request.method, request.raw_path, headers, body, retries=retries, observer=record
+            )
+        except GatewayError:
+            if isinstance(body, StreamedBody) and body.failure is not None:
+                raise body.failure from None  # the client broke its upload off, not upstream
+            raise
         record.answered(opened.response)
         tap = ticket.answered(opened, stream=record.streamed)
         extra = {REQUEST_ID: record.request_id, **opened.client_headers(), **ticket.headers()}

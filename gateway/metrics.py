@@ -79,7 +79,8 @@ class GatewayMetrics:
             "gateway_requests",
             "Requests answered, by outcome: ok, queued_ok, rejected, never_fits, "
             "invalid_request, upstream_error, upstream_unavailable, upstream_timeout, "
-            "upstream_dropped, client_disconnect, gateway_error, internal_error.",
+            "upstream_dropped, client_disconnect, client_timeout, over_capacity, "
+            "gateway_error, internal_error.",
             ["model_group", "model", "route", "status", "outcome"],
             registry=registry,
         )
@@ -109,6 +110,11 @@ class GatewayMetrics:
         )
         self._open_streams = Gauge(
             "gateway_open_streams", "SSE responses being relayed.", registry=registry
+        )
+        self._client_connections = Gauge(
+            "gateway_client_connections",
+            "Open client connections (at most GATEWAY_MAX_CONNECTIONS).",
+            registry=registry,
         )
         self._bytes_out = Counter(
             "gateway_response_bytes",
@@ -266,6 +272,10 @@ class GatewayMetrics:
             self._upstream(record)
         if record.usage is not None or record.usage_missing or record.api_remaining:
             self._settled(record)
+
+    def watch_connections(self, read: Callable[[], int]) -> None:
+        """Read the number of open client connections at scrape time."""
+        self._client_connections.set_function(lambda: float(read()))
 
     @contextmanager
     def streaming(self, active: bool) -> Iterator[None]:

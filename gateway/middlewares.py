@@ -1,15 +1,18 @@
 """Request id and log context; gateway errors -> Anthropic envelope; one access line, metrics.
 
-Every request gets a `RequestRecord` and an `x-gateway-request-id`. A `GatewayError` becomes
-the API's error envelope with its status; aiohttp's own HTTP errors (unknown path, wrong
-method) are rendered the same way; anything unexpected is a 500 `api_error` whose traceback
-goes to the log and never to the client. When the request is over, its record derives the
-outcome once and feeds the access line and the metrics.
+Every request gets a `RequestRecord` and an `x-gateway-request-id`. A target the gateway
+never forwards (`targets.py`) is refused first. A `GatewayError` becomes the API's error
+envelope with its status; aiohttp's own HTTP errors (unknown path, wrong method) are rendered
+the same way; anything unexpected is a 500 `api_error` whose traceback goes to the log and
+never to the client. When the request is over, its record derives the outcome once and feeds
+the access line and the metrics (`record_started` / `record_over`, which `connections.py`
+uses too for what it answers before a request exists).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 
@@ -19,8 +22,10 @@ from aiohttp import web
 from gateway.errors import GatewayError, envelope
 from gateway.headers import REQUEST_ID
 from gateway.logs import get_logger
+from gateway.metrics import GatewayMetrics
 from gateway.record import RECORD, RequestRecord
 from gateway.services import CLOCK, METRICS
+from gateway.targets import check_target
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 access_log = get_logger("gateway.access")
@@ -59,14 +64,28 @@ def error_response(
     return response
 
 
+def record_started(metrics: GatewayMetrics, now: float, method: str, path: str) -> RequestRecord:
+    """A new request's record, with its own id, counted as in flight."""
+    record = RequestRecord(new_request_id(), now, method, path)
+    metrics.request_started()
+    return record
+
+
+def record_over(record: RequestRecord, metrics: GatewayMetrics, now: float) -> None:
+    """The request is over: derive its outcome once, count it, write its access line."""
+    record.ended_at = now
+    record.finish()
+    metrics.request_finished(record)
+    _log_access(record)
+
+
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Wrap one request: id, error rendering, access line and metrics."""
     clock, metrics = request.app[CLOCK], request.app[METRICS]
-    record = RequestRecord(new_request_id(), clock.now(), request.method, request.path)
+    record = record_started(metrics, clock.now(), request.method, request.path)
     request[RECORD] = record
     structlog.contextvars.bind_contextvars(request_id=record.request_id)
-    metrics.request_started()
     try:
         response = await _answer(request, handler, record)
     except asyncio.CancelledError:
@@ -74,11 +93,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         record.status = record.status or CLIENT_CLOSED
         raise
     finally:
-        record.ended_at = clock.now()
         record.route = record.route or ("ops" if request.path in OPS_PATHS else "unmatched")
-        record.finish()
-        metrics.request_finished(record)
-        _log_access(record)
+        record_over(record, metrics, clock.now())
         structlog.contextvars.unbind_contextvars("request_id")
     return response
 
@@ -88,15 +104,19 @@ async def _answer(
 ) -> web.StreamResponse:
     rid = record.request_id
     try:
+        check_target(request.method, request.raw_path)
         response = await handler(request)
     except GatewayError as exc:
         record.error_outcome = exc.outcome
         response = error_response(exc.status, exc.error_type, exc.message, rid, exc.headers)
+        if exc.closes_connection:
+            await _send_and_close(request, response)
     except web.HTTPException as exc:
         record.error_outcome = "invalid_request"
         error_type = HTTP_ERROR_TYPES.get(exc.status, "api_error")
         message = _http_message(request, exc)
-        response = error_response(exc.status, error_type, message, rid, {})
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        response = error_response(exc.status, error_type, message, rid, allow)
     except Exception:
         error_log.exception("unhandled_error", method=request.method, path=request.path)
         record.error_outcome = "internal_error"
@@ -105,6 +125,16 @@ async def _answer(
         response.headers.setdefault(REQUEST_ID, rid)
     record.status = response.status
     return response
+
+
+async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send `response` now, then close the connection: aiohttp would otherwise spend its
+    lingering time (10 s) reading the rest of a body that a stalled client is not sending."""
+    response.force_close()
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write_eof()
+    request.protocol.force_close()
 
 
 def _http_message(request: web.Request, exc: web.HTTPException) -> str:
@@ -116,10 +146,12 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
 
 
 def _log_access(record: RequestRecord) -> None:
-    """The access line: one per request (a successful ops call has none)."""
+    """The access line: one per request (a successful ops call has none); `error` names why
+    the connection level refused one it could not read (`connections.py`)."""
     if record.route == "ops" and record.status < 400:
         return
     ttfb = record.ttfb
+    extra = {} if record.error_kind is None else {"error": record.error_kind}
     access_log.info(
         "request",
         method=record.method,
@@ -135,4 +167,5 @@ def _log_access(record: RequestRecord) -> None:
         queue_wait_ms=round(record.queue_wait * 1000, 3),
         upstream_request_id=record.upstream_request_id,
         bytes_out=record.bytes_out,
+        **extra,
     )

@@ -13,6 +13,8 @@ Outcomes (the `outcome` label of `gateway_requests_total` and the access line's 
     client_disconnect      the client went away before the response was complete
     rejected, never_fits, invalid_request, upstream_unavailable, upstream_timeout,
     gateway_error          the gateway answered itself (the error's own label)
+    client_timeout         the client stalled: its headers or its body did not arrive in time
+    over_capacity          the connection cap was reached (`GATEWAY_MAX_CONNECTIONS`)
     internal_error         a bug: a 500 with the traceback in the log only
 """
 
@@ -73,6 +75,9 @@ class RequestRecord:
     # The end --------------------------------------------------------------------------
     error_outcome: str | None = None
     """The label of the error the gateway answered with, if it answered one."""
+    error_kind: str | None = None
+    """What the connection level refused (`malformed_headers`, `header_timeout`, ...): a
+    fixed word, never anything the client sent."""
     cancelled: bool = False
     ended_at: float = 0.0
     outcome: str = ""

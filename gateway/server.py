@@ -4,34 +4,34 @@ The drain: `/readyz` fails at once (load balancers stop sending), the listener s
 `GATEWAY_SHUTDOWN_DRAIN_SECONDS`, then closes; in-flight requests and open streams get
 `GATEWAY_SHUTDOWN_GRACE_SECONDS` to finish, and the cleanup contexts close what `app.py`
 opened.
+
+Client connections are bounded (`connections.py`): each request's head by
+`GATEWAY_CLIENT_HEADER_TIMEOUT_SECONDS`, idle keep-alive by
+`GATEWAY_KEEPALIVE_TIMEOUT_SECONDS`, their number by `GATEWAY_MAX_CONNECTIONS`, which
+`serve()` fits to the process's file-descriptor limit (raising the soft limit first).
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 
 from aiohttp import web
 
 from gateway.config import Settings
+from gateway.connections import ClientConnections, ConnectionLimits, EdgeSite, descriptor_budget
 from gateway.logs import get_logger
-from gateway.services import CLOCK, LIFECYCLE
+from gateway.services import CLOCK, LIFECYCLE, METRICS
 
 log = get_logger("gateway.server")
+LISTEN_BACKLOG = 1024
 
 
 async def serve(settings: Settings, app: web.Application) -> None:
     """Serve until SIGTERM/SIGINT, then drain: /readyz fails, in-flight work finishes."""
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        handler_cancellation=True,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-        access_log=None,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
-    await site.start()
+    limits = connection_limits(settings, _fit_descriptors(settings.max_connections))
+    runner, site = await listen(settings, app, limits)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -39,8 +39,9 @@ async def serve(settings: Settings, app: web.Application) -> None:
     log.info(
         "listening",
         host=settings.host,
-        port=_bound_port(site, settings.port),
+        port=site.port,
         upstream=settings.upstream_shown,
+        max_connections=limits.max_connections,
     )
     try:
         await stop.wait()
@@ -52,7 +53,49 @@ async def serve(settings: Settings, app: web.Application) -> None:
         log.info("stopped")
 
 
-def _bound_port(site: web.TCPSite, configured: int) -> int:
-    server = site._server  # the asyncio server; aiohttp exposes no public accessor
-    sockets = getattr(server, "sockets", None) or []
-    return int(sockets[0].getsockname()[1]) if sockets else configured
+def connection_limits(settings: Settings, max_connections: int | None = None) -> ConnectionLimits:
+    """The client-connection bounds of `settings` (`max_connections` overrides the cap)."""
+    return ConnectionLimits(
+        header_timeout=settings.client_header_timeout_seconds,
+        max_connections=max_connections or settings.max_connections,
+    )
+
+
+async def listen(
+    settings: Settings, app: web.Application, limits: ConnectionLimits | None = None
+) -> tuple[web.AppRunner, EdgeSite]:
+    """Start the app and listen on `settings.host:port` with bounded client connections
+    (`limits`: from `settings` when None); the caller cleans the runner up."""
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+        access_log=None,
+        keepalive_timeout=settings.keepalive_timeout_seconds,
+    )
+    await runner.setup()
+    connections = ClientConnections(limits or connection_limits(settings), app[METRICS], app[CLOCK])
+    site = EdgeSite(runner, connections, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, site
+
+
+def _fit_descriptors(wanted: int) -> int:
+    """The connection cap the file-descriptor limit allows, raising the soft limit if needed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap, new_soft = descriptor_budget(wanted, soft, hard)
+    if new_soft != soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+    if cap < wanted:
+        log.warning(
+            "max_connections_lowered",
+            configured=wanted,
+            allowed=cap,
+            reason=f"RLIMIT_NOFILE is {new_soft} (hard {hard}); each connection may hold 2",
+        )
+    return cap

@@ -29,10 +29,12 @@ class Lifecycle:
 
 @dataclass(frozen=True, slots=True)
 class BodyLimits:
-    """Largest request bodies the gateway buffers (Messages) and streams (uploads)."""
+    """Largest request bodies the gateway buffers (Messages) and streams (uploads), and the
+    longest wait for a body's next bytes."""
 
     buffered: int
     streamed: int
+    stall_seconds: float = 30.0
 
 
 CLOCK = web.AppKey("clock", Clock)
