@@ -5,11 +5,13 @@ from __future__ import annotations
 import gc
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
@@ -78,6 +80,23 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
     """
     yield
     gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging_after_each_test() -> Iterator[None]:
+    """Give structlog and the root logger back as each test found them.
+
+    `configure_logging` is process-wide: a gateway a test builds at `warning` would otherwise
+    leave every later test's `capture_logs()` blind to `info` lines (structlog filters by
+    level before the capture sees the event), so whether a test passes would depend on
+    which ran before it.
+    """
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture(scope="session")

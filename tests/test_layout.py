@@ -30,6 +30,7 @@ BEHAVIOUR_SUITES = {
     "test_bench_rounds.py": "bench/report.py and scenario_proxy.py: a row from its rounds",
     "limits/test_backends_contract.py": "one contract suite run on every LimitBackend",
     "limits/test_backends_learn.py": "learned-figure merging, the same on every LimitBackend",
+    "limits/test_redis_faults.py": "RedisBackend at the moments Redis faults make likely",
 }
 
 

@@ -88,8 +88,12 @@ class DeferredSettlements:
             await asyncio.shield(flight)
 
     def flying(self, tag: str) -> bool:
-        """Whether a flush of `tag` is in flight (a call must wait for it to keep order)."""
-        return tag in self._flights
+        """Whether a flush of `tag` is in flight (a call must wait for it to keep order).
+
+        A flush that has finished is not, even before the loop has run its done callback:
+        awaiting a finished task never yields, so a caller looping on `landed` would spin."""
+        flight = self._flights.get(tag)
+        return flight is not None and not flight.done()
 
     async def settled(self, tag: str) -> None:
         """Send the tag's queued settlements now; return once every flush of it has landed."""

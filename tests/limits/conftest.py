@@ -25,6 +25,7 @@ from gateway.limits import (
 )
 from gateway.limits.redis_backend import RedisBackend
 from tests.support.fake_clock import FakeClock
+from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.redis_server import RedisServer
 
 SCOPE = "k1"
@@ -35,6 +36,9 @@ ALL_BACKENDS = [
     pytest.param("redis", marks=pytest.mark.redis),  # from_url: the RedisWire transport
     pytest.param("redis-py", marks=pytest.mark.redis),  # the redis-py transport, same server
 ]
+CLUSTER_BACKENDS = [pytest.param("redis-cluster3", marks=pytest.mark.redis)]
+"""Three masters and their replicas: for suites that provide a `redis_cluster3` fixture
+(tests/e2e/test_redis_cluster.py), so the default run starts no cluster."""
 
 MODEL = "claude-sonnet-4-5"
 """A model of the sonnet group, for the limiter tests."""
@@ -111,12 +115,17 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio
 async def open_backend(
     kind: str, clock: FakeClock, request: pytest.FixtureRequest
 ) -> AsyncIterator[LimitBackend]:
-    """A fresh, empty backend of `kind`: memory, fakeredis, or the real server through
-    `RedisWire` (redis) or redis-py (redis-py)."""
+    """A fresh, empty backend of `kind`: memory, fakeredis, the real server through
+    `RedisWire` (redis) or redis-py (redis-py), or the `redis_cluster3` fixture's three-master
+    Cluster through redis-py's cluster client (redis-cluster3)."""
     if kind == "memory":
         opened: LimitBackend = MemoryBackend(clock)
     elif kind == "fakeredis":
         opened = RedisBackend(fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer()))
+    elif kind == "redis-cluster3":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster3")
+        await asyncio.to_thread(cluster.flushall)
+        opened = RedisBackend.from_url(cluster.url, cluster=True)
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         admin = redis.asyncio.Redis.from_url(server.url)

@@ -18,14 +18,18 @@ of the gateway.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.limits.redis.wire import Address, RedisWire, Script, WireError
@@ -53,21 +57,49 @@ class RedisClient(Protocol):
 
 
 class RedisPyClient:
-    """redis-py (a standalone pool, a Cluster, or fakeredis) as a `RedisClient`."""
+    """redis-py (a standalone pool, a Cluster, or fakeredis) as a `RedisClient`.
 
-    def __init__(self, client: Redis | RedisCluster) -> None:
+    `in_flight` bounds the calls running at once; a call beyond it waits up to `wait`
+    seconds for its turn. redis-py's Cluster client has no blocking pool: a node whose
+    connections are all busy raises `MaxConnectionsError` at once, so `open_client` queues a
+    burst here instead (a standalone pool waits by itself).
+    """
+
+    def __init__(
+        self, client: Redis | RedisCluster, *, in_flight: int | None = None, wait: float = 1.0
+    ) -> None:
         self._client = client
         self._scripts: dict[bytes, AsyncScript] = {}
+        self._turns = asyncio.Semaphore(in_flight) if in_flight else None
+        self._wait = wait
 
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         registered = self._scripts.get(script.sha)
         if registered is None:  # AsyncScript reloads on NOSCRIPT, on every Cluster primary
             registered = self._client.register_script(script.source)
             self._scripts[script.sha] = registered
-        return await registered(keys=keys, args=args)
+        async with self._turn():
+            return await registered(keys=keys, args=args)
 
     async def script_load(self, script: Script) -> None:
-        await self._client.script_load(script.source)
+        async with self._turn():
+            await self._client.script_load(script.source)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """Hold one of the `in_flight` turns for a call (nothing to hold without a bound)."""
+        if self._turns is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._turns.acquire()
+        except TimeoutError:
+            raise RedisConnectionError(f"no Redis connection free within {self._wait} s") from None
+        try:
+            yield
+        finally:
+            self._turns.release()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -105,10 +137,17 @@ def open_client(
 ) -> RedisClient:
     """A client for `url` (`redis://`, `unix://`, `rediss://`; a seed node's when `cluster`).
 
-    The pipelined client keeps one persistent connection. redis-py's Cluster client
-    discovers the other nodes; its standalone pool is bounded at `max_connections` per node,
-    so a burst waits briefly for a free connection instead of opening one per request.
-    `timeout` bounds connecting and every command, so a hung server fails fast.
+    The pipelined client keeps one persistent connection. redis-py's pools are bounded at
+    `max_connections` per node, so a burst waits briefly for a free connection instead of
+    opening one per request (on a Cluster, for one of `max_connections` turns, which also
+    bounds each node's pool). `timeout` bounds connecting, every command and that wait, so
+    a hung server fails fast.
+
+    The Cluster client follows MOVED, ASK and TRYAGAIN redirects but never retries a failed
+    command itself (redis-py's default: 10 attempts, with backoff and topology refreshes,
+    seconds per call while a master fails over): an EVALSHA that timed out may have run, so
+    running it again could debit every bucket twice, and the limiter's breaker and
+    `redis_failure` policy answer a failing node at once. The next call refreshes the slots.
     """
     check_url(url, cluster=cluster, kind=kind)
     if pipelined(url, cluster=cluster, kind=kind):
@@ -119,7 +158,9 @@ def open_client(
         "max_connections": max_connections,
     }
     if cluster:
-        return RedisPyClient(RedisCluster.from_url(url, **settings))
+        never_retry = Retry(NoBackoff(), 0)
+        client = RedisCluster.from_url(url, retry=never_retry, **settings)
+        return RedisPyClient(client, in_flight=max_connections, wait=timeout)
     pool = BlockingConnectionPool.from_url(url, timeout=timeout, **settings)
     return RedisPyClient(Redis.from_pool(pool))
 
