@@ -25,8 +25,15 @@ from bench.scenario_errors import ErrorsScenario
 from bench.scenario_proxy import ProxyScenario
 from bench.scenario_redis import RedisScenario
 from bench.serving import raise_nofile_limit, run_main
-from bench.settings import TARGETS, BenchSettings, preset
-from bench.targets import Launcher, gateway_version, pinned_placement
+from bench.settings import TARGETS, BenchSettings, check_target, preset, split_target
+from bench.targets import (
+    Launcher,
+    env_item,
+    gateway_source,
+    gateway_version,
+    log_settings,
+    pinned_placement,
+)
 
 SCENARIOS = ("default", "errors", "redis", "all")
 
@@ -38,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         help=f"comma-separated subset of {','.join(TARGETS)} "
-        "(default: all but gateway+memory; quick: no redis)",
+        "(default: all but gateway+memory and the other Redis clients; quick: no redis); "
+        "a gateway target may be served from another tree: gateway+redis@/tmp/clone",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     parser.add_argument(
@@ -51,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="seed of the mock's error draws")
     parser.add_argument(
         "--gateway-env",
-        type=_env_item,
+        type=env_item,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -73,9 +81,9 @@ def build_settings(args: argparse.Namespace) -> BenchSettings:
     changes: dict[str, Any] = {}
     if args.targets:
         targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
-        unknown = set(targets) - set(TARGETS)
-        if unknown:
-            raise SystemExit(f"unknown targets: {', '.join(sorted(unknown))}")
+        problems = [problem for t in targets if (problem := check_target(t)) is not None]
+        if problems:
+            raise SystemExit("; ".join(problems))
         changes["targets"] = targets
     for name in ("duration", "rounds", "streams", "concurrency", "error_rate", "seed"):
         if getattr(args, name) is not None:
@@ -93,9 +101,15 @@ async def run(args: argparse.Namespace, settings: BenchSettings, procs: Processe
     launcher = Launcher(procs, gateway_env=gateway_env, gateway_timeout=args.gateway_timeout)
     version = gateway_version()
     pinned = pinned_placement()
-    report = Report(
-        _command_line(), args.scenario, machine_info(version), settings, pinned.description
-    )
+    machine = machine_info(version)
+    machine["gateway logs"] = log_settings(gateway_env)
+    machine["gateway source"] = gateway_source(gateway_env)
+    report = Report(_command_line(), args.scenario, machine, settings, pinned.description)
+    for target in settings.targets:
+        tree = split_target(target)[1]
+        if tree is not None:
+            source = gateway_source(gateway_env, tree.resolve())
+            report.notes.append(f"- {target}: gateway source {source}")
     if version is None:
         report.notes.append("- claude-gateway is not installed: gateway rows are skipped.")
     if args.wait_quiet > 0:
@@ -127,13 +141,6 @@ def _command_line() -> str:
     with contextlib.suppress(ValueError):
         python = python.relative_to(Path.cwd())
     return shlex.join([str(python), "-m", "bench", *sys.argv[1:]])
-
-
-def _env_item(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
 
 
 def main(argv: list[str] | None = None) -> int:

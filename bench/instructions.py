@@ -28,9 +28,20 @@ from bench.load import client_session, closed_loop
 from bench.ports import free_port
 from bench.procs import Child, NotReadyError, Processes, wait_http, wait_tcp
 from bench.serving import run_main
-from bench.targets import Launcher, gateway_env, pinned_placement
+from bench.targets import (
+    REDIS_TARGETS,
+    Launcher,
+    RedisKind,
+    env_item,
+    gateway_env,
+    gateway_source,
+    log_settings,
+    pinned_placement,
+)
 
-TARGETS = ("passthrough", "gateway", "gateway+memory", "gateway+redis")
+DEFAULT_TARGETS = ("passthrough", "gateway", "gateway+memory", "gateway+redis")
+TARGETS = (*DEFAULT_TARGETS, *(t for t in REDIS_TARGETS if t not in DEFAULT_TARGETS))
+"""The other Redis targets (redis-py, Cluster, TLS) run only when asked for."""
 STARTUP_SECONDS = 180.0  # a Python server starts 20-50x slower under valgrind
 WARM_UP_REQUESTS = 200
 
@@ -38,10 +49,20 @@ WARM_UP_REQUESTS = 200
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument(
-        "--targets", default=",".join(TARGETS), help=f"comma-separated subset of {TARGETS}"
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated subset of {TARGETS} (default: the first four)",
     )
     parser.add_argument("--requests", type=int, default=600, help="counted requests per target")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--gateway-env",
+        type=env_item,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the gateway processes (repeatable)",
+    )
     args = parser.parse_args(argv)
     args.targets = [name.strip() for name in args.targets.split(",") if name.strip()]
     unknown = set(args.targets) - set(TARGETS)
@@ -54,7 +75,7 @@ async def count(args: argparse.Namespace, procs: Processes) -> dict[str, float]:
     """kIr per request for each target, in order; a target that fails is reported and skipped."""
     launcher, placement = Launcher(procs), pinned_placement()
     mock = await launcher.mock(placement)
-    redis = await launcher.redis(placement.load) if "gateway+redis" in args.targets else None
+    redis: dict[RedisKind, Child] = {}
     results: dict[str, float] = {}
     for target in args.targets:
         print(f"[instructions] {target}", file=sys.stderr)
@@ -62,8 +83,17 @@ async def count(args: argparse.Namespace, procs: Processes) -> dict[str, float]:
         env: dict[str, str] = {}
         if target.startswith("gateway+"):
             env["GATEWAY_LIMITS_FILE"] = str(launcher.limits_file())
-        if target == "gateway+redis" and redis is not None:
-            env["GATEWAY_REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
+        try:
+            spec = REDIS_TARGETS.get(target)
+            if spec is not None:  # the same server for targets of one kind, as in the bench
+                if spec.server not in redis:
+                    redis[spec.server] = await launcher.redis(placement.load, kind=spec.server)
+                env["GATEWAY_REDIS_URL"] = launcher.redis_url(redis[spec.server], spec.server)
+                env |= spec.env
+        except NotReadyError as exc:
+            print(f"[instructions] {target} skipped: {exc}", file=sys.stderr)
+            continue
+        env |= dict(args.gateway_env)
         server = _start(procs, target, mock, out, env, cpus=placement.server)
         try:
             await _ready(server, target)
@@ -147,10 +177,18 @@ def _total(out: Path) -> int:
     return total
 
 
-def table(results: Mapping[str, float], requests: int, concurrency: int) -> str:
-    """The Markdown report: kIr per request, and each target against the pass-through."""
+def table(
+    results: Mapping[str, float],
+    requests: int,
+    concurrency: int,
+    about: Mapping[str, str] | None = None,
+) -> str:
+    """The Markdown report: kIr per request, and each target against the pass-through;
+    `about` (gateway logs, source) goes above it as a list."""
     floor = results.get("passthrough")
-    lines = [
+    lines = [f"- {key}: {value}" for key, value in (about or {}).items()]
+    lines += [""] if lines else []
+    lines += [
         f"Instructions per request (callgrind, {requests} requests at concurrency "
         f"{concurrency}, after {WARM_UP_REQUESTS} warm-up):",
         "",
@@ -170,7 +208,9 @@ async def report(args: argparse.Namespace, outcome: list[int]) -> None:
         results = await count(args, procs)
     finally:
         procs.stop_all()
-    print(table(results, args.requests, args.concurrency))
+    extra = dict(args.gateway_env)
+    about = {"gateway logs": log_settings(extra), "gateway source": gateway_source(extra)}
+    print(table(results, args.requests, args.concurrency, about))
     outcome[0] = 0 if len(results) == len(args.targets) else 1
 
 

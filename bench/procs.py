@@ -72,15 +72,17 @@ class Processes:
         *,
         cpus: Collection[int] | None,
         env: Mapping[str, str] | None = None,
+        cwd: Path = ROOT,
     ) -> Child:
-        """Start `argv` in its own process group, on `cpus` (None: every allowed CPU)."""
+        """Start `argv` in its own process group, on `cpus` (None: every allowed CPU), in
+        `cwd` (a `python -m` child imports the packages of that tree first)."""
         allowed = sorted(self.all_cpus if cpus is None else cpus)
         prefix = ["taskset", "-c", ",".join(map(str, allowed))] if shutil.which("taskset") else []
         log = self.logdir / f"{name}-{port}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 [*prefix, *argv],
-                cwd=ROOT,
+                cwd=cwd,
                 env={**os.environ, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -106,6 +106,13 @@ def _cpu_warnings(row: ProxyRow) -> list[str]:
                 f"- {row.target}: WARNING: other processes used {pct:.0f}% of a core during the "
                 f"{phase} measurement; those numbers are disturbed (rerun on a quiet machine)"
             )
+    disturbed = [pct for pct in row.round_other_pct if pct > DISTURBED_PCT]
+    if disturbed and len(row.round_other_pct) > 1:
+        out.append(
+            f"- {row.target}: other processes used more than {DISTURBED_PCT:.0f}% of a core in "
+            f"{len(disturbed)} of {len(row.round_other_pct)} req/s rounds (up to "
+            f"{max(disturbed):.0f}%); the medians above absorb a few"
+        )
     load_core = (row.load_cpu_pct or 0) + (row.server_cpu_pct or 0 if row.target == "direct" else 0)
     if load_core > SATURATED_PCT:
         out.append(
@@ -172,6 +179,16 @@ def proxy_section(rows: list[ProxyRow], s: BenchSettings, placement: str) -> lis
         notes += _cpu_warnings(row)
         if len(row.round_rps) > 1:
             notes.append(_rounds(row))
+        if row.rounds_redone and row is rows[0]:
+            notes.append(
+                f"- {row.rounds_redone} req/s round(s) were disturbed by other processes and run "
+                "again (every target's window of that round), after waiting for quiet"
+            )
+        if row.log_lines is not None:
+            notes.append(
+                f"- {row.target}: its log holds {row.log_lines:,} lines "
+                f"({(row.log_bytes or 0) / 1e6:,.1f} MB) after the req/s and latency phases"
+            )
         if row.rss_before_kb is not None:
             notes.append(
                 f"- {row.target}: RSS {row.rss_before_kb:,} KB before, {row.rss_during_kb:,} KB "

@@ -15,7 +15,7 @@ import asyncio
 import os
 import statistics
 import sys
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -30,9 +30,9 @@ from bench.load import (
     percentile,
     stream_ttfb,
 )
-from bench.procs import Child, CpuUse, NotReadyError, cpu_use, rss_kb, sample_cpu
-from bench.settings import BenchSettings
-from bench.targets import Launcher, Placement
+from bench.procs import Child, CpuUse, NotReadyError, cpu_use, rss_kb, sample_cpu, wait_quiet
+from bench.settings import DISTURBED_PCT, BenchSettings, split_target
+from bench.targets import REDIS_TARGETS, Launcher, Placement, RedisKind
 from bench.window import CHUNK_SECONDS, quiet_samples
 
 LATENCY_WARMUP = 20
@@ -54,6 +54,8 @@ class ProxyRow:
     pct_of_passthrough: float | None = None  # median over rounds of this / passthrough req/s
     round_rps: list[float] = field(default_factory=list)
     round_pct: list[float] = field(default_factory=list)  # per round, % of passthrough
+    round_other_pct: list[float] = field(default_factory=list)  # per round, foreign CPU
+    round_cpu_ms: list[float] = field(default_factory=list)  # per round, server CPU ms/req
     p50_ms: float | None = None
     p99_ms: float | None = None
     ttfb_p50_ms: float | None = None
@@ -62,6 +64,9 @@ class ProxyRow:
     streams_open: int | None = None
     streams_completed: int | None = None
     rss_per_stream_kb: float | None = None
+    log_lines: int | None = None  # lines in a gateway's log after the fast phase
+    log_bytes: int | None = None
+    rounds_redone: int = 0  # req/s rounds run again because other processes disturbed them
     failures: dict[str, int] = field(default_factory=dict)
 
 
@@ -71,6 +76,25 @@ Groups = Mapping[str, Sequence[int]]
 def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
     for kind, count in more.items():
         into[kind] = into.get(kind, 0) + count
+
+
+def disturbance(runs: Iterable[tuple[CpuUse, LoopResult]]) -> float:
+    """The most CPU (% of one core) other processes used in any window of a round."""
+    return max((use.other_pct for use, _ in runs), default=0.0)
+
+
+def log_size(child: Child) -> tuple[int, int]:
+    """Lines and bytes in a child's log (its stdout and stderr): at `info`, one access line
+    per request shows here; at `warning`, next to nothing."""
+    lines = size = 0
+    try:
+        with child.log.open("rb") as log:
+            for chunk in iter(lambda: log.read(1 << 20), b""):
+                lines += chunk.count(b"\n")
+                size += len(chunk)
+    except OSError:
+        pass
+    return lines, size
 
 
 async def _started(
@@ -90,11 +114,13 @@ def _summarise(
     if not runs:
         return
     row.round_rps = [loop.rps for _, loop in runs]
+    row.round_other_pct = [use.other_pct for use, _ in runs]
     use = sorted(runs, key=lambda run: run[1].rps)[len(runs) // 2][0]
     row.rps = statistics.median(row.round_rps)
     row.server_cpu_pct, row.load_cpu_pct = use.pct("server"), use.pct("load")
     row.other_cpu_pct = use.other_pct
     per_request = [1000 * u.seconds["server"] / lp.requests for u, lp in runs if lp.requests]
+    row.round_cpu_ms = per_request
     row.cpu_ms_per_req = statistics.median(per_request) if per_request else None
     if floor is not None and len(floor) == len(runs):
         row.round_pct = [
@@ -114,7 +140,7 @@ class ProxyScenario:
         self.launcher = launcher
         self.settings = settings
         self.placement = placement
-        self._redis: Child | None = None
+        self._redis: dict[RedisKind, Child] = {}
 
     async def run(self) -> list[ProxyRow]:
         s = self.settings
@@ -130,9 +156,8 @@ class ProxyScenario:
                     print(f"[bench] proxy scenario: {row.target} streams", file=sys.stderr)
                     await self._guarded(row, self._streams_phase(row, slow))
         finally:
-            for child in (fast, slow, self._redis):
-                if child is not None:
-                    self.launcher.procs.stop(child)
+            for child in (fast, slow, *self._redis.values()):
+                self.launcher.procs.stop(child)
         return list(rows.values())
 
     @staticmethod
@@ -151,20 +176,29 @@ class ProxyScenario:
             yield upstream
             return
         launcher = self.launcher
+        target, tree = split_target(target)
         if target == "passthrough":
             child = await launcher.passthrough(self.placement, upstream)
         elif target == "gateway":
-            child = await launcher.gateway(self.placement, upstream)
+            child = await launcher.gateway(self.placement, upstream, tree=tree)
         elif target == "gateway+memory":  # the never-hit limits on the in-process backend
             limits = launcher.limits_file()
-            child = await launcher.gateway(self.placement, upstream, limits_file=limits)
-        elif target == "gateway+redis":
-            if self._redis is None:
-                self._redis = await launcher.redis(self.placement.load)
-            url = f"redis://127.0.0.1:{self._redis.port}/0"
+            child = await launcher.gateway(self.placement, upstream, limits_file=limits, tree=tree)
+        elif target in REDIS_TARGETS:  # never-hit limits in Redis, on that target's server
+            spec = REDIS_TARGETS[target]
+            redis = self._redis.get(spec.server)
+            if redis is None:
+                redis = await launcher.redis(self.placement.load, kind=spec.server)
+                self._redis[spec.server] = redis
+            url = launcher.redis_url(redis, spec.server)
             limits = launcher.limits_file()
             child = await launcher.gateway(
-                self.placement, upstream, redis_url=url, limits_file=limits
+                self.placement,
+                upstream,
+                redis_url=url,
+                limits_file=limits,
+                env=spec.env,
+                tree=tree,
             )
         else:
             raise ValueError(f"unknown target {target!r}")
@@ -193,6 +227,9 @@ class ProxyScenario:
             for target, server in servers.items():
                 print(f"[bench] proxy scenario: {target} latency", file=sys.stderr)
                 await self._latency(rows[target], server, session, groups[target])
+            for target, server in servers.items():
+                if target.startswith("gateway"):
+                    rows[target].log_lines, rows[target].log_bytes = log_size(server)
 
     async def _throughput(
         self,
@@ -205,14 +242,34 @@ class ProxyScenario:
         s = self.settings
         runs: dict[str, list[tuple[CpuUse, LoopResult]]] = {target: [] for target in servers}
         order = list(servers)
+        redos = 0
         for number in range(s.rounds):
-            print(f"[bench] proxy scenario: req/s round {number + 1}/{s.rounds}", file=sys.stderr)
             shift = number % len(order) if order else 0
-            for target in order[shift:] + order[:shift]:
-                runs[target].append(await self._window(servers[target], session, groups[target]))
+            while True:
+                print(
+                    f"[bench] proxy scenario: req/s round {number + 1}/{s.rounds}", file=sys.stderr
+                )
+                measured = {
+                    target: await self._window(servers[target], session, groups[target])
+                    for target in order[shift:] + order[:shift]
+                }
+                other = disturbance(measured.values())
+                if other <= DISTURBED_PCT or redos >= s.round_redos:
+                    break
+                redos += 1
+                print(
+                    f"[bench] round disturbed (other processes: {other:.0f}% of a core); "
+                    f"waiting up to {s.quiet_wait:g} s for quiet, then again ({redos}/"
+                    f"{s.round_redos} redos)",
+                    file=sys.stderr,
+                )
+                await wait_quiet(s.quiet_wait)
+            for target, run in measured.items():
+                runs[target].append(run)
         floor = runs.get("passthrough")
-        for target, measured in runs.items():
-            _summarise(rows[target], measured, floor)
+        for target, series in runs.items():
+            _summarise(rows[target], series, floor)
+            rows[target].rounds_redone = redos
 
     async def _window(
         self, server: Child, session: ClientSession, groups: Groups
@@ -239,6 +296,8 @@ class ProxyScenario:
         """Latency at concurrency 1 and stream TTFB, sequential, from quiet chunks."""
         s = self.settings
         urls = [server.url]
+        if s.quiet_wait > 0:
+            await wait_quiet(s.quiet_wait)
         await closed_loop(session, urls, concurrency=1, duration=10, max_requests=LATENCY_WARMUP)
 
         async def sequential(remaining: int) -> LoopResult:

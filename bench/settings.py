@@ -3,9 +3,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-TARGETS = ("direct", "passthrough", "gateway", "gateway+memory", "gateway+redis")
-FULL_TARGETS = ("direct", "passthrough", "gateway", "gateway+redis")  # +memory on request
+TARGETS = (
+    "direct",
+    "passthrough",
+    "gateway",
+    "gateway+memory",
+    "gateway+redis",
+    "gateway+redis-py",
+    "gateway+redis-cluster",
+    "gateway+redis-tls",
+)
+FULL_TARGETS = ("direct", "passthrough", "gateway", "gateway+redis")  # the rest on request
+
+
+def split_target(target: str) -> tuple[str, Path | None]:
+    """`gateway+redis@/tmp/x` -> ("gateway+redis", /tmp/x): a gateway target served from
+    another tree (a clone at another commit), for an A/B within one run; plain names -> None."""
+    name, sep, tree = target.partition("@")
+    return name, (Path(tree) if sep else None)
+
+
+def check_target(target: str) -> str | None:
+    """Why `target` cannot be run, or None."""
+    name, tree = split_target(target)
+    if name not in TARGETS:
+        return f"unknown target {name}"
+    if tree is not None:
+        if not name.startswith("gateway"):
+            return f"{target}: only gateway targets can come from another tree"
+        if not (tree / "gateway" / "__main__.py").is_file():
+            return f"{target}: {tree} holds no gateway/ package"
+    return None
+
+
 DISTURBED_PCT = 15.0  # foreign CPU (% of one core) above which a measurement is disturbed
 SSE_FIXED_EVENTS = 6  # message_start, content_block_start, ping, block_stop, delta, stop
 
@@ -33,6 +65,8 @@ class BenchSettings:
     error_requests: int
     seed: int
     redis_duration: float
+    round_redos: int = 0  # disturbed req/s rounds run again, at most this many per run
+    quiet_wait: float = 0.0  # seconds to wait for an idle machine before a redo or latency
 
     @property
     def stream_seconds(self) -> float:
@@ -84,4 +118,6 @@ def preset(*, quick: bool) -> BenchSettings:
         error_requests=600,
         seed=1,
         redis_duration=6.0,
+        round_redos=8,
+        quiet_wait=60.0,
     )
