@@ -28,7 +28,7 @@ from bench.serving import raise_nofile_limit, run_main
 from bench.settings import TARGETS, BenchSettings, check_target, preset, split_target
 from bench.targets import (
     Launcher,
-    env_item,
+    add_gateway_env_argument,
     gateway_source,
     gateway_version,
     log_settings,
@@ -57,14 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="closed-loop concurrency (default 16)")
     parser.add_argument("--error-rate", type=float, help="529 fraction for --scenario errors")
     parser.add_argument("--seed", type=int, help="seed of the mock's error draws")
-    parser.add_argument(
-        "--gateway-env",
-        type=env_item,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for the gateway processes (repeatable)",
-    )
+    add_gateway_env_argument(parser)
     parser.add_argument("--gateway-timeout", type=float, default=10.0, metavar="SECONDS")
     parser.add_argument(
         "--wait-quiet",

@@ -32,7 +32,7 @@ from bench.targets import (
     REDIS_TARGETS,
     Launcher,
     RedisKind,
-    env_item,
+    add_gateway_env_argument,
     gateway_env,
     gateway_source,
     log_settings,
@@ -55,14 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--requests", type=int, default=600, help="counted requests per target")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument(
-        "--gateway-env",
-        type=env_item,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for the gateway processes (repeatable)",
-    )
+    add_gateway_env_argument(parser)
     args = parser.parse_args(argv)
     args.targets = [name.strip() for name in args.targets.split(",") if name.strip()]
     unknown = set(args.targets) - set(TARGETS)

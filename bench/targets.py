@@ -245,6 +245,18 @@ def env_item(text: str) -> tuple[str, str]:
     return key, value
 
 
+def add_gateway_env_argument(parser: argparse.ArgumentParser) -> None:
+    """`--gateway-env KEY=VALUE` (repeatable), the same in every bench command."""
+    parser.add_argument(
+        "--gateway-env",
+        type=env_item,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the gateway processes (repeatable)",
+    )
+
+
 def log_settings(extra: Mapping[str, str]) -> str:
     """The gateways' log level and format after `--gateway-env` (`extra`), for the report."""
     logs = PRODUCTION_LOGS | {k: v for k, v in extra.items() if k in PRODUCTION_LOGS}
