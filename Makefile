@@ -14,7 +14,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export UV_PYTHON := python3
-EXPORT  := $(UV) export --frozen --no-dev --group build --no-emit-project --format requirements-txt --quiet
+EXPORT  := $(UV) export --frozen --no-dev --extra otel --group build --no-emit-project --format requirements-txt --quiet
 
 .PHONY: install system-deps run test test-fast test-latest lint lock lock-check fmt typecheck \
 	imports check bench stack clean
@@ -25,7 +25,7 @@ $(UV): requirements-uv.txt
 	touch $(UV)
 
 $(RUNTIME): $(UV) pyproject.toml uv.lock
-	$(UV) sync --locked --no-dev --inexact --quiet
+	$(UV) sync --locked --no-dev --extra otel --inexact --quiet
 	touch $(RUNTIME)
 
 $(STAMP): $(UV) pyproject.toml uv.lock tests/ts/package-lock.json

@@ -3,6 +3,7 @@
 Each resource that opens something opens and closes in its own `app.cleanup_ctx` and is
 published under its typed `AppKey` (`services.py`); no module globals. `open_backend()` is
 the one place that picks the limiter's backend. Serving the app is `server.py`'s job.
+Tracing (`tracing.py`, OpenTelemetry) is imported here only when it is on.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -17,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from gateway.admissions import LimitedAdmissions, NoLimits
 from gateway.background import Background
 from gateway.clock import Clock, SystemClock
-from gateway.config import Settings
+from gateway.config import Settings, TracingSwitch, mask_url
 from gateway.exact_count import ExactCounter
 from gateway.handler import handle_v1
 from gateway.headers import CredentialPolicy
@@ -42,6 +44,7 @@ from gateway.services import (
     CREDENTIALS,
     LIFECYCLE,
     METRICS,
+    TRACING,
     UPSTREAM,
     BodyLimits,
     Lifecycle,
@@ -50,6 +53,9 @@ from gateway.startup import Startup, startup_for
 from gateway.targets import V1_METHODS
 from gateway.ticket import TicketServices
 from gateway.upstream import Upstream, UpstreamSettings, open_session
+
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
 
 log = get_logger("gateway.app")
 SETTLEMENT_DRAIN_SECONDS = 5.0
@@ -91,6 +97,29 @@ def upstream_ctx(cfg: UpstreamSettings) -> Callable[[web.Application], AsyncIter
             yield
         finally:
             await session.close()
+
+    return ctx
+
+
+def tracing_ctx(
+    switch: TracingSwitch, upstream_url: str, tracing: Tracing | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Publish the tracer (`tracing`, or one exporting to `switch.endpoint`); at cleanup,
+    export the spans still buffered and shut it down."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        opened = tracing
+        if opened is None:
+            from gateway.tracing import open_tracing  # noqa: PLC0415 (optional extra: only when on)
+
+            assert switch.endpoint is not None
+            opened = open_tracing(switch.endpoint, upstream_url)
+            log.info("tracing_enabled", endpoint=mask_url(switch.endpoint), sampler=switch.sampler)
+        app[TRACING] = opened
+        try:
+            yield
+        finally:
+            await opened.aclose()
 
     return ctx
 
@@ -185,9 +214,11 @@ def create_app(
     startup: Startup | None = None,
     clock: Clock | None = None,
     registry: CollectorRegistry | None = None,
+    tracing: Tracing | None = None,
 ) -> web.Application:
     """Build the gateway application from validated settings (`startup`: what `prepare()`
-    made of them; without it, they are validated here, raising `ConfigError`)."""
+    made of them; without it, they are validated here, raising `ConfigError`). `tracing`
+    traces every `/v1` request whatever the `OTEL_*` variables say (tests)."""
     if startup is None:
         startup = startup_for(settings)
     app = web.Application(
@@ -206,6 +237,8 @@ def create_app(
     app[LIFECYCLE] = Lifecycle()
     app[BACKGROUND] = Background()
     app[READINESS_CHECKS] = {}
+    if tracing is not None or startup.tracing.endpoint is not None:
+        app.cleanup_ctx.append(tracing_ctx(startup.tracing, settings.upstream_base, tracing))
     app.cleanup_ctx.append(upstream_ctx(upstream_settings(settings)))
     app.cleanup_ctx.append(limiter_ctx(startup))
     add_ops_routes(app)

@@ -70,11 +70,17 @@ def config_error(exc: ConfigError) -> int:
 
 
 def check_config(startup: Startup, *, probe: bool = False) -> int:
-    """Print the effective configuration with secrets masked, the limits in force, any
-    warning, and (with `probe`) what reaching Redis and the upstream found."""
+    """Print the effective configuration with secrets masked, whether traces are exported,
+    any warning, the limits in force, and (with `probe`) what reaching Redis and the
+    upstream found."""
     print(f"claude-gateway {__version__}: configuration is valid")
     for name, value in masked(startup.settings).items():
         print(f"  {name}={value}")
+    tracing = startup.tracing
+    if tracing.endpoint is None:
+        print(f"tracing: off ({tracing.reason})")
+    else:
+        print(f"tracing: on, {tracing.reason}, sampler {tracing.sampler}")
     for warning in startup.warnings:
         print(f"warning: {warning}")
     if startup.limits is None:

@@ -37,3 +37,9 @@ def wall_time() -> float:
     """Seconds since the epoch, for log timestamps, HTTP dates and metric `_created` times
     only (never for intervals: that is `Clock.now`)."""
     return time.time()
+
+
+def wall_time_ns() -> int:
+    """Nanoseconds since the epoch, the timeline of trace spans (`tracing.py`): when a step's
+    span ended, noted then and applied when the request's trace is finished."""
+    return time.time_ns()

@@ -3,13 +3,16 @@
 This is the only module that reads the environment. `Settings` is frozen; the rest of the
 gateway receives the section it needs as an argument. A bad value becomes one
 `ConfigError` line naming the setting, which the CLI prints before exiting with code 2.
+Tracing is switched by the standard `OTEL_*` variables instead (`tracing_switch`), read from
+the process environment as the OpenTelemetry SDK reads the rest of them.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -244,3 +247,65 @@ def mask_url(url: str) -> str:
     user, colon, _ = credentials.partition(":")
     shown = f"{user}:***" if colon and "/" not in user else "***"
     return f"{scheme}://{shown}@{host}"
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSwitch:
+    """Whether the gateway exports traces, as the standard OpenTelemetry variables say."""
+
+    endpoint: str | None
+    """The OTLP/HTTP URL spans are posted to; None: tracing is off."""
+    reason: str
+    """Why tracing is off (or, when on, where spans go), for `check-config`."""
+    sampler: str = "parentbased_always_on"
+    """`OTEL_TRACES_SAMPLER[=OTEL_TRACES_SAMPLER_ARG]`, as the SDK will apply it."""
+
+
+def tracing_switch(environ: Mapping[str, str] | None = None) -> TracingSwitch:
+    """The rule: traces are on when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    `OTEL_EXPORTER_OTLP_ENDPOINT` is set, unless `OTEL_SDK_DISABLED=true` or
+    `OTEL_TRACES_EXPORTER=none`. Only OTLP over HTTP/protobuf is spoken: another exporter or
+    protocol is a `ConfigError`, not traces silently lost."""
+    env = os.environ if environ is None else environ
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip() or "parentbased_always_on"
+    if arg := env.get("OTEL_TRACES_SAMPLER_ARG", "").strip():
+        sampler = f"{sampler}={arg}"
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return TracingSwitch(None, "OTEL_SDK_DISABLED=true", sampler)
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower() or "otlp"
+    if exporter == "none":
+        return TracingSwitch(None, "OTEL_TRACES_EXPORTER=none", sampler)
+    if exporter != "otlp":
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER: only otlp or none is supported (got {exporter!r})"
+        )
+    endpoint = _traces_endpoint(env)
+    if endpoint is None:
+        return TracingSwitch(None, "no OTEL_EXPORTER_OTLP_ENDPOINT", sampler)
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name, "").strip()
+        if protocol:
+            if protocol != "http/protobuf":
+                raise ConfigError(
+                    f"{name}: only http/protobuf is supported (got {protocol!r}); "
+                    "use the collector's OTLP/HTTP port (4318)"
+                )
+            break
+    return TracingSwitch(endpoint, f"OTLP/HTTP to {mask_url(endpoint)}", sampler)
+
+
+def _traces_endpoint(env: Mapping[str, str]) -> str | None:
+    """The traces URL the SDK's exporter would use: the traces variable as is, or the base
+    endpoint plus `/v1/traces`; a URL that is not http(s)://host is a `ConfigError`."""
+    for name, path in (
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "/v1/traces"),
+    ):
+        url = env.get(name, "").strip()
+        if not url:
+            continue
+        scheme, sep, rest = url.partition("://")
+        if scheme.lower() not in ("http", "https") or not sep or not rest.split("/")[0]:
+            raise ConfigError(f"{name}: must be an http:// or https:// URL (got {mask_url(url)!r})")
+        return url.removesuffix("/") + path if path else url
+    return None

@@ -2,7 +2,8 @@
 
 Each step lives in its own module so this one stays a readable list of steps; the admission
 ticket (`ticket.py`) settles, refunds or leaves charged whatever ends the request, and the
-request's record (`record.py`) becomes the access line and the metrics when it is over.
+request's record (`record.py`) becomes the access line, the metrics and (when tracing is on)
+the trace's attributes when it is over. The record's trace spans the steps as they run.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     body = await request_body(request, app[BODY_LIMITS])
     facts = parse_facts(request.path, body) if isinstance(body, bytes) else None
     if facts is not None:
-        record.model, record.stream = facts.model, facts.stream
+        record.model, record.stream, record.max_tokens = facts.model, facts.stream, facts.max_tokens
     streamed_length = None if isinstance(body, bytes | None) else request.content_length
     headers = upstream_request_headers(request.headers, streamed_length=streamed_length)
     credential = credential_of(request.headers)
@@ -49,10 +50,11 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
             raise
         record.answered(opened.response)
         tap = ticket.answered(opened, stream=record.streamed)
+        tap = record.trace.answered(tap, opened.response)
         extra = {REQUEST_ID: record.request_id, **opened.client_headers(), **ticket.headers()}
         result = RelayResult()
         try:
-            with app[METRICS].streaming(record.streamed):
+            with app[METRICS].streaming(record.streamed), record.trace.span("gateway.relay"):
                 return await relay(request, opened.response, extra, clock.now, tap, result=result)
         finally:
             record.relayed(result)

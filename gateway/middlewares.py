@@ -6,7 +6,9 @@ envelope with its status; aiohttp's own HTTP errors (unknown path, wrong method)
 the same way; anything unexpected is a 500 `api_error` whose traceback goes to the log and
 never to the client. When the request is over, its record derives the outcome once and feeds
 the access line and the metrics (`record_started` / `record_over`, which `connections.py`
-uses too for what it answers before a request exists).
+uses too for what it answers before a request exists). With tracing on, a `/v1` request's
+server span starts here and is finished from the record; its trace and span ids go on every
+log line of the request, the access line included.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from gateway.headers import REQUEST_ID
 from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.record import RECORD, RequestRecord
-from gateway.services import CLOCK, METRICS
+from gateway.services import CLOCK, METRICS, TRACING
 from gateway.targets import check_target
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -85,7 +87,12 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     clock, metrics = request.app[CLOCK], request.app[METRICS]
     record = record_started(metrics, clock.now(), request.method, request.path)
     request[RECORD] = record
-    structlog.contextvars.bind_contextvars(request_id=record.request_id)
+    tracing = request.app.get(TRACING)
+    trace = None if tracing is None else tracing.start(request, record)
+    log_context = {"request_id": record.request_id}
+    if trace is not None:
+        log_context.update(trace.log_ids())
+    structlog.contextvars.bind_contextvars(**log_context)
     try:
         response = await _answer(request, handler, record)
     except asyncio.CancelledError:
@@ -95,7 +102,9 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         record.route = record.route or ("ops" if request.path in OPS_PATHS else "unmatched")
         record_over(record, metrics, clock.now())
-        structlog.contextvars.unbind_contextvars("request_id")
+        if trace is not None:
+            trace.finish(record)
+        structlog.contextvars.unbind_contextvars(*log_context)
     return response
 
 

@@ -20,11 +20,13 @@ Outcomes (the `outcome` label of `gateway_requests_total` and the access line's 
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 from aiohttp import ClientResponse, web
 
 from gateway.relay import RelayResult
+from gateway.trace import NO_TRACE, Trace
 from gateway.usage import Usage
 
 
@@ -39,6 +41,9 @@ class RequestRecord:
     route: str = ""
     model: str | None = None
     stream: bool = False
+    max_tokens: int | None = None
+    trace: Trace = NO_TRACE
+    """The request's trace (`trace.py`): `NO_TRACE` unless tracing is on."""
     # The limiter ----------------------------------------------------------------------
     group: str = "none"
     decision: str | None = None
@@ -82,13 +87,19 @@ class RequestRecord:
     ended_at: float = 0.0
     outcome: str = ""
 
-    # What upstream.py reports about each attempt (it takes the record as its observer).
+    # What upstream.py reports about each attempt (it takes the record as its observer);
+    # the record passes each report on to the request's trace.
+
+    def upstream_attempt_started(self, headers: MutableMapping[str, str]) -> None:
+        self.trace.attempt_started(headers)
 
     def upstream_attempt(self, status: str) -> None:
         self.attempts.append(status)
+        self.trace.attempt_ended(status)
 
-    def upstream_retry(self, cause: str) -> None:
+    def upstream_retry(self, cause: str, delay: float) -> None:
         self.retries.append(cause)
+        self.trace.retrying(cause, delay)
 
     def retry_budget_exhausted(self) -> None:
         self.budget_ran_out = True

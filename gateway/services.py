@@ -9,6 +9,7 @@ optional field to check: a gateway without limits has `NoLimits` admissions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -18,6 +19,9 @@ from gateway.clock import Clock
 from gateway.headers import CredentialPolicy
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import Upstream
+
+if TYPE_CHECKING:  # OpenTelemetry is optional: tracing.py is imported only when tracing is on
+    from gateway.tracing import Tracing
 
 
 @dataclass(slots=True)
@@ -48,3 +52,5 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 """Set by the upstream cleanup context (the pooled session's lifetime)."""
 ADMISSIONS = web.AppKey("admissions", Admissions)
 """Set by the limiter cleanup context: `LimitedAdmissions`, or `NoLimits`."""
+TRACING: web.AppKey[Tracing] = web.AppKey("tracing")
+"""Set by the tracing cleanup context, only when traces are exported (`tracing.py`)."""

@@ -1,9 +1,11 @@
 """Everything `serve` checks before it opens a port, in one place: `check-config` runs it too.
 
 `prepare()` reads the settings and the limits file, checks the Redis URL with the parser the
-Redis client will use, and picks the event loop. Whatever `serve` would refuse, `prepare()`
-refuses first, as one `ConfigError` line; `check-config` and `serve` then agree by
-construction, and neither prints a traceback for a configuration mistake.
+Redis client will use, picks the event loop, and decides whether traces are exported (the
+`OTEL_*` variables; a missing `otel` extra is a warning, and tracing stays off). Whatever
+`serve` would refuse, `prepare()` refuses first, as one `ConfigError` line; `check-config`
+and `serve` then agree by construction, and neither prints a traceback for a configuration
+mistake.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gateway.config import ConfigError, Settings, load_settings, mask_url, unknown_settings
+from gateway.config import (
+    ConfigError,
+    Settings,
+    TracingSwitch,
+    load_settings,
+    mask_url,
+    tracing_switch,
+    unknown_settings,
+)
 from gateway.limits import LimitsConfig, LimitsFileError, load_limits
 from gateway.limits.redis import check_url
+from gateway.trace import otel_installed
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -32,7 +43,10 @@ class Startup:
     loop_factory: LoopFactory | None
     loop_name: str
     warnings: tuple[str, ...]
-    """Mistakes that do not stop the gateway: unknown `GATEWAY_*` names, limits of 0."""
+    """Mistakes that do not stop the gateway: unknown `GATEWAY_*` names, limits of 0, an
+    OTLP endpoint without the `otel` extra."""
+    tracing: TracingSwitch
+    """Whether (and where) traces are exported: `endpoint` None means off."""
 
 
 def prepare(env_file: Path | None = Path(".env")) -> Startup:
@@ -55,7 +69,14 @@ def startup_for(settings: Settings) -> Startup:
     reason = pass_through_reason(settings, limits)
     in_force = None if reason is not None else (limits or LimitsConfig())
     warnings = tuple(in_force.closed_limits()) if in_force else ()
-    return Startup(settings, in_force, reason, loop_factory, loop_name, warnings)
+    tracing = tracing_switch()
+    if tracing.endpoint is not None and not otel_installed():
+        warnings += (
+            f"an OTLP endpoint is set ({mask_url(tracing.endpoint)}) but the otel extra is not "
+            "installed (pip install 'claude-gateway[otel]'): traces are off",
+        )
+        tracing = TracingSwitch(None, "the otel extra is not installed", tracing.sampler)
+    return Startup(settings, in_force, reason, loop_factory, loop_name, warnings, tracing)
 
 
 def pass_through_reason(settings: Settings, limits: LimitsConfig | None) -> str | None:

@@ -185,7 +185,8 @@ class LimitedTicket:
         metrics, record = self._shared.metrics, self._record
         metrics.queue_entered()
         try:
-            admission = self._admission = await self._decide()
+            with record.trace.span("gateway.admission"):
+                admission = self._admission = await self._decide()
             record.decision, record.group = decision_label(admission), group_of(admission)
             error = refusal(admission)
             if error is not None:
@@ -194,7 +195,8 @@ class LimitedTicket:
                 record.fail_open = admission.fallback
                 record.reserved_input = admission.reservation.cost.input_tokens
                 if admission.wait > 0:
-                    await self._queue(admission)
+                    with record.trace.span("gateway.queue"):
+                        await self._queue(admission)
         finally:
             metrics.queue_left()
 

@@ -62,10 +62,16 @@ class UpstreamSettings:
 
 
 class AttemptObserver(Protocol):
-    """Protocol: what the attempt loop reports; the request's `RequestRecord` satisfies it."""
+    """Protocol: what the attempt loop reports; the request's `RequestRecord` satisfies it.
 
+    `upstream_attempt_started` comes just before each attempt is sent, with the headers it
+    will carry (a trace sets its `traceparent` there); `upstream_retry` says why, and after
+    how long, the next attempt follows.
+    """
+
+    def upstream_attempt_started(self, headers: CIMultiDict[str]) -> None: ...
     def upstream_attempt(self, status: str) -> None: ...
-    def upstream_retry(self, cause: str) -> None: ...
+    def upstream_retry(self, cause: str, delay: float) -> None: ...
     def retry_budget_exhausted(self) -> None: ...
     def upstream_rate_limited(self) -> None: ...
 
@@ -73,8 +79,9 @@ class AttemptObserver(Protocol):
 class _Unobserved:
     """The default observer: nobody listens."""
 
+    def upstream_attempt_started(self, headers: CIMultiDict[str]) -> None: ...
     def upstream_attempt(self, status: str) -> None: ...
-    def upstream_retry(self, cause: str) -> None: ...
+    def upstream_retry(self, cause: str, delay: float) -> None: ...
     def retry_budget_exhausted(self) -> None: ...
     def upstream_rate_limited(self) -> None: ...
 
@@ -190,6 +197,7 @@ class Upstream:
         )
         while True:
             plan.attempt_started()
+            observer.upstream_attempt_started(headers)
             outcome = await self._send(method, url, headers, body, observer)
             if isinstance(outcome, _Failed):
                 cause = outcome.cause
@@ -202,7 +210,7 @@ class Upstream:
                 if verdict is None:
                     return self._kept(outcome, plan)
                 delay, cause = verdict
-            observer.upstream_retry(cause)
+            observer.upstream_retry(cause, delay)
             log.info("upstream_retry", attempt=plan.made, cause=cause, delay=round(delay, 3))
             await self._clock.sleep(delay)
 

@@ -2,7 +2,8 @@
 
 `UsageTap` sees every chunk the relay writes to the client. It reads the usage out of a JSON
 body or an SSE stream (message_start usage, then each cumulative message_delta replaces it:
-the last one wins), never raises and never changes the bytes it is shown.
+the last one wins), never raises and never changes the bytes it is shown. On the way it
+notes the message's id, model and stop reason (`MessageFacts`), which a trace reports.
 """
 
 from __future__ import annotations
@@ -80,6 +81,39 @@ class Usage:
 
 _NO_USAGE = Usage()
 """What a response used before its first report (the start of every `updated` chain)."""
+MAX_FACT_CHARS = 256
+"""The longest message id, model or stop reason kept: an upstream answer is no place for an
+unbounded string, and every real one is far shorter."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    """What a response says about its message, besides usage (None: not reported)."""
+
+    id: str | None = None
+    model: str | None = None
+    stop_reason: str | None = None
+
+    def updated(self, document: Any, delta: Any) -> MessageFacts:
+        """These facts with what a message object (`document`) or a message_delta's `delta`
+        reports; anything that is not a short string is ignored."""
+        facts = self
+        if isinstance(document, dict):
+            facts = MessageFacts(
+                _fact(document, "id", facts.id),
+                _fact(document, "model", facts.model),
+                _fact(document, "stop_reason", facts.stop_reason),
+            )
+        if isinstance(delta, dict):
+            facts = MessageFacts(
+                facts.id, facts.model, _fact(delta, "stop_reason", facts.stop_reason)
+            )
+        return facts
+
+
+def _fact(document: dict[str, Any], name: str, current: str | None) -> str | None:
+    value = document.get(name)
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_FACT_CHARS else current
 
 
 class UsageTap:
@@ -92,10 +126,18 @@ class UsageTap:
     `message_delta`), so until then the count is the content deltas' characters, about four a
     token, read off the `data:` line's length less the event's JSON framing (no parse per
     delta; it over-counts escapes a little, which settlement corrects).
+
+    With `facts`, it also notes the message's id, model and stop reason (`message`): only a
+    trace reads them, so the limiter's tap does not pay for it.
     """
 
     def __init__(
-        self, *, stream: bool, encoding: str | None = None, max_json: int = MAX_JSON_BODY
+        self,
+        *,
+        stream: bool,
+        encoding: str | None = None,
+        max_json: int = MAX_JSON_BODY,
+        facts: bool = False,
     ) -> None:
         self._parser = SseParser() if stream else None
         self._body = bytearray()
@@ -108,6 +150,8 @@ class UsageTap:
         self.rejected: dict[str, Any] = {}
         """Usage fields upstream reported that were no sane count (ignored), first value."""
         self._delta_chars = 0
+        self._facts = facts
+        self._message = MessageFacts()
 
     def __call__(self, chunk: bytes) -> None:
         if not self._readable:
@@ -134,12 +178,28 @@ class UsageTap:
     @property
     def usage(self) -> Usage | None:
         """The usage reported so far (the body's, once a JSON body is complete), or None."""
-        if self._parser is None and self._usage is None and self._body:
-            reported = json_body_usage(bytes(self._body))
-            if reported is not None:
-                self._take(reported)
-            self._body.clear()
+        self._read_body()
         return self._usage
+
+    @property
+    def message(self) -> MessageFacts:
+        """The message's id, model and stop reason seen so far (the body's, once complete);
+        always empty unless the tap was made with `facts`."""
+        self._read_body()
+        return self._message
+
+    def _read_body(self) -> None:
+        """Read a complete JSON body once: its usage and its message facts."""
+        if self._parser is None and self._usage is None and self._body:
+            document = _loads(bytes(self._body))
+            self._body.clear()
+            if not isinstance(document, dict):
+                return
+            reported = document.get("usage")
+            if isinstance(reported, dict):
+                self._take(reported)
+            if self._facts:
+                self._message = self._message.updated(document, None)
 
     def _decompress(self, inflate: zlib._Decompress, chunk: bytes) -> bytes:
         try:
@@ -159,6 +219,8 @@ class UsageTap:
         reported = message.get("usage") if isinstance(message, dict) else document.get("usage")
         if isinstance(reported, dict):
             self._take(reported)
+        if self._facts:
+            self._message = self._message.updated(message, document.get("delta"))
 
     def _take(self, reported: dict[str, Any]) -> None:
         """Adopt a reported usage; a count that is no sane count is noted and ignored."""

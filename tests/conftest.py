@@ -8,7 +8,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
@@ -26,6 +26,9 @@ from gateway.logs import configure_logging
 from gateway.services import ADMISSIONS
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.redis_server import RedisServer
+
+if TYPE_CHECKING:  # OpenTelemetry is imported by the tracing tests only
+    from gateway.tracing import Tracing
 
 TEST_KEY = "sk-ant-api03-TESTKEY-do-not-log-0123456789"
 TEST_SCOPE = Credential("x-api-key", TEST_KEY).scope
@@ -128,16 +131,19 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
 async def make_gateway(
     fake_upstream: FakeUpstream, aiohttp_server: Callable[..., Awaitable[TestServer]]
 ) -> GatewayFactory:
-    """Build and serve a gateway in front of the fake upstream, with settings overrides."""
+    """Build and serve a gateway in front of the fake upstream, with settings overrides
+    (`tracing`: trace its requests with that tracer, tests/test_tracing.py)."""
 
-    async def build(*, clock: Clock | None = None, **overrides: Any) -> RunningGateway:
+    async def build(
+        *, clock: Clock | None = None, tracing: Tracing | None = None, **overrides: Any
+    ) -> RunningGateway:
         fields: dict[str, Any] = {"upstream_url": fake_upstream.url, "log_level": "debug"}
         fields.update(overrides)
         settings = Settings(_env_file=None, **fields)  # type: ignore[call-arg]
         logs = io.StringIO()
         configure_logging(settings.log_level, "json", stream=logs)
         registry = CollectorRegistry()
-        app = create_app(settings, registry=registry, clock=clock)
+        app = create_app(settings, registry=registry, clock=clock, tracing=tracing)
         server = await aiohttp_server(app)  # TestServer enables handler_cancellation
         return RunningGateway(str(server.make_url("")).rstrip("/"), app, registry, logs, server)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.clock import SystemClock, wall_time
+from gateway.clock import SystemClock, wall_time, wall_time_ns
 
 
 def test_now_never_goes_backwards() -> None:
@@ -32,3 +32,10 @@ async def test_sleep_waits_about_the_time_asked() -> None:
 def test_wall_time_is_seconds_since_the_epoch() -> None:
     """`wall_time()` is Unix time: after 2020-01-01 and before 2100-01-01."""
     assert 1_577_836_800 < wall_time() < 4_102_444_800
+
+
+def test_wall_time_ns_is_wall_time_in_nanoseconds() -> None:
+    """`wall_time_ns()` is the same timeline as `wall_time()`, in nanoseconds (span ends)."""
+    before = wall_time()
+    stamp = wall_time_ns()
+    assert before - 1 < stamp / 1e9 < wall_time() + 1

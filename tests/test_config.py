@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, load_settings, mask_url, masked
+from gateway.config import (
+    ConfigError,
+    TracingSwitch,
+    load_settings,
+    mask_url,
+    masked,
+    tracing_switch,
+)
 
 
 def test_defaults_need_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,3 +84,91 @@ def test_masked_hides_redis_password(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_mask_url(url: str, expected: str) -> None:
     """Passwords (and lone user names, which may be tokens) in URLs are replaced by ***."""
     assert expected == mask_url(url)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({}, TracingSwitch(None, "no OTEL_EXPORTER_OTLP_ENDPOINT"), id="default-off"),
+        pytest.param(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318/"},
+            TracingSwitch("http://otel:4318/v1/traces", "OTLP/HTTP to http://otel:4318/v1/traces"),
+            id="base-endpoint",
+        ),
+        pytest.param(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://api.honeycomb.io/v1/traces",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            },
+            TracingSwitch(
+                "https://api.honeycomb.io/v1/traces",
+                "OTLP/HTTP to https://api.honeycomb.io/v1/traces",
+                "parentbased_traceidratio=0.1",
+            ),
+            id="traces-endpoint-wins",
+        ),
+        pytest.param(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318", "OTEL_SDK_DISABLED": "TRUE"},
+            TracingSwitch(None, "OTEL_SDK_DISABLED=true"),
+            id="sdk-disabled",
+        ),
+        pytest.param(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318", "OTEL_TRACES_EXPORTER": "none"},
+            TracingSwitch(None, "OTEL_TRACES_EXPORTER=none"),
+            id="exporter-none",
+        ),
+        pytest.param(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://u:secret@otel:4318",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            },
+            TracingSwitch(
+                "http://u:secret@otel:4318/v1/traces",
+                "OTLP/HTTP to http://u:***@otel:4318/v1/traces",
+            ),
+            id="masked",
+        ),
+    ],
+)
+def test_tracing_is_on_only_with_an_endpoint_and_not_disabled(
+    env: dict[str, str], expected: TracingSwitch
+) -> None:
+    """The rule: an OTLP endpoint switches traces on; OTEL_SDK_DISABLED=true or
+    OTEL_TRACES_EXPORTER=none switch them off; the traces endpoint beats the base one."""
+    assert expected == tracing_switch(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4317",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            },
+            "OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported (got 'grpc'); "
+            "use the collector's OTLP/HTTP port (4318)",
+            id="grpc",
+        ),
+        pytest.param(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "otel:4318"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT: must be an http:// or https:// URL (got 'otel:4318')",
+            id="no-scheme",
+        ),
+        pytest.param(
+            {"OTEL_TRACES_EXPORTER": "zipkin"},
+            "OTEL_TRACES_EXPORTER: only otlp or none is supported (got 'zipkin')",
+            id="zipkin",
+        ),
+    ],
+)
+def test_a_tracing_setup_the_gateway_cannot_honour_is_a_config_error(
+    env: dict[str, str], message: str
+) -> None:
+    """Another protocol, exporter or a URL without a scheme is one ConfigError line, not
+    spans silently lost."""
+    with pytest.raises(ConfigError) as caught:
+        tracing_switch(env)
+    assert message == str(caught.value)

@@ -152,9 +152,11 @@ def test_dockerignore_sends_only_what_the_image_copies() -> None:
 
 
 def test_lock_file_pins_every_dependency_with_hashes() -> None:
-    """requirements.lock pins each runtime and build requirement, within range, with hashes."""
+    """requirements.lock pins each runtime and build requirement, the `otel` extra's too (the
+    image traces when told to), within range, with hashes."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     wanted = [Requirement(r) for r in project["project"]["dependencies"]]
+    wanted += [Requirement(r) for r in project["project"]["optional-dependencies"]["otel"]]
     wanted += [Requirement(r) for r in project["build-system"]["requires"]]
     entries = re.split(r"\n(?=[A-Za-z])", (ROOT / "requirements.lock").read_text())
     pins: dict[str, tuple[str, int]] = {}

@@ -104,10 +104,10 @@ def test_attempts_retries_and_429s_are_collected_in_order() -> None:
     """As upstream's observer the record keeps every attempt, retry cause and upstream 429."""
     observed = record()
     observed.upstream_attempt("529")
-    observed.upstream_retry("529")
+    observed.upstream_retry("529", 0.25)
     observed.upstream_attempt("429")
     observed.upstream_rate_limited()
-    observed.upstream_retry("429")
+    observed.upstream_retry("429", 1.0)
     observed.retry_budget_exhausted()
     assert (["529", "429"], ["529", "429"], 1, True) == (
         observed.attempts,

@@ -20,11 +20,11 @@ BAD_REDIS_URLS = [
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No GATEWAY_* variable of the outer environment leaks into these tests."""
+    """No GATEWAY_* or OTEL_* variable of the outer environment leaks into these tests."""
     import os
 
     for name in list(os.environ):
-        if name.startswith("GATEWAY_"):
+        if name.startswith(("GATEWAY_", "OTEL_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
@@ -119,3 +119,27 @@ def test_learning_without_a_file_runs_a_limiter(monkeypatch: pytest.MonkeyPatch)
     startup = prepare(env_file=None)
     assert startup.limits is not None
     assert ((), None) == (startup.limits.groups, startup.pass_through_reason)
+
+
+def test_an_endpoint_without_the_otel_extra_is_one_warning_and_tracing_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT set but OpenTelemetry not installed: the gateway starts,
+    untraced, with one warning saying how to install it."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318")
+    monkeypatch.setattr("gateway.startup.otel_installed", lambda: False)
+    startup = prepare(env_file=None)
+    assert (
+        (None, "the otel extra is not installed"),
+        (
+            "an OTLP endpoint is set (http://otel:4318/v1/traces) but the otel extra is not "
+            "installed (pip install 'claude-gateway[otel]'): traces are off",
+        ),
+    ) == ((startup.tracing.endpoint, startup.tracing.reason), startup.warnings)
+
+
+def test_an_endpoint_with_the_extra_switches_tracing_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the extra installed (as in the dev environment), the endpoint is the one used."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://otel:4318/v1/traces")
+    startup = prepare(env_file=None)
+    assert ("http://otel:4318/v1/traces", ()) == (startup.tracing.endpoint, startup.warnings)

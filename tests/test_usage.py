@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.limits import Cost
-from gateway.usage import Usage, UsageTap, json_body_usage
+from gateway.usage import MessageFacts, Usage, UsageTap, json_body_usage
 
 
 def sse(name: str, data: object) -> bytes:
@@ -41,9 +41,11 @@ STOP = sse("message_stop", {"type": "message_stop"})
 FINAL = Usage(30, 6, 5, 100)
 
 
-def tap_of(chunks: list[bytes], *, stream: bool = True, encoding: str | None = None) -> UsageTap:
+def tap_of(
+    chunks: list[bytes], *, stream: bool = True, encoding: str | None = None, facts: bool = False
+) -> UsageTap:
     """A tap that has seen `chunks`."""
-    tap = UsageTap(stream=stream, encoding=encoding)
+    tap = UsageTap(stream=stream, encoding=encoding, facts=facts)
     for chunk in chunks:
         tap(chunk)
     return tap
@@ -204,3 +206,25 @@ def test_a_count_that_is_no_sane_count_is_ignored_and_noted(bad: object) -> None
                 "usage": {"input_tokens": bad, "output_tokens": 6}})  # fmt: skip
     tap = tap_of([start, delta])
     assert (Usage(19, 6), {"input_tokens": bad}) == (tap.usage, tap.rejected)
+
+
+def test_message_facts_from_a_stream_and_from_a_json_body() -> None:
+    """With `facts`, the id and model of message_start (or the body) and the last stop
+    reason are noted; a value that is no short string is ignored. Without, nothing is."""
+    start = sse(
+        "message_start",
+        {"type": "message_start", "message": {"id": "msg_1", "model": "claude-x", "usage": {}}},
+    )
+    stop = sse(
+        "message_delta",
+        {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {}},
+    )
+    body = {"id": "msg_2", "model": 7, "stop_reason": "x" * 300, "usage": {"output_tokens": 1}}
+    streamed = tap_of([start, PING, stop], facts=True).message
+    plain = tap_of([json.dumps(body).encode()], stream=False, facts=True).message
+    unasked = tap_of([start, PING, stop]).message
+    assert (
+        MessageFacts("msg_1", "claude-x", "max_tokens"),
+        MessageFacts("msg_2"),
+        MessageFacts(),
+    ) == (streamed, plain, unasked)
