@@ -193,10 +193,8 @@ class UsageTap:
         if self._parser is None and self._usage is None and self._body:
             document = _loads(bytes(self._body))
             self._body.clear()
-            if not isinstance(document, dict):
-                return
-            reported = document.get("usage")
-            if isinstance(reported, dict):
+            reported = _usage_of(document)
+            if reported is not None:
                 self._take(reported)
             if self._facts:
                 self._message = self._message.updated(document, None)
@@ -230,8 +228,13 @@ class UsageTap:
 
 
 def json_body_usage(body: bytes) -> dict[str, Any] | None:
-    """The top-level `usage` object of a JSON response body, or None."""
-    document = _loads(body)
+    """The top-level `usage` object of a JSON response body, or None: what the tap reads
+    from a complete body (the same two steps)."""
+    return _usage_of(_loads(body))
+
+
+def _usage_of(document: Any) -> dict[str, Any] | None:
+    """The top-level `usage` object of a parsed JSON document, or None."""
     reported = document.get("usage") if isinstance(document, dict) else None
     return reported if isinstance(reported, dict) else None
 
