@@ -139,6 +139,9 @@ async def test_stalled_heads_are_closed_and_descriptors_drop_back(
         baseline = _descriptors(pid)
         head = f"GET /v1/models HTTP/1.1\r\nHost: gateway\r\nx-api-key: {TEST_KEY}".encode()
         async with _held(port, IDLE, head) as stalled:
+            # The kernel completes connections before the gateway accepts them: give it up
+            # to 2 s (less than the header timeout) to take them in before counting.
+            await until(lambda: _descriptors(pid) >= baseline + IDLE // 2, seconds=2)
             peak = _descriptors(pid)
             answers = await asyncio.wait_for(
                 asyncio.gather(*(reader.read() for reader, _ in stalled)), 30
