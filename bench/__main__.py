@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--scenario default|errors|redis|all] [--json out.json]`.
+"""`python -m bench [--quick] [--scenario default|errors|redis|workers|all] [--json out.json]`.
 
 Starts every process it needs, prints a Markdown report to stdout (progress to stderr), and
 stops everything it started on the way out, including on Ctrl-C and SIGTERM.
@@ -23,7 +23,7 @@ from bench.procs import Processes, wait_quiet
 from bench.report import Report, machine_info, to_markdown, write_json
 from bench.scenario_errors import ErrorsScenario
 from bench.scenario_proxy import ProxyScenario
-from bench.scenario_redis import RedisScenario
+from bench.scenario_redis import WORKER_CONFIGS, RedisScenario
 from bench.serving import raise_nofile_limit, run_main
 from bench.settings import TARGETS, BenchSettings, check_target, preset, split_target
 from bench.targets import (
@@ -35,7 +35,7 @@ from bench.targets import (
     pinned_placement,
 )
 
-SCENARIOS = ("default", "errors", "redis", "all")
+SCENARIOS = ("default", "errors", "redis", "workers", "all")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -119,6 +119,9 @@ async def run(args: argparse.Namespace, settings: BenchSettings, procs: Processe
     if scenario in ("redis", "all"):
         _pin_self(procs.all_cpus)
         report.redis = await RedisScenario(launcher, settings).run()
+    if scenario in ("workers", "all"):
+        _pin_self(procs.all_cpus)
+        report.workers = await RedisScenario(launcher, settings, WORKER_CONFIGS).run()
     return report
 
 

@@ -185,6 +185,27 @@ async def wait_http(child: Child, path: str = "/healthz", within: float = 10.0) 
     raise NotReadyError(f"{child.name}: GET {path} not 200 within {within:.0f} s ({last})")
 
 
+async def wait_logged(child: Child, text: str, count: int, within: float = 10.0) -> None:
+    """Poll the child's log until `text` appears on `count` lines, bounded by `within`
+    (a gateway with several workers: each logs its own `listening` line)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        _raise_if_exited(child)
+        with contextlib.suppress(OSError):
+            if logged_lines(child.log, text) >= count:
+                return
+        await asyncio.sleep(0.05)
+    raise NotReadyError(
+        f"{child.name}: {count} lines with {text!r} not logged within {within:.0f} s"
+    )
+
+
+def logged_lines(log: Path, text: str) -> int:
+    """How many lines of `log` hold `text`."""
+    with log.open("rb") as lines:
+        return sum(1 for line in lines if text.encode() in line)
+
+
 def _raise_if_exited(child: Child) -> None:
     code = child.popen.poll()
     if code is not None:

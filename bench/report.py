@@ -32,6 +32,7 @@ class Report:
     proxy: list[ProxyRow] | None = None
     errors: list[ErrorsRow] | None = None
     redis: list[RedisRow] | None = None
+    workers: list[RedisRow] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -40,6 +41,7 @@ class Report:
             *(self.proxy or []),
             *(self.errors or []),
             *(self.redis or []),
+            *(self.workers or []),
         ]
         return any(row.skipped for row in rows)
 
@@ -306,6 +308,58 @@ def redis_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
     ]
 
 
+def workers_section(rows: list[RedisRow], settings: BenchSettings) -> list[str]:
+    """One gateway of 1 vs N worker processes: req/s and what each worker served."""
+    header = ["backend", "workers", f"req/s @{settings.concurrency}", "vs 1 worker"]
+    header += ["p50 (ms)", "p99 (ms)", "gateway CPU %", "load CPU %", "other CPU %"]
+    header += ["gateway CPU ms/req", "requests per worker"]
+    single = {row.backend: row.rps for row in rows if row.workers == 1 and not row.skipped}
+    table, notes = [], []
+    for row in rows:
+        if row.skipped:
+            cells = [row.backend, str(row.workers), f"skipped: {row.skipped}"]
+            table.append([*cells, *["-"] * (len(header) - 3)])
+            continue
+        base = single.get(row.backend)
+        total = sum(row.served_by.values())
+        split = " / ".join(f"{100 * n / total:.0f}%" for n in row.served_by.values()) or "-"
+        table.append(
+            [
+                row.backend,
+                str(row.workers),
+                _num(row.rps, 0),
+                f"{row.rps / base:.2f}x" if row.rps and base else "-",
+                _num(row.p50_ms, 2),
+                _num(row.p99_ms, 2),
+                _num(row.gateway_cpu_pct, 0),
+                _num(row.load_cpu_pct, 0),
+                _num(row.other_cpu_pct, 0),
+                _num(row.gateway_cpu_ms_per_req, 3),
+                split if row.workers > 1 else "-",
+            ]
+        )
+        if row.other_cpu_pct is not None and row.other_cpu_pct > DISTURBED_PCT:
+            notes.append(
+                f"- {row.name}: WARNING: other processes used {row.other_cpu_pct:.0f}% of a "
+                "core; this row is disturbed"
+            )
+        notes.append(_failures(row.name, row.failures) or "")
+    return [
+        "## Worker processes (`--scenario workers`)",
+        "",
+        "One gateway with GATEWAY_WORKERS=1, then 2: worker processes on one port "
+        "(SO_REUSEPORT), the kernel spreading connections over them. Not pinned: workers, "
+        "mock, Redis and the load generator share every CPU. "
+        f"{settings.warmup:g} s warm-up, then {settings.redis_duration:g} s at concurrency "
+        f"{settings.concurrency} (the least disturbed of the windows). Gateway CPU counts "
+        "the supervisor and its workers, load CPU the load generator and the mock (Redis "
+        "apart), both in % of one core; requests per worker from the access lines.",
+        "",
+        *_table(header, table),
+        *[note for note in notes if note],
+    ]
+
+
 def to_markdown(report: Report) -> str:
     s = report.settings
     lines = ["# claude-gateway bench", "", f"Command: `{report.command}`", ""]
@@ -317,6 +371,8 @@ def to_markdown(report: Report) -> str:
         lines += [*errors_section(report.errors, s, report.placement), ""]
     if report.redis is not None:
         lines += [*redis_section(report.redis, s), ""]
+    if report.workers is not None:
+        lines += [*workers_section(report.workers, s), ""]
     lines += report.notes
     return "\n".join(lines).rstrip() + "\n"
 

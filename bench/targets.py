@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from bench.ports import free_port
-from bench.procs import ROOT, Child, NotReadyError, Processes, wait_http, wait_tcp
+from bench.procs import ROOT, Child, NotReadyError, Processes, wait_http, wait_logged, wait_tcp
 
 NEVER_HIT_LIMITS = """\
 # Written by bench: limits that are never hit, so only the backend's cost is measured.
@@ -133,9 +133,11 @@ class Launcher:
         env: Mapping[str, str] | None = None,
         tree: Path | None = None,
     ) -> Child:
-        """`python -m gateway serve`; NotReadyError (with its log tail) if /healthz isn't 200.
-        `env`: the target's own settings; `--gateway-env` (`self.gateway_env`) has the last
-        word. `tree`: serve the `gateway` package of that tree instead of this one's."""
+        """`python -m gateway serve`; NotReadyError (with its log tail) if /healthz isn't 200
+        or, with GATEWAY_WORKERS above 1, not every worker logged `listening` (connections
+        made before would all stay on the first). `env`: the target's own settings;
+        `--gateway-env` (`self.gateway_env`) has the last word. `tree`: serve the `gateway`
+        package of that tree instead of this one's."""
         port = free_port()
         settings = gateway_env(port, upstream)
         if redis_url:
@@ -148,8 +150,11 @@ class Launcher:
         child = self.procs.start(
             "gateway", argv, port, cpus=placement.server, env=settings, cwd=tree or ROOT
         )
+        workers = int(settings.get("GATEWAY_WORKERS", "1"))
         try:
             await wait_http(child, "/healthz", within=self.gateway_timeout)
+            if workers > 1:
+                await wait_logged(child, LISTENING, workers, within=self.gateway_timeout)
         except NotReadyError:
             tail = child.log_tail()
             self.procs.stop(child)
@@ -211,6 +216,8 @@ class Launcher:
         return path
 
 
+LISTENING = '"event": "listening"'
+"""What each gateway process (each worker) logs once it accepts connections."""
 PRODUCTION_LOGS = {"GATEWAY_LOG_LEVEL": "info", "GATEWAY_LOG_FORMAT": "json"}
 """The gateway's own defaults, set explicitly (a `.env` in the working directory must not
 change what is measured): one JSON access line per request, written to the process's stdout,

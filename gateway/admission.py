@@ -13,20 +13,36 @@ the Python SDK ignores `retry-after` and retries in ~0.5 s, so such answers also
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
-from gateway.errors import GatewayError, InvalidRequest, Overloaded, RateLimited, RequestTooLarge
+from gateway.clock import wall_time
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    Overloaded,
+    PermissionDenied,
+    RateLimited,
+    RequestTooLarge,
+)
 from gateway.limits import (
     Admission,
     Admitted,
     BackendUnavailable,
+    BucketSpec,
     NeverFits,
     Refused,
+    Reservation,
     UnknownModel,
 )
+from gateway.limits.ledger import BudgetState, OverBudget
+from gateway.limits.outcomes import HeldBack, NotBudgeted
+from gateway.limits.tenants import MICRO, Priority, TenantConfig
 from gateway.retry import SDK_RETRY_AFTER_CAP
 
 MAX_WAIT_HEADER = "x-gateway-max-wait"
+PRIORITY_HEADER = "x-gateway-priority"
+_LANES: dict[str, Priority] = {"interactive": "interactive", "batch": "batch"}
 
 
 def decision_label(decision: Admission) -> str:
@@ -41,6 +57,12 @@ def decision_label(decision: Admission) -> str:
         return "unknown_model"
     if isinstance(decision, BackendUnavailable):
         return "unavailable"
+    if isinstance(decision, OverBudget):
+        return "over_budget"
+    if isinstance(decision, HeldBack):
+        return "rejected"
+    if isinstance(decision, NotBudgeted):
+        return "not_budgeted"
     return "unlimited"
 
 
@@ -50,6 +72,8 @@ def group_of(decision: Admission) -> str:
         return decision.group
     if isinstance(decision, Refused | NeverFits):
         return decision.bucket.group
+    if isinstance(decision, HeldBack):
+        return decision.refused.bucket.group
     return "none"
 
 
@@ -67,15 +91,31 @@ def requested_max_wait(headers: Mapping[str, str]) -> float | None:
     return value
 
 
+def priority_of(headers: Mapping[str, str], tenant: TenantConfig | None) -> Priority:
+    """The request's lane: `x-gateway-priority` (`interactive` when absent), never above
+    what its tenant may use; InvalidRequest for another value."""
+    raw = headers.get(PRIORITY_HEADER)
+    requested: Priority = "interactive"
+    if raw is not None:
+        found = _LANES.get(raw.strip().lower())
+        if found is None:
+            raise InvalidRequest(f"{PRIORITY_HEADER}: must be interactive or batch, got {raw!r}.")
+        requested = found
+    allowed = "interactive" if tenant is None else tenant.priority
+    return "batch" if "batch" in (requested, allowed) else "interactive"
+
+
 def refusal(decision: Admission) -> GatewayError | None:
     """The error to answer with, or None when the request may go."""
     if isinstance(decision, Refused):
         return rate_limited(decision)
+    if isinstance(decision, HeldBack):
+        return rate_limited(decision.refused)
     if isinstance(decision, NeverFits):
         bucket = decision.bucket
         dimension = bucket.dimension.value
         return RequestTooLarge(
-            f"This request needs {decision.cost} {dimension} but the gateway's "
+            f"This request needs {decision.cost} {dimension} but {_whose(bucket)} "
             f"'{bucket.group}' limit is {bucket.limit} {dimension}"
             f"{_per(dimension)}: it can never be admitted. "
             "Lower max_tokens or shorten the prompt.",
@@ -90,7 +130,85 @@ def refusal(decision: Admission) -> GatewayError | None:
         )
     if isinstance(decision, BackendUnavailable):
         return Overloaded("The gateway's rate limiter is unavailable; try again shortly.")
+    if isinstance(decision, OverBudget):
+        return over_budget(decision)
+    if isinstance(decision, NotBudgeted):
+        return PermissionDenied(
+            f"model: '{decision.model}' cannot be counted against this key's budget: "
+            f"{decision.reason}.",
+            headers={"x-should-retry": "false"},
+        )
     return None
+
+
+def over_budget(decision: OverBudget, now: float | None = None) -> RateLimited:
+    """The 429 of a tenant whose budget is spent: which budget, and when it resets."""
+    budget = decision.budget
+    wall = wall_time() if now is None else now
+    retry_after = max(1, math.ceil(budget.resets_at - wall))
+    resets = datetime.fromtimestamp(budget.resets_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    headers = {
+        "retry-after": str(retry_after),
+        "x-gateway-ratelimit-tenant": budget.tenant,
+        "x-gateway-ratelimit-bucket": budget.name,
+        "x-gateway-ratelimit-limit": _amount(budget.limit, budget.unit),
+        "x-gateway-ratelimit-remaining": _amount(budget.remaining, budget.unit),
+        "x-gateway-ratelimit-reset": resets,
+    }
+    if retry_after > SDK_RETRY_AFTER_CAP:
+        headers["x-should-retry"] = "false"
+    return RateLimited(
+        f"This request would pass tenant '{budget.tenant}''s {_budget_name(budget.name)} of "
+        f"{_amount(budget.limit, budget.unit, words=True)} "
+        f"({_amount(budget.spent, budget.unit, words=True)} used); it resets at {resets}.",
+        headers=headers,
+    )
+
+
+def budget_headers(states: Sequence[BudgetState]) -> dict[str, str]:
+    """A tenant's budgets on every answer: `x-gateway-ratelimit-tenant-<budget>-limit`,
+    `-remaining` (dollars or tokens) and `-reset` (RFC 3339, UTC)."""
+    headers: dict[str, str] = {}
+    for state in states:
+        name = f"x-gateway-ratelimit-tenant-{state.name.replace('_', '-')}"
+        headers[f"{name}-limit"] = _amount(state.limit, state.unit)
+        headers[f"{name}-remaining"] = _amount(state.remaining, state.unit)
+        headers[f"{name}-reset"] = datetime.fromtimestamp(state.resets_at, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+    return headers
+
+
+def _budget_name(name: str) -> str:
+    return {
+        "usd_per_day": "daily spend budget",
+        "usd_per_month": "monthly spend budget",
+        "tokens_per_calendar_day": "daily token budget",
+    }.get(name, name)
+
+
+def _amount(value: int, unit: str, *, words: bool = False) -> str:
+    """Micro-dollars as dollars (`12.345678`, or `$12.35` in words); tokens as they are."""
+    if unit == "usd":
+        return f"${value / MICRO:,.2f}" if words else f"{value / MICRO:.6f}"
+    return f"{value:,} tokens" if words else str(value)
+
+
+def tenant_headers(reservation: Reservation) -> dict[str, str]:
+    """What the caller's tenant has left of each sub-quota the request was charged on, as
+    `x-gateway-ratelimit-tenant-<dimension>-limit` and `-remaining` (after this request)."""
+    headers: dict[str, str] = {}
+    for bucket, level in zip(reservation.buckets, reservation.levels, strict=True):
+        if bucket.tenant:
+            name = f"x-gateway-ratelimit-tenant-{bucket.dimension.value.replace('_', '-')}"
+            headers[f"{name}-limit"] = str(bucket.limit)
+            headers[f"{name}-remaining"] = str(max(0, math.floor(level)))
+    return headers
+
+
+def _whose(bucket: BucketSpec) -> str:
+    """Whose limit a bucket is, in a message: the gateway's, or a tenant's sub-quota."""
+    return f"tenant '{bucket.tenant}''s" if bucket.tenant else "the gateway's"
 
 
 def _per(dimension: str) -> str:
@@ -110,10 +228,12 @@ def rate_limited(decision: Refused) -> RateLimited:
         "x-gateway-ratelimit-remaining": str(max(0, math.floor(decision.remaining))),
         "x-gateway-ratelimit-retry-after-ms": str(math.ceil(decision.retry_after * 1000)),
     }
+    if bucket.tenant:
+        headers["x-gateway-ratelimit-tenant"] = bucket.tenant
     if retry_after > SDK_RETRY_AFTER_CAP:
         headers["x-should-retry"] = "false"
     return RateLimited(
-        f"This request would exceed the gateway's '{bucket.group}' limit of "
+        f"This request would exceed {_whose(bucket)} '{bucket.group}' limit of "
         f"{bucket.limit} {dimension}{_per(dimension)}; capacity frees in "
         f"{retry_after} s, longer than this request may wait in the queue.",
         headers=headers,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway.admin import add_admin_routes
 from gateway.admissions import LimitedAdmissions, NoLimits
 from gateway.background import Background
 from gateway.clock import Clock, SystemClock
@@ -42,6 +43,7 @@ from gateway.services import (
     BODY_LIMITS,
     CLOCK,
     CREDENTIALS,
+    IDENTITIES,
     LIFECYCLE,
     METRICS,
     TRACING,
@@ -157,6 +159,7 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
             on_backend_call=metrics.backend_call,
             learn_limits=settings.learn_limits,
             shared=isinstance(backend, RedisBackend),
+            share=startup.limit_share,
         )
         app[ADMISSIONS] = LimitedAdmissions(
             TicketServices(limiter, app[EXACT_COUNTER], clock, metrics, app[BACKGROUND])
@@ -175,6 +178,7 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
                 clock,
                 on_backend_call=metrics.backend_call,
                 organizations=limiter.organizations,
+                ledger=limiter.ledger,
             )
             syncing = asyncio.get_running_loop().create_task(sync.run())
         log.info(
@@ -182,6 +186,7 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
             backend="redis" if isinstance(backend, RedisBackend) else "memory",
             groups=[group.name for group in config.groups],
             learn_limits=settings.learn_limits,
+            limit_share=startup.limit_share,
         )
         try:
             yield
@@ -234,6 +239,7 @@ def create_app(
         stall_seconds=settings.client_body_timeout_seconds,
     )
     app[CREDENTIALS] = CredentialPolicy()
+    app[IDENTITIES] = startup.identities
     app[LIFECYCLE] = Lifecycle()
     app[BACKGROUND] = Background()
     app[READINESS_CHECKS] = {}
@@ -242,6 +248,7 @@ def create_app(
     app.cleanup_ctx.append(upstream_ctx(upstream_settings(settings)))
     app.cleanup_ctx.append(limiter_ctx(startup))
     add_ops_routes(app)
+    add_admin_routes(app, settings)
     for method in V1_METHODS:
         app.router.add_route(method, "/v1/{tail:.*}", handle_v1)
     return app

@@ -59,6 +59,19 @@ class Settings(BaseSettings):
         0.5, gt=0, description="Bound on connecting to Redis and on every Redis call."
     )
     limits_file: Path | None = Field(None, description="YAML limits file; unset = no limits.")
+    upstream_api_key: SecretStr | None = Field(
+        None,
+        description="The Anthropic key the gateway sends upstream; set, clients authenticate "
+        "with gateway keys of the limits file's tenants and never see it.",
+    )
+    upstream_api_key_file: Path | None = Field(
+        None, description="A file holding GATEWAY_UPSTREAM_API_KEY (a mounted secret)."
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of /gateway/v1/status and /gateway/v1/reload; unset = "
+        "those endpoints refuse every caller.",
+    )
     learn_limits: bool = Field(
         False,
         description="Learn RPM/ITPM/OTPM from the API's -limit headers (every group; per model "
@@ -89,6 +102,17 @@ class Settings(BaseSettings):
     )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="auto = uvloop when installed."
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Processes serving the port (SO_REUSEPORT), each with its own event loop; "
+        "above 1, a supervisor process starts them and forwards SIGTERM/SIGINT.",
+    )
+    worker_limits: Literal["divide"] | None = Field(
+        None,
+        description="With several workers and in-process limits: divide = each worker enforces "
+        "1/GATEWAY_WORKERS of every limit; unset = refuse to start (use GATEWAY_REDIS_URL).",
     )
     # Client connections (gateway/connections.py) ---------------------------------------
     client_header_timeout_seconds: float = Field(
@@ -151,14 +175,19 @@ class Settings(BaseSettings):
         None, description="Seed for the backoff jitter (tests); unset = random."
     )
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("redis_url", "upstream_api_key", "admin_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("limits_file", mode="before")
+    @field_validator("limits_file", "upstream_api_key_file", mode="before")
     @classmethod
     def _empty_path_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("worker_limits", mode="before")
+    @classmethod
+    def _empty_choice_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @property
@@ -170,6 +199,13 @@ class Settings(BaseSettings):
     def upstream_shown(self) -> str:
         """`upstream_base` fit for a log line or a terminal: credentials masked."""
         return mask_url(self.upstream_base)
+
+
+_SECRET_FIELDS = frozenset(
+    name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)
+)
+_URL_FIELDS = frozenset({"redis_url"})
+"""Secret settings shown with only their credentials masked (the rest are hidden whole)."""
 
 
 def load_settings(env_file: Path | None = Path(".env")) -> Settings:
@@ -184,6 +220,12 @@ def probe_api_key() -> str | None:
     """`ANTHROPIC_API_KEY`, the key `check-config --probe` lists models with (the SDKs' own
     variable, so no key has to be typed on a command line)."""
     return os.environ.get("ANTHROPIC_API_KEY") or None
+
+
+def environment_secret(variable: str) -> str | None:
+    """A secret the limits file names by its environment variable (a named upstream key),
+    stripped; None when unset or empty."""
+    return os.environ.get(variable, "").strip() or None
 
 
 def unknown_settings(env_file: Path | None = Path(".env")) -> list[str]:
@@ -213,7 +255,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
         given = error.get("input")
         shown = ""
-        if isinstance(given, str) and "secret" not in name.lower():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        if isinstance(given, str) and field not in _SECRET_FIELDS:
             shown = f" (got {mask_url(given)!r})"
         lines.append(f"{name}: {error['msg']}{shown}")
     return "; ".join(lines)
@@ -224,7 +267,9 @@ def masked(settings: Settings) -> dict[str, str]:
     shown: dict[str, str] = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
-        if isinstance(value, SecretStr):
+        if isinstance(value, SecretStr) and name not in _URL_FIELDS:
+            text = "(set, hidden)"
+        elif isinstance(value, SecretStr):
             text = mask_url(value.get_secret_value())
         elif value is None:
             text = "(unset)"

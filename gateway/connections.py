@@ -236,9 +236,11 @@ class EdgeHandler(RequestHandler):
 
 
 class EdgeSite(web.BaseSite):
-    """A TCP listener whose connections are `EdgeHandler`s sharing one `ClientConnections`."""
+    """A TCP listener whose connections are `EdgeHandler`s sharing one `ClientConnections`;
+    `reuse_port`: bind with SO_REUSEPORT, so several workers' listeners share the port and the
+    kernel spreads new connections over them."""
 
-    __slots__ = ("_connections", "_host", "_listener", "_port")
+    __slots__ = ("_connections", "_host", "_listener", "_port", "_reuse_port")
 
     def __init__(
         self,
@@ -248,10 +250,12 @@ class EdgeSite(web.BaseSite):
         port: int,
         *,
         backlog: int = 128,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._connections = connections
         self._host, self._port = host, port
+        self._reuse_port = reuse_port
         self._listener: asyncio.Server | None = None
 
     @property
@@ -281,7 +285,11 @@ class EdgeSite(web.BaseSite):
             return EdgeHandler(connections, server, loop=loop, **kwargs)
 
         self._listener = await loop.create_server(
-            protocol, self._host, self._port, backlog=self._backlog
+            protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port or None,
         )
         self._server = self._listener
 

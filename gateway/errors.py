@@ -55,6 +55,20 @@ class InvalidRequest(GatewayError):
     outcome = "invalid_request"
 
 
+class AuthenticationFailed(GatewayError):
+    """A gateway key that is missing or unknown (the API's own 401 words)."""
+
+    status = 401
+    error_type = "authentication_error"
+
+
+class PermissionDenied(GatewayError):
+    """A gateway key used for something its tenant may not do."""
+
+    status = 403
+    error_type = "permission_error"
+
+
 class NotFound(GatewayError):
     status = 404
     error_type = "not_found_error"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.admission import priority_of
 from gateway.body import StreamedBody, request_body
 from gateway.errors import GatewayError, Overloaded
 from gateway.headers import REQUEST_ID, credential_of, upstream_request_headers
@@ -18,7 +19,15 @@ from gateway.messages import parse_facts, route_of
 from gateway.record import record_of
 from gateway.relay import RelayResult, relay
 from gateway.retry import MAX_RETRIES_HEADER, requested_retries
-from gateway.services import ADMISSIONS, BODY_LIMITS, CLOCK, CREDENTIALS, METRICS, UPSTREAM
+from gateway.services import (
+    ADMISSIONS,
+    BODY_LIMITS,
+    CLOCK,
+    CREDENTIALS,
+    IDENTITIES,
+    METRICS,
+    UPSTREAM,
+)
 
 
 async def handle_v1(request: web.Request) -> web.StreamResponse:
@@ -28,16 +37,22 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     if not upstream.is_open:
         raise Overloaded("The gateway is starting or shutting down.")
     record.route = route_of(request.path)
+    identity = app[IDENTITIES].identify(credential_of(request.headers))  # 401 before the body
+    record.tenant = identity.tenant.name if identity.tenant else None
     body = await request_body(request, app[BODY_LIMITS])
     facts = parse_facts(request.path, body) if isinstance(body, bytes) else None
     if facts is not None:
         record.model, record.stream, record.max_tokens = facts.model, facts.stream, facts.max_tokens
+        identity.check_model(facts.model)
     streamed_length = None if isinstance(body, bytes | None) else request.content_length
     headers = upstream_request_headers(request.headers, streamed_length=streamed_length)
-    credential = credential_of(request.headers)
+    credential = identity.upstream
     app[CREDENTIALS].apply(headers, credential)
     retries = requested_retries(request.headers.get(MAX_RETRIES_HEADER), upstream.policy)
-    call = limited_call(request.method, request.raw_path, request.headers, facts, credential)
+    call = limited_call(
+        request.method, request.raw_path, request.headers, facts, credential,
+        tenant=record.tenant or "", priority=priority_of(request.headers, identity.tenant),
+    )  # fmt: skip
     async with app[ADMISSIONS].admit(call, record) as ticket:
         record.upstream_sent_at = clock.now()
         try:

@@ -5,9 +5,9 @@ Requests: everything end-to-end goes upstream unchanged (credentials, `anthropic
 `x-gateway-*` controls stay here. Responses: everything end-to-end comes back unchanged
 (`request-id`, `anthropic-ratelimit-*`, `retry-after`, `x-should-retry`, `content-encoding`).
 
-Credentials: `CredentialPolicy` decides what the upstream sees. Today it forwards the
-client's `x-api-key` or `authorization` as is; a gateway-held key is a new policy, not a
-change to the relay.
+Credentials: `CredentialPolicy` decides what the upstream sees: the client's `x-api-key` or
+`authorization` as is, or, when the gateway holds the upstream key (`identity.py`), that key
+in place of whatever the client sent.
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ class Credential:
 
     header: str
     value: str
+    held: bool = False
+    """The gateway's own upstream key: it replaces the client's credential headers."""
 
     @property
     def scope(self) -> str:
@@ -104,12 +106,20 @@ def credential_of(headers: Headers) -> Credential | None:
     return None
 
 
+CREDENTIAL_HEADERS = ("x-api-key", "authorization")
+
+
 class CredentialPolicy:
-    """Forward the client's own credential unchanged (the default policy)."""
+    """Forward the client's own credential unchanged, or put the gateway's in its place."""
 
     def apply(self, outgoing: CIMultiDict[str], credential: Credential | None) -> None:
-        """Set the upstream credential on `outgoing`; the client's headers are already there."""
-        del credential  # the client's header was copied through as is
+        """Set the upstream credential on `outgoing` (the client's headers are already
+        there): a gateway-held key replaces every credential header the client sent."""
+        if credential is None or not credential.held:
+            return  # the client's header was copied through as is
+        for name in CREDENTIAL_HEADERS:
+            outgoing.popall(name, None)
+        outgoing[credential.header] = credential.value
 
 
 def upstream_request_headers(

@@ -16,6 +16,7 @@ from gateway.admission import requested_max_wait
 from gateway.exact_count import Caller
 from gateway.headers import Credential, Headers
 from gateway.limits.policy import Endpoint
+from gateway.limits.tenants import Priority
 from gateway.messages import COUNT_TOKENS_PATH, RequestFacts
 
 ANONYMOUS_SCOPE = "anonymous"
@@ -32,6 +33,10 @@ class LimitedCall:
     model: str = ""
     body: Mapping[str, Any] | None = None
     endpoint: Endpoint | None = None
+    tenant: str = ""
+    """The caller's tenant ("" without gateway keys): its sub-quotas are checked too."""
+    priority: Priority = "interactive"
+    """Its lane (`admission.priority_of`): `batch` uses only what lies above the reserve."""
 
     @property
     def max_wait(self) -> float | None:
@@ -45,18 +50,22 @@ def limited_call(
     headers: Headers,
     facts: RequestFacts | None,
     credential: Credential | None,
+    *,
+    tenant: str = "",
+    priority: Priority = "interactive",
 ) -> LimitedCall | None:
     """The limiter's view of a request, or None when no limit looks at it: generations
     (`/v1/messages`, `/v1/complete`) with a model, `POST /v1/messages/count_tokens` and every
-    `/v1/messages/batches*` call; everything else passes through."""
+    `/v1/messages/batches*` call; everything else passes through. `credential` is the one
+    sent upstream: its organisation's buckets are the ones charged."""
     scope = credential.scope if credential else ANONYMOUS_SCOPE
     caller = Caller(headers, path_qs, credential)
     endpoint = _endpoint_of(method, caller.path)
     if endpoint is not None:
-        return LimitedCall(scope, caller, endpoint=endpoint)
+        return LimitedCall(scope, caller, endpoint=endpoint, tenant=tenant, priority=priority)
     if facts is None or not facts.is_generation or facts.body is None or not facts.model:
         return None  # a generation without a model: the API answers it (400) itself
-    return LimitedCall(scope, caller, facts.model, facts.body)
+    return LimitedCall(scope, caller, facts.model, facts.body, tenant=tenant, priority=priority)
 
 
 def _endpoint_of(method: str, path: str) -> Endpoint | None:

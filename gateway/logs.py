@@ -11,13 +11,14 @@ import json
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
 SECRET_PATTERNS = (
     re.compile(r"sk-ant-[A-Za-z0-9_\-]+"),
+    re.compile(r"cgw_[0-9a-f]{12}_[A-Za-z0-9_\-]+"),  # a gateway key (identity.py)
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/\-]+=*"),
     re.compile(r"(?i)(x-api-key['\"]?\s*[:=]\s*['\"]?)[^'\",\s]+"),
     re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",]+"),
@@ -25,7 +26,7 @@ SECRET_PATTERNS = (
     re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)(?!\*\*\*@)[^@\s]+(@)", re.IGNORECASE),
     re.compile(r"([a-z][a-z0-9+.-]*://)(?!\*\*\*@)[^:/@\s]+(@)", re.IGNORECASE),
 )
-MAYBE_SECRET = re.compile(r"sk-ant-|bearer|x-api-key|authorization|://[^/\s]*@", re.IGNORECASE)
+MAYBE_SECRET = re.compile(r"sk-ant-|cgw_|bearer|x-api-key|authorization|://[^/\s]*@", re.IGNORECASE)
 """Every SECRET_PATTERNS match contains one of these: one search clears most values at once."""
 SECRET_KEYS = frozenset({"x-api-key", "authorization", "api_key", "password", "token"})
 REDACTED = "[REDACTED]"
@@ -66,14 +67,22 @@ def redact_secrets(
 
 
 def configure_logging(
-    level: str = "info", fmt: str = "json", stream: TextIO | None = None, *, cache: bool = False
+    level: str = "info",
+    fmt: str = "json",
+    stream: TextIO | None = None,
+    *,
+    cache: bool = False,
+    fields: Mapping[str, object] | None = None,
 ) -> None:
     """Route structlog (and stdlib logging from aiohttp/redis) to one line per event.
 
     `cache=True` (the server) binds each module logger once instead of on every call, which
     matters on the hot path; tests leave it off so they can reconfigure between cases.
+    `fields` go on every structlog line (a worker's `worker` number: several processes share
+    one stdout).
     """
     out = stream or sys.stdout
+    process_fields: list[structlog.typing.Processor] = [add_fields(fields)] if fields else []
     numeric = logging.getLevelName(level.upper())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -83,6 +92,7 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *process_fields,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -90,7 +100,9 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # One write() per line, newline included (print() makes two when PYTHONUNBUFFERED is
+        # set, as in the image): the lines of workers sharing one stdout never interleave.
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(out)
@@ -100,6 +112,20 @@ def configure_logging(
     root.setLevel(max(numeric, logging.WARNING) if level != "debug" else logging.DEBUG)
     # aiohttp's own access log is replaced by ours.
     logging.getLogger("aiohttp.access").disabled = True
+
+
+def add_fields(fields: Mapping[str, object]) -> structlog.typing.Processor:
+    """structlog processor: `fields` on every event (an event's own value wins)."""
+    fixed = dict(fields)
+
+    def add(
+        _logger: object, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in fixed.items():
+            event.setdefault(key, value)
+        return event
+
+    return add
 
 
 class _StdlibToStructlog(logging.Formatter):

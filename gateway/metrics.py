@@ -33,6 +33,7 @@ from prometheus_client import (
 from prometheus_client.exposition import generate_latest
 
 from gateway import __version__
+from gateway.limits.recent import RecentDecisions
 from gateway.metric_collectors import (
     BucketFillCollector,
     FillReader,
@@ -60,6 +61,8 @@ class GatewayMetrics:
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 registry.register(collector)
         self.registry = registry
+        self.recent = RecentDecisions()
+        """The last minute's limiter decisions, for the live view (`admin.py`)."""
         self._models: set[str] = set()
         self._define_requests(registry)
         self._define_limiter(registry)
@@ -126,7 +129,8 @@ class GatewayMetrics:
     def _define_limiter(self, registry: CollectorRegistry) -> None:
         self._admissions = Counter(
             "gateway_limiter_admissions",
-            "Limiter decisions: now, queued, rejected, never_fits, unknown_model, unavailable.",
+            "Limiter decisions: now, queued, rejected, never_fits, unknown_model, unavailable; "
+            "shadow_<decision> for one not enforced (enforce: false).",
             ["model_group", "decision"],
             registry=registry,
         )
@@ -295,6 +299,7 @@ class GatewayMetrics:
         """The limiter's decision, how long it queued, and how input was estimated."""
         group, decision = record.group, record.decision or "unlimited"
         self._admissions.labels(group, decision).inc()
+        self.recent.note(group, record.tenant or "", decision, record.started_at)
         if decision in ("now", "queued"):
             self._queue_wait.labels(group).observe(record.queue_wait)
         if record.fail_open:

@@ -161,6 +161,8 @@ def _log_access(record: RequestRecord) -> None:
         return
     ttfb = record.ttfb
     extra = {} if record.error_kind is None else {"error": record.error_kind}
+    if record.tenant is not None:
+        extra["tenant"] = record.tenant
     access_log.info(
         "request",
         method=record.method,

@@ -42,13 +42,16 @@ class RequestRecord:
     model: str | None = None
     stream: bool = False
     max_tokens: int | None = None
+    tenant: str | None = None
+    """The caller's tenant, when it came with a gateway key (`identity.py`)."""
     trace: Trace = NO_TRACE
     """The request's trace (`trace.py`): `NO_TRACE` unless tracing is on."""
     # The limiter ----------------------------------------------------------------------
     group: str = "none"
     decision: str | None = None
-    """now, queued, rejected, never_fits, unknown_model, unavailable, unlimited; None when
-    the request was not one the limiter looks at."""
+    """now, queued, rejected, never_fits, unknown_model, unavailable, unlimited; in shadow
+    mode `shadow_` and the decision that was not enforced; None when the request was not
+    one the limiter looks at."""
     queue_wait: float = 0.0
     fail_open: bool = False
     estimate: tuple[str, str] | None = None

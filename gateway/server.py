@@ -1,5 +1,7 @@
 """`serve()`: run the app on its port until SIGTERM/SIGINT, then drain.
 
+SIGHUP reloads the limits file (`admin.reload`), as `POST /gateway/v1/reload` does.
+
 The drain: `/readyz` fails at once (load balancers stop sending), the listener stays open for
 `GATEWAY_SHUTDOWN_DRAIN_SECONDS`, then closes; in-flight requests and open streams get
 `GATEWAY_SHUTDOWN_GRACE_SECONDS` to finish, and the cleanup contexts close what `app.py`
@@ -9,39 +11,55 @@ Client connections are bounded (`connections.py`): each request's head by
 `GATEWAY_CLIENT_HEADER_TIMEOUT_SECONDS`, idle keep-alive by
 `GATEWAY_KEEPALIVE_TIMEOUT_SECONDS`, their number by `GATEWAY_MAX_CONNECTIONS`, which
 `serve()` fits to the process's file-descriptor limit (raising the soft limit first).
+
+A worker of a supervisor (`supervisor.py`, `GATEWAY_WORKERS` above 1) listens with
+SO_REUSEPORT beside the other workers, says which worker and process it is in its
+`listening` line, and also stops when the supervisor is gone. Every bound above is then per
+worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
+from typing import Any
 
 from aiohttp import web
 
-from gateway.config import Settings
+from gateway.admin import reload
+from gateway.config import ConfigError, Settings
 from gateway.connections import ClientConnections, ConnectionLimits, EdgeSite, descriptor_budget
 from gateway.logs import get_logger
 from gateway.services import CLOCK, LIFECYCLE, METRICS
+from gateway.supervisor import stop_with_supervisor
 
 log = get_logger("gateway.server")
 LISTEN_BACKLOG = 1024
 
 
-async def serve(settings: Settings, app: web.Application) -> None:
-    """Serve until SIGTERM/SIGINT, then drain: /readyz fails, in-flight work finishes."""
+async def serve(settings: Settings, app: web.Application, *, worker: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: /readyz fails, in-flight work finishes.
+    `worker`: this process is that worker of a supervisor's (shares the port)."""
     limits = connection_limits(settings, _fit_descriptors(settings.max_connections))
-    runner, site = await listen(settings, app, limits)
+    runner, site = await listen(settings, app, limits, reuse_port=worker is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_on_signal, app)
+    which: dict[str, Any] = {}
+    if worker is not None:
+        stop_with_supervisor(loop, stop.set)
+        which = {"worker": worker, "pid": os.getpid()}
     log.info(
         "listening",
         host=settings.host,
         port=site.port,
         upstream=settings.upstream_shown,
         max_connections=limits.max_connections,
+        **which,
     )
     try:
         await stop.wait()
@@ -53,6 +71,14 @@ async def serve(settings: Settings, app: web.Application) -> None:
         log.info("stopped")
 
 
+def reload_on_signal(app: web.Application) -> None:
+    """SIGHUP: reload the limits file; a bad one is logged and the old one stays in force."""
+    try:
+        reload(app)
+    except ConfigError as exc:
+        log.warning("limits.reload_refused", error=str(exc), signal="SIGHUP")
+
+
 def connection_limits(settings: Settings, max_connections: int | None = None) -> ConnectionLimits:
     """The client-connection bounds of `settings` (`max_connections` overrides the cap)."""
     return ConnectionLimits(
@@ -62,10 +88,15 @@ def connection_limits(settings: Settings, max_connections: int | None = None) ->
 
 
 async def listen(
-    settings: Settings, app: web.Application, limits: ConnectionLimits | None = None
+    settings: Settings,
+    app: web.Application,
+    limits: ConnectionLimits | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> tuple[web.AppRunner, EdgeSite]:
     """Start the app and listen on `settings.host:port` with bounded client connections
-    (`limits`: from `settings` when None); the caller cleans the runner up."""
+    (`limits`: from `settings` when None; `reuse_port`: beside other workers); the caller
+    cleans the runner up."""
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -76,7 +107,14 @@ async def listen(
     )
     await runner.setup()
     connections = ClientConnections(limits or connection_limits(settings), app[METRICS], app[CLOCK])
-    site = EdgeSite(runner, connections, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+    site = EdgeSite(
+        runner,
+        connections,
+        settings.host,
+        settings.port,
+        backlog=LISTEN_BACKLOG,
+        reuse_port=reuse_port,
+    )
     try:
         await site.start()
     except BaseException:

@@ -17,6 +17,7 @@ from gateway.admissions import Admissions
 from gateway.background import Background
 from gateway.clock import Clock
 from gateway.headers import CredentialPolicy
+from gateway.identity import Identities
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import Upstream
 
@@ -45,6 +46,8 @@ CLOCK = web.AppKey("clock", Clock)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 BODY_LIMITS = web.AppKey("body_limits", BodyLimits)
 CREDENTIALS = web.AppKey("credentials", CredentialPolicy)
+IDENTITIES = web.AppKey("identities", Identities)
+"""Who may call: gateway keys and tenants, or pass-through (`identity.py`)."""
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 BACKGROUND = web.AppKey("background", Background)
 """Settlements that outlive their request's task (`ticket.py`); drained at shutdown."""

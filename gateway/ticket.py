@@ -26,17 +26,29 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from gateway.admission import (
+    budget_headers,
     decision_label,
     group_of,
     rate_limited,
     refusal,
+    tenant_headers,
 )
 from gateway.background import Background
 from gateway.clock import Clock
 from gateway.estimate import estimate_input_tokens, max_output_tokens, uncached_input_tokens
 from gateway.exact_count import Counted, ExactCounter, NotCounted
 from gateway.limited_call import LimitedCall
-from gateway.limits import UNLIMITED, Admission, Admitted, Cost, Dimension, Limiter, Unlimited
+from gateway.limits import (
+    UNLIMITED,
+    Admission,
+    Admitted,
+    Cost,
+    Dimension,
+    Limiter,
+    Unlimited,
+)
+from gateway.limits.outcomes import HeldBack
+from gateway.limits.prices import Spent
 from gateway.live_charge import ChargingTap
 from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
@@ -132,6 +144,8 @@ class LimitedTicket:
         self._tap: UsageTap | None = None
         self._scope = call.scope
         """The bucket scope: the key's organisation's (or the key's own), set at admission."""
+        self._cost = Cost()
+        """What the admission reserves (kept for a batch request that asks again)."""
         self._uncached: int | None = None
         """With cache breakpoints: the estimate of what follows the last one (the input is
         reserved and learned on it, apart from requests without)."""
@@ -171,7 +185,13 @@ class LimitedTicket:
 
     def headers(self) -> dict[str, str]:
         wait = self._record.queue_wait
-        return {QUEUE_WAIT_HEADER: str(round(wait * 1000))} if wait > 0 else {}
+        extra = {QUEUE_WAIT_HEADER: str(round(wait * 1000))} if wait > 0 else {}
+        tenant = self._call.tenant
+        if tenant and isinstance(self._admission, Admitted):
+            extra.update(tenant_headers(self._admission.reservation))
+        if tenant:
+            extra.update(budget_headers(self._limiter.ledger.states(tenant)))
+        return extra
 
     @property
     def _settles_usage(self) -> bool:
@@ -187,18 +207,36 @@ class LimitedTicket:
         try:
             with record.trace.span("gateway.admission"):
                 admission = self._admission = await self._decide()
+            if isinstance(admission, HeldBack):
+                with record.trace.span("gateway.queue"):
+                    admission = self._admission = await self._ask_again(admission)
             record.decision, record.group = decision_label(admission), group_of(admission)
+            if isinstance(admission, Admitted) and record.queue_wait > 0:
+                record.decision = "queued"
+            enforced = self._limiter.enforces(record.group)
             error = refusal(admission)
             if error is not None:
-                raise error
+                if enforced:
+                    raise error
+                self._shadow(error.message)
+                return
             if isinstance(admission, Admitted):
                 record.fail_open = admission.fallback
                 record.reserved_input = admission.reservation.cost.input_tokens
-                if admission.wait > 0:
+                if admission.wait > 0 and not enforced:
+                    self._shadow(f"would wait {admission.wait:.3f} s for capacity")
+                elif admission.wait > 0:
                     with record.trace.span("gateway.queue"):
                         await self._queue(admission)
         finally:
             metrics.queue_left()
+
+    def _shadow(self, would: str) -> None:
+        """Shadow mode: count and log what an enforced limit would have done, and go now
+        (a refusal took nothing from the buckets; a queued reservation stays charged)."""
+        record = self._record
+        log.info("limits.shadow", group=record.group, decision=record.decision, would=would)
+        record.decision = f"shadow_{record.decision}"
 
     async def _queue(self, admission: Admitted) -> None:
         """Wait in the queue (re-timed as capacity frees); refused when it cannot go in time."""
@@ -211,6 +249,31 @@ class LimitedTicket:
         if late is not None:
             record.decision = decision_label(late)
             raise rate_limited(late)
+
+    async def _ask_again(self, held: HeldBack) -> Admission:
+        """A request held to the batch lane and back by the priority reserve: sleep the wait
+        it was given and ask again (interactive requests queue in the buckets; batch-lane
+        ones never do, so they never stand ahead of them), while its max wait allows."""
+        clock, call, limiter = self._shared.clock, self._call, self._limiter
+        started = clock.now()
+        deadline = started + limiter.queue_limit(call.max_wait)
+        admission: Admission = held
+        try:
+            while isinstance(admission, HeldBack):
+                if clock.now() + admission.refused.retry_after > deadline:
+                    break
+                await clock.sleep(admission.refused.retry_after)
+                admission = await limiter.admit(
+                    scope=self._scope,
+                    model=call.model,
+                    cost=self._cost,
+                    max_wait=max(0.0, deadline - clock.now()),
+                    tenant=call.tenant,
+                    priority=call.priority,
+                )
+        finally:
+            self._record.queue_wait = clock.now() - started
+        return admission
 
     async def _decide(self) -> Admission:
         """One limiter call: the endpoint's own bucket, or the model group's buckets (on the
@@ -226,11 +289,20 @@ class LimitedTicket:
         uncached = uncached_input_tokens(body)
         self._uncached = uncached
         cost = limiter.cost_for(
-            call.model, self._input_estimate, max_output_tokens(body), uncached=uncached
+            call.model,
+            self._input_estimate,
+            max_output_tokens(body),
+            uncached=uncached,
+            tenant=call.tenant,
         )
-        cost = await self._exact_input(cost, body)
+        cost = self._cost = await self._exact_input(cost, body)
         return await limiter.admit(
-            scope=self._scope, model=call.model, cost=cost, max_wait=call.max_wait
+            scope=self._scope,
+            model=call.model,
+            cost=cost,
+            max_wait=call.max_wait,
+            tenant=call.tenant,
+            priority=call.priority,
         )
 
     async def _exact_input(self, cost: Cost, body: Mapping[str, Any]) -> Cost:
@@ -291,6 +363,8 @@ class LimitedTicket:
         self._record.api_remaining = {AXES[dim]: value for dim, value in reported.items()}
         actual = actual_cost(admission, tap, answer, limiter.counts_cache_reads(group))
         self._observe(admission, answer, tap)
+        if self._call.tenant:
+            limiter.charge_budget(self._call.tenant, self._call.model, _spent(tap, actual))
         ceilings = pull_down_ceilings(admission, answer, reported)
         if not ceilings:
             limiter.settle(admission, actual)
@@ -327,6 +401,20 @@ class LimitedTicket:
                 usage.output_tokens,
                 cached=self._uncached is not None,
             )
+
+
+def _spent(tap: UsageTap, actual: Cost) -> Spent:
+    """What a budget is charged: the usage the API reported, or (without one) the tokens
+    the buckets were settled on."""
+    usage = tap.usage
+    if usage is None:
+        return Spent(actual.input_tokens, actual.output_tokens)
+    return Spent(
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_creation_input_tokens,
+        usage.cache_read_input_tokens,
+    )
 
 
 async def _pull_down_then_settle(

@@ -6,6 +6,7 @@ import gc
 import io
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ import pytest
 import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.admissions import LimitedAdmissions
 from gateway.app import create_app
@@ -127,12 +128,27 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
         yield fake
 
 
+SECRETS_EMITTED = re.compile(r"sk-ant-[A-Za-z0-9]|cgw_[0-9a-f]{12}_[A-Za-z0-9_-]")
+"""An Anthropic key or a gateway key, unmasked."""
+
+
+def secrets_emitted(logs: str, registry: CollectorRegistry) -> list[str]:
+    """Every unmasked key in what a gateway emitted: its log lines and its metrics."""
+    emitted = logs + generate_latest(registry).decode()
+    return sorted({match.group(0) for match in SECRETS_EMITTED.finditer(emitted)})
+
+
 @pytest.fixture
 async def make_gateway(
     fake_upstream: FakeUpstream, aiohttp_server: Callable[..., Awaitable[TestServer]]
-) -> GatewayFactory:
+) -> AsyncIterator[GatewayFactory]:
     """Build and serve a gateway in front of the fake upstream, with settings overrides
-    (`tracing`: trace its requests with that tracer, tests/test_tracing.py)."""
+    (`tracing`: trace its requests with that tracer, tests/test_tracing.py).
+
+    When the test is over, everything each gateway emitted (every log line, the metrics)
+    is grepped for an unmasked Anthropic or gateway key: a test whose gateway leaked one
+    fails, whatever it was testing."""
+    built: list[RunningGateway] = []
 
     async def build(
         *, clock: Clock | None = None, tracing: Tracing | None = None, **overrides: Any
@@ -145,9 +161,13 @@ async def make_gateway(
         registry = CollectorRegistry()
         app = create_app(settings, registry=registry, clock=clock, tracing=tracing)
         server = await aiohttp_server(app)  # TestServer enables handler_cancellation
-        return RunningGateway(str(server.make_url("")).rstrip("/"), app, registry, logs, server)
+        gateway = RunningGateway(str(server.make_url("")).rstrip("/"), app, registry, logs, server)
+        built.append(gateway)
+        return gateway
 
-    return build
+    yield build
+    leaked = {g.url: secrets_emitted(g.logs.getvalue(), g.registry) for g in built}
+    assert not any(leaked.values()), f"a gateway emitted unmasked keys: {leaked}"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 
 from bench.ports import free_port
 from gateway.admission import rate_limited
+from gateway.identity import new_key
 from gateway.limits import BucketSpec, Dimension, Refused
 from tests.conftest import TEST_KEY, TEST_SCOPE, GatewayFactory, RunningGateway
 from tests.support.fake_clock import FakeClock
@@ -418,3 +419,75 @@ def test_a_refusal_is_an_honest_429(
         error.headers.get("x-should-retry"),
         error.headers["x-gateway-ratelimit-remaining"],
     )
+
+
+async def test_a_tenants_sub_quota_shows_on_every_answer_and_names_itself_when_full(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Every admitted answer carries what the tenant has left; its 429 names the tenant and
+    its limit, while another tenant of the organisation is still served."""
+    small, big = new_key(), new_key()
+    path = limits_file(
+        tmp_path,
+        "    requests_per_minute: 30\n"
+        f"tenants:\n  - name: small\n    keys: ['{small.stored}']\n"
+        "    limits:\n      sonnet:\n        requests_per_minute: '10%'\n"
+        f"  - name: big\n    keys: ['{big.stored}']\n",
+    )
+    gateway = await make_gateway(
+        limits_file=str(path), upstream_api_key="sk-ant-upstream", clock=FakeClock()
+    )
+    no_wait = {"x-gateway-max-wait": "0"}
+    answers = [await send(gateway.url, key=small.key, headers=no_wait) for _ in range(4)]
+    assert [status for status, _, _ in answers] == [200, 200, 200, 429]
+    assert [h.get("x-gateway-ratelimit-tenant-requests-remaining") for _, _, h in answers] == [
+        "2", "1", "0", None,
+    ]  # fmt: skip
+    assert answers[0][2]["x-gateway-ratelimit-tenant-requests-limit"] == "3"
+    _, body, headers = answers[-1]
+    assert headers["x-gateway-ratelimit-tenant"] == "small"
+    assert "tenant 'small''s 'sonnet' limit of 3 requests" in body["error"]["message"]
+    status, _, headers = await send(gateway.url, key=big.key)
+    assert status == 200
+    assert "x-gateway-ratelimit-tenant-requests-limit" not in headers
+    assert len(fake_upstream.requests) == 4
+
+
+async def test_a_tenants_spend_budget_shows_on_every_answer_and_refuses_once_spent(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Charged from each answer's real usage at the file's prices; once the rest cannot cover
+    a request's estimate, a 429 names the budget and when it resets, and nothing goes
+    upstream. A model without a price cannot be counted: 403."""
+    team = new_key()
+    path = limits_file(
+        tmp_path,
+        "    requests_per_minute: 1000\n"
+        "prices:\n  - models: ['claude-sonnet-*']\n    input: 1000\n    output: 1000\n"
+        "unmatched_models: pass\n"
+        f"tenants:\n  - name: team\n    keys: ['{team.stored}']\n"
+        "    budgets:\n      usd_per_day: 0.2\n",
+    )
+    gateway = await make_gateway(limits_file=str(path), upstream_api_key="sk-ant-upstream")
+    usage = fake_upstream.usage
+    per_answer = (usage["input_tokens"] + usage["output_tokens"]) * 1000 / 1_000_000
+    served = []
+    for _ in range(50):
+        status, body, headers = await send(gateway.url, key=team.key)
+        if status != 200:
+            break
+        served.append(headers)
+    assert status == 429
+    assert headers["x-gateway-ratelimit-bucket"] == "usd_per_day"
+    assert headers["x-gateway-ratelimit-tenant"] == "team"
+    assert "tenant 'team''s daily spend budget of $0.20" in body["error"]["message"]
+    assert int(headers["retry-after"]) <= 86_400
+    assert len(served) == len(fake_upstream.requests)
+    assert len(served) * per_answer <= 0.2 + per_answer  # at most one answer past the line
+    assert served[0]["x-gateway-ratelimit-tenant-usd-per-day-limit"] == "0.200000"
+    remaining = [float(h["x-gateway-ratelimit-tenant-usd-per-day-remaining"]) for h in served]
+    assert remaining == sorted(remaining, reverse=True)
+    assert remaining[0] == 0.2  # before the first answer was charged
+    status, body, _ = await send(gateway.url, key=team.key, model="claude-haiku-4-5")
+    assert status == 403
+    assert "cannot be counted against this key's budget" in body["error"]["message"]

@@ -8,6 +8,7 @@ checked here is what each target is given: its settings and a Redis a client can
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 from collections import Counter
@@ -19,11 +20,13 @@ import redis.asyncio
 import redis.asyncio.cluster
 
 from bench.load import LoopResult
-from bench.procs import ROOT, Child, CpuUse, Processes
-from bench.report import _cpu_warnings
+from bench.procs import ROOT, Child, CpuUse, Processes, logged_lines
+from bench.report import _cpu_warnings, workers_section
 from bench.scenario_proxy import ProxyRow, disturbance, log_size
-from bench.settings import FULL_TARGETS, TARGETS, check_target, split_target
+from bench.scenario_redis import CONFIGS, WORKER_CONFIGS, RedisRow, served_by
+from bench.settings import FULL_TARGETS, TARGETS, check_target, preset, split_target
 from bench.targets import (
+    LISTENING,
     PRODUCTION_LOGS,
     REDIS_TARGETS,
     Launcher,
@@ -174,3 +177,39 @@ def test_a_round_is_as_disturbed_as_its_worst_window() -> None:
     windows = [(CpuUse(1.0, {"server": 0.9}, other), loop) for other in (3.0, 41.0, 0.0)]
     assert 41.0 == disturbance(windows)
     assert 0.0 == disturbance([])
+
+
+def test_the_workers_scenario_compares_one_and_two_workers_of_one_gateway() -> None:
+    """`--scenario workers` runs one instance of 1 then 2 workers, without and with Redis."""
+    assert [("no limits", 1, 1), ("no limits", 1, 2), ("redis", 1, 1), ("redis", 1, 2)] == list(
+        WORKER_CONFIGS
+    )
+    assert all(workers == 1 for _, _, workers in CONFIGS)
+
+
+def test_served_by_counts_each_workers_access_lines(tmp_path: Path) -> None:
+    """Requests per worker come from the access lines' `worker` field; other lines are not
+    requests, and the bench waits for as many `listening` lines as workers."""
+    log = tmp_path / "gateway.log"
+    lines = [
+        {"component": "gateway.server", "event": "listening", "worker": 0},
+        {"component": "gateway.server", "event": "listening", "worker": 1},
+        *({"component": "gateway.access", "event": "request", "worker": w} for w in (0, 1, 1)),
+    ]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert ({0: 1, 1: 2}, 2) == (dict(served_by(log)), logged_lines(log, LISTENING))
+
+
+def test_the_workers_table_gives_the_speed_up_and_the_split() -> None:
+    """Each row's req/s relative to the same backend with one worker, and each worker's
+    share of the requests."""
+    rows = [
+        RedisRow("redis", 1, 1, rps=2_000.0),
+        RedisRow("redis", 1, 2, rps=2_500.0, served_by={0: 300, 1: 100}),
+    ]
+    table = [line for line in workers_section(rows, preset(quick=True)) if "| redis |" in line]
+    assert [["1", "2,000", "1.00x", "-"], ["2", "2,500", "1.25x", "75% / 25%"]] == [
+        [cells[1], cells[2], cells[3], cells[-1]]
+        for cells in ([cell.strip() for cell in line.strip("|").split("|")] for line in table)
+    ]
+    assert "redis x1 (2 workers)" == rows[1].name

@@ -163,3 +163,112 @@ def test_credentials_in_the_upstream_url_are_masked_everywhere(tmp_path: Path) -
     assert f"  GATEWAY_UPSTREAM_URL={shown}" in result.stdout.splitlines()
     assert [shown] == [line["upstream"] for line in listening]
     assert "s3cr3t" not in result.stdout + result.stderr + logs
+
+
+def test_keys_new_prints_the_key_once_and_the_line_the_file_keeps(tmp_path: Path) -> None:
+    """The printed hash, pasted into a tenant's keys, makes the printed key work: check-config
+    then shows the tenant and gateway-key mode, with neither the key nor the upstream key."""
+    result = run_cli("keys", "new", "--tenant", "search", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    key = lines[1].strip()
+    stored_line = lines[3]
+    assert key.startswith("cgw_")
+    assert stored_line.startswith('      - "sha256:')
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(f"tenants:\n  - name: search\n    keys:\n{stored_line}\n")
+    checked = run_cli(
+        "check-config", cwd=tmp_path, limits_file=str(limits),
+        upstream_api_key="sk-ant-upstream-secret-1234",
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert "identity: gateway keys; tenants: search (1 key(s))" in checked.stdout
+    assert "  GATEWAY_UPSTREAM_API_KEY=(set, hidden)" in checked.stdout.splitlines()
+    assert "sk-ant-upstream-secret-1234" not in checked.stdout + checked.stderr
+    assert key not in checked.stdout + checked.stderr
+    bad = run_cli("keys", "new", "--tenant", "no spaces", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "is not a tenant name" in bad.stderr
+
+
+def test_a_tenant_without_an_upstream_key_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("tenants:\n  - name: search\n")
+    result = run_cli("check-config", cwd=tmp_path, limits_file=str(limits))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"claude-gateway: invalid configuration: {limits}: tenant 'search' has no upstream key: "
+        "set GATEWAY_UPSTREAM_API_KEY (or _FILE), or give the tenant an upstream_key"
+    ]
+
+
+def test_several_workers_with_undivided_in_process_limits_are_refused_alike(
+    tmp_path: Path,
+) -> None:
+    """check-config and serve refuse GATEWAY_WORKERS=2 over in-process limits with one same
+    line and exit code 2, before any worker starts."""
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("groups:\n  - name: all\n    models: ['*']\n    requests_per_minute: 60\n")
+    results = [
+        run_cli(*command, cwd=tmp_path, limits_file=str(limits))
+        for command in (("check-config", "--workers", "2"), ("serve", "--workers", "2"))
+    ]
+    line = (
+        "claude-gateway: invalid configuration: GATEWAY_WORKERS=2 with in-process limits: each "
+        "worker would enforce every limit on its own (2x in total); set GATEWAY_REDIS_URL to "
+        "share one budget, or GATEWAY_WORKER_LIMITS=divide to give each worker 1/2 of every limit"
+    )
+    expected = (2, [line], "")
+    assert [expected, expected] == [
+        (r.returncode, r.stderr.splitlines(), r.stdout) for r in results
+    ]
+
+
+def test_check_config_says_how_workers_share_the_limits(tmp_path: Path) -> None:
+    """With several workers, check-config's last line names them, the port, and the limits'
+    division."""
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("groups:\n  - name: all\n    models: ['*']\n    requests_per_minute: 60\n")
+    result = run_cli(
+        "check-config", cwd=tmp_path, limits_file=str(limits), workers="2", worker_limits="divide"
+    )
+    line = (
+        "workers: 2 on port 8080 (SO_REUSEPORT), each enforcing 1/2 of every limit in process "
+        "(GATEWAY_WORKER_LIMITS)"
+    )
+    assert (0, line) == (result.returncode, result.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("count", ["0", "two"])
+def test_a_bad_workers_flag_is_a_usage_error(tmp_path: Path, count: str) -> None:
+    """`--workers` takes a whole number of at least 1; anything else is argparse's exit 2."""
+    result = run_cli("serve", "--workers", count, cwd=tmp_path)
+    error = f"must be a whole number >= 1 (got '{count}')"
+    line = f"claude-gateway serve: error: argument --workers: {error}"
+    assert (2, line) == (result.returncode, result.stderr.splitlines()[-1])
+
+
+def test_the_tenants_example_is_valid_and_check_config_lists_its_tenants(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "config" / "tenants.example.yaml"
+    result = run_cli(
+        "check-config", cwd=tmp_path, limits_file=str(example),
+        upstream_api_key="sk-ant-upstream-example",
+        extra_env={"ANTHROPIC_RESEARCH_KEY": "sk-ant-research-example"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "identity: gateway keys; tenants: search (1 key(s)), research (0 key(s))" in lines
+    assert (
+        "  tenant search: models=claude-sonnet-4*,claude-haiku-4*, keys=1, "
+        "sonnet.input_tokens=800000, sonnet.output_tokens=160000, usd_per_day=250, "
+        "usd_per_month=5000"
+    ) in lines
+    assert "sk-ant-" not in result.stdout + result.stderr
+    missing = run_cli(
+        "check-config", cwd=tmp_path, limits_file=str(example),
+        upstream_api_key="sk-ant-upstream-example",
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert "upstream key 'research-workspace': environment variable ANTHROPIC_RESEARCH_KEY" in (
+        missing.stderr
+    )

@@ -43,6 +43,31 @@ def test_bad_log_format_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings(env_file=None)
 
 
+def test_one_worker_and_no_division_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GATEWAY_WORKERS is 1 and GATEWAY_WORKER_LIMITS unset (an empty value too)."""
+    monkeypatch.delenv("GATEWAY_WORKERS", raising=False)
+    monkeypatch.setenv("GATEWAY_WORKER_LIMITS", "")
+    settings = load_settings(env_file=None)
+    assert (1, None) == (settings.workers, settings.worker_limits)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("GATEWAY_WORKERS", "0", "GATEWAY_WORKERS: Input should be greater than or equal to 1"),
+        ("GATEWAY_WORKER_LIMITS", "share", "GATEWAY_WORKER_LIMITS: Input should be 'divide'"),
+    ],
+)
+def test_worker_settings_are_validated(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, error: str
+) -> None:
+    """At least one worker; `divide` is the one way to divide limits."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    assert f"{error} (got '{value}')" == str(caught.value)
+
+
 def test_redis_password_never_printed_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     """An invalid Redis URL is reported without echoing it (it may carry a password)."""
     monkeypatch.setenv("GATEWAY_REDIS_URL", "redis://:hunter2@localhost")

@@ -22,6 +22,7 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry
 
+from bench.ports import free_port
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.connections import (
@@ -399,3 +400,20 @@ def test_descriptor_budget_fits_the_cap_to_the_file_descriptor_limit(
     """Two descriptors a connection plus a reserve: the soft limit rises toward the hard one,
     and the cap falls to what remains."""
     assert expected == descriptor_budget(wanted, soft, hard)
+
+
+async def test_listeners_share_a_port_only_with_reuse_port(fake_upstream: FakeUpstream) -> None:
+    """Workers bind one port with SO_REUSEPORT; without it a second listener is refused."""
+    fields: dict[str, Any] = {"upstream_url": fake_upstream.url, "port": free_port()}
+    settings = Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+    runners = []
+    try:
+        for _ in range(2):
+            runner, _ = await listen(settings, create_app(settings), reuse_port=True)
+            runners.append(runner)
+        with pytest.raises(OSError, match="address already in use"):
+            await listen(settings, create_app(settings))
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    assert 2 == len(runners)

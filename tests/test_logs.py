@@ -11,9 +11,10 @@ import aiohttp
 import anthropic
 import pytest
 from anthropic.types import MessageParam
+from prometheus_client import CollectorRegistry, Counter
 
 from gateway.logs import REDACTED, configure_logging, get_logger, redact_secrets
-from tests.conftest import TEST_KEY, GatewayFactory
+from tests.conftest import TEST_KEY, GatewayFactory, secrets_emitted
 from tests.support.fake_upstream import FakeUpstream, Reply, Stream
 
 MODEL = "claude-sonnet-4-6"
@@ -77,6 +78,10 @@ def test_redaction_masks_keys_tokens_and_url_credentials() -> None:
         ({"Password": "hunter2", "n": 1}, {"Password": REDACTED, "n": 1}),
         ({"detail": "BEARER abc.def"}, {"detail": f"BEARER {REDACTED}"}),
         ({"path": "/v1/messages", "status": 200}, {"path": "/v1/messages", "status": 200}),
+        (
+            {"detail": "key cgw_0123456789ab_Zx-9_aBcDeF left"},
+            {"detail": f"key {REDACTED} left"},
+        ),
     ],
 )
 def test_redaction_fast_path_still_catches_lone_secrets(
@@ -127,3 +132,39 @@ def test_stdlib_records_are_redacted_too() -> None:
     assert secret not in out.getvalue()
     assert REDACTED in lines[0]["event"]
     assert REDACTED in lines[0]["exception"]
+
+
+class _Writes(io.StringIO):
+    """A stream that records each `write` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_a_workers_lines_carry_its_number_each_in_one_write() -> None:
+    """`fields` go on every line (an event's own value wins), and each line, newline included,
+    is one write: the lines of workers sharing a stdout cannot interleave."""
+    stream = _Writes()
+    configure_logging("info", "json", stream=stream, fields={"worker": 1})
+    get_logger("test").info("hello")
+    get_logger("test").info("listening", worker=7)
+    assert [(1, "hello"), (7, "listening")] == [
+        (line["worker"], line["event"]) for line in map(json.loads, stream.calls)
+    ]
+    assert [True, True] == [call.endswith("}\n") for call in stream.calls]
+
+
+def test_the_suites_secret_grep_finds_unmasked_keys_in_logs_and_metrics() -> None:
+    """The check every in-process gateway of the suite passes when its test ends
+    (`make_gateway`): it would see a key in a log line or a metric label."""
+    registry = CollectorRegistry()
+    assert secrets_emitted('{"event": "request", "key": "[REDACTED]"}\n', registry) == []
+    leaked = '{"detail": "sk-ant-api03-abc and cgw_0123456789ab_Zz9-x"}\n'
+    assert secrets_emitted(leaked, registry) == ["cgw_0123456789ab_Z", "sk-ant-a"]
+    Counter("leak", "a metric", ["key"], registry=registry).labels("sk-ant-api03-zz").inc()
+    assert secrets_emitted("", registry) == ["sk-ant-a"]

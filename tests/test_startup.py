@@ -143,3 +143,101 @@ def test_an_endpoint_with_the_extra_switches_tracing_on(monkeypatch: pytest.Monk
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://otel:4318/v1/traces")
     startup = prepare(env_file=None)
     assert ("http://otel:4318/v1/traces", ()) == (startup.tracing.endpoint, startup.warnings)
+
+
+LIMITED = (
+    "groups:\n  - name: sonnet\n    models: ['claude-sonnet-*']\n    requests_per_minute: 30\n"
+)
+
+
+def limits_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Point GATEWAY_LIMITS_FILE at a file that limits Sonnet to 30 RPM."""
+    path = tmp_path / "limits.yaml"
+    path.write_text(LIMITED)
+    monkeypatch.setenv("GATEWAY_LIMITS_FILE", str(path))
+
+
+@pytest.mark.parametrize("learning", [False, True])
+def test_several_workers_refuse_undivided_in_process_limits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, learning: bool
+) -> None:
+    """Each worker would enforce every limit in process: one line naming both ways out.
+    Learned limits count as limits."""
+    if learning:
+        monkeypatch.setenv("GATEWAY_LEARN_LIMITS", "true")
+    else:
+        limits_file(monkeypatch, tmp_path)
+    monkeypatch.setenv("GATEWAY_WORKERS", "3")
+    with pytest.raises(ConfigError) as caught:
+        prepare(env_file=None)
+    assert (
+        "GATEWAY_WORKERS=3 with in-process limits: each worker would enforce every limit on "
+        "its own (3x in total); set GATEWAY_REDIS_URL to share one budget, or "
+        "GATEWAY_WORKER_LIMITS=divide to give each worker 1/3 of every limit"
+    ) == str(caught.value)
+
+
+def test_divided_limits_give_each_worker_its_share(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """GATEWAY_WORKER_LIMITS=divide: each of 4 workers enforces a quarter of each limit."""
+    limits_file(monkeypatch, tmp_path)
+    monkeypatch.setenv("GATEWAY_WORKERS", "4")
+    monkeypatch.setenv("GATEWAY_WORKER_LIMITS", "divide")
+    startup = prepare(env_file=None)
+    assert (0.25, ()) == (startup.limit_share, startup.warnings)
+
+
+def test_workers_on_redis_share_its_limits_whole(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With Redis every worker draws on the same buckets: nothing to divide, and a
+    GATEWAY_WORKER_LIMITS=divide left set is a warning, not a division."""
+    limits_file(monkeypatch, tmp_path)
+    monkeypatch.setenv("GATEWAY_WORKERS", "2")
+    monkeypatch.setenv("GATEWAY_REDIS_URL", "redis://localhost:6379/0")
+    monkeypatch.setenv("GATEWAY_WORKER_LIMITS", "divide")
+    startup = prepare(env_file=None)
+    assert (
+        1.0,
+        (
+            "GATEWAY_WORKER_LIMITS=divide is ignored: the workers share the limits in "
+            "GATEWAY_REDIS_URL",
+        ),
+    ) == (startup.limit_share, startup.warnings)
+
+
+def test_workers_without_limits_need_no_division(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a limits file nothing is limited, so several in-process workers are fine."""
+    monkeypatch.setenv("GATEWAY_WORKERS", "2")
+    startup = prepare(env_file=None)
+    assert (None, 1.0) == (startup.limits, startup.limit_share)
+
+
+def test_one_worker_ignores_the_division(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A single process enforces every limit whole, whatever GATEWAY_WORKER_LIMITS says."""
+    limits_file(monkeypatch, tmp_path)
+    monkeypatch.setenv("GATEWAY_WORKER_LIMITS", "divide")
+    assert 1.0 == prepare(env_file=None).limit_share
+
+
+def test_the_workers_flag_overrides_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`--workers` (prepare's `workers`) wins over GATEWAY_WORKERS, and is checked alike."""
+    limits_file(monkeypatch, tmp_path)
+    monkeypatch.setenv("GATEWAY_WORKERS", "1")
+    with pytest.raises(ConfigError, match=r"^GATEWAY_WORKERS=2 with in-process limits"):
+        prepare(env_file=None, workers=2)
+
+
+def test_several_workers_cannot_share_port_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Port 0 would give each worker its own free port: refused."""
+    monkeypatch.setenv("GATEWAY_WORKERS", "2")
+    monkeypatch.setenv("GATEWAY_PORT", "0")
+    with pytest.raises(ConfigError) as caught:
+        prepare(env_file=None)
+    assert (
+        "GATEWAY_PORT: 0 (any free port) cannot be shared by GATEWAY_WORKERS=2 workers: "
+        "choose a port"
+    ) == str(caught.value)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from gateway.identity import new_key
 from gateway.limits import Cost, Refused
 from gateway.live_charge import LIVE_CHARGE_LEAD
 from gateway.services import BACKGROUND
@@ -194,3 +195,74 @@ async def test_a_stream_is_charged_its_output_while_it_is_generated(
     # 200 tokens a delta, charged LIVE_CHARGE_LEAD to twice that ahead of what was generated
     assert 100_000 - 1_600 - 2 * LIVE_CHARGE_LEAD <= mid <= 100_000 - 1_600 - LIVE_CHARGE_LEAD
     assert 100_000 - 2_000 == after
+
+
+@pytest.mark.parametrize("where", ["file", "group"])
+async def test_shadow_mode_forwards_every_request_and_counts_what_it_would_have_done(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path, where: str
+) -> None:
+    """`enforce: false` (for the file, or one group): the decisions are computed, counted as
+    `shadow_<decision>` and logged; every request is forwarded at once."""
+    group = "    requests_per_minute: 2\n" + ("    enforce: false\n" if where == "group" else "")
+    top = {"enforce": "false"} if where == "file" else {}
+    path = limits_file(tmp_path, group, **top)
+    gateway = await make_gateway(limits_file=str(path), clock=HeldClock())
+    no_wait = {"x-gateway-max-wait": "0"}
+    statuses = [(await send(gateway.url, headers=no_wait))[0] for _ in range(3)]
+    queued_status, _, queued_headers = await send(gateway.url)  # would wait ~30 s
+    assert [*statuses, queued_status] == [200] * 4
+    assert "x-gateway-queue-wait-ms" not in queued_headers
+    assert len(fake_upstream.requests) == 4
+
+    def counted(decision: str) -> float:
+        labels = {"model_group": "sonnet", "decision": decision}
+        return gateway.registry.get_sample_value("gateway_limiter_admissions_total", labels) or 0
+
+    assert (counted("now"), counted("shadow_rejected"), counted("shadow_queued")) == (2, 1, 1)
+    lines = [json.loads(line) for line in gateway.logs.getvalue().splitlines()]
+    shadow = [line for line in lines if line.get("event") == "limits.shadow"]
+    assert [line["decision"] for line in shadow] == ["rejected", "queued"]
+    assert "would exceed the gateway's 'sonnet' limit of 2 requests" in shadow[0]["would"]
+
+
+async def test_batch_requests_use_only_what_lies_above_the_reserve(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A batch tenant (or `x-gateway-priority: batch`) stops at the reserve; interactive
+    traffic uses it and may queue into debt; a held-back batch request asks again when it
+    would fit and goes then, reported as queued."""
+    etl, app = new_key(), new_key()
+    path = limits_file(
+        tmp_path,
+        "    requests_per_minute: 10\n"
+        f"tenants:\n  - name: etl\n    keys: ['{etl.stored}']\n    priority: batch\n"
+        f"  - name: app\n    keys: ['{app.stored}']\n",
+        priority_reserve=0.5,
+    )
+    gateway = await make_gateway(
+        limits_file=str(path), upstream_api_key="sk-ant-upstream", clock=FakeClock()
+    )
+    no_wait = {"x-gateway-max-wait": "0"}
+    batch = [(await send(gateway.url, key=etl.key, headers=no_wait))[0] for _ in range(6)]
+    assert batch == [200] * 5 + [429]
+    lowered = await send(
+        gateway.url, key=app.key, headers={**no_wait, "x-gateway-priority": "batch"}
+    )
+    assert lowered[0] == 429  # an interactive tenant may ask for the batch lane
+    raised = await send(
+        gateway.url, key=etl.key, headers={**no_wait, "x-gateway-priority": "interactive"}
+    )
+    assert raised[0] == 429  # a batch tenant cannot raise itself
+    interactive = [(await send(gateway.url, key=app.key, headers=no_wait))[0] for _ in range(5)]
+    assert interactive == [200] * 5
+    status, _, headers = await send(gateway.url, key=etl.key)  # may wait 60 s: asks again
+    assert status == 200
+    assert int(headers["x-gateway-queue-wait-ms"]) >= 5_900  # 6 requests to refill at 1/6 s
+    bad = await send(gateway.url, key=app.key, headers={"x-gateway-priority": "urgent"})
+    assert bad[0] == 400
+    lines = [json.loads(line) for line in gateway.logs.getvalue().splitlines()]
+    decisions = [line.get("outcome") for line in lines if line.get("event") == "request"]
+    assert decisions == ["ok"] * 5 + ["rejected"] * 3 + ["ok"] * 5 + [
+        "queued_ok",
+        "invalid_request",
+    ]

@@ -49,6 +49,7 @@ class LimitBackend(Protocol):
         *,
         max_wait: float,
         now: float | None = None,
+        floor: float = 0.0,
     ) -> Reservation | Refused | NeverFits:
         """Debit every bucket or none, in one atomic step.
 
@@ -57,6 +58,9 @@ class LimitBackend(Protocol):
         any bucket needs to repay its debt after the debit: within `max_wait` every bucket
         is debited anyway (first come, first served) and the Reservation says how long to
         wait; beyond it nothing is debited and Refused names the bucket and the wait.
+        With `floor` > 0 (a lower-priority request) a bucket must keep that share of its
+        capacity after the debit, and a request that must wait is Refused with that wait
+        whatever `max_wait` says: it never queues into debt ahead of higher priorities.
         """
         ...
 
@@ -89,6 +93,13 @@ class LimitBackend(Protocol):
         """Record `learned` (key scope -> organisation id, oldest first), make the first
         organisation any instance learned the fleet's primary, and return the primary and
         every mapping, in one atomic step (`organizations.py`)."""
+        ...
+
+    async def share_spend(
+        self, charged: Mapping[str, int], periods: Sequence[str]
+    ) -> dict[str, int]:
+        """Add `charged` (ledger entry -> amount, `ledger.py`) to the fleet's ledger, drop the
+        entries of periods not in `periods`, and return every entry left, in one atomic step."""
         ...
 
     def on_change(self, listener: ChangeListener) -> None:

@@ -13,7 +13,7 @@ builds them with what was just learned.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from gateway.limits.learned_limits import LearnedLimits
@@ -38,8 +38,12 @@ class BucketCache:
         *,
         learn_all: bool,
         max_entries: int = MAX_ENTRIES,
+        share: float = 1.0,
     ) -> None:
+        """`share`: the part of every limit this instance enforces on its own (1/N for each
+        of N workers dividing in-process limits, GATEWAY_WORKER_LIMITS=divide)."""
         self._config = config
+        self._share = share
         self._learned = learned
         self._learn_all = learn_all
         self._max_entries = max_entries
@@ -49,7 +53,7 @@ class BucketCache:
         self._models: dict[str, GroupLimits | None] = {}
         self._per_model: dict[str, GroupLimits] = {}
         self._scaled: dict[BucketSpec, BucketSpec] = {}
-        self._buckets: dict[tuple[str, str], Buckets] = {}
+        self._buckets: dict[tuple[str, str, str], Buckets] = {}
 
     def __len__(self) -> int:
         """Entries held across every table (for tests of the bound)."""
@@ -84,16 +88,17 @@ class BucketCache:
             self._put(self._per_model, model, group)
         return group
 
-    def buckets(self, group: GroupLimits, scope: str) -> Buckets:
-        """The buckets a request of `group` touches in `scope`: configured, then learned.
+    def buckets(self, group: GroupLimits, scope: str, tenant: str = "") -> Buckets:
+        """The buckets a request of `group` touches in `scope`: configured, then learned,
+        then the `tenant`'s sub-quota on the group, if it has one.
 
         Keyed by the group's name: a name means one group (the file's names are unique;
         per-model learning groups exist only without a file and configure nothing).
         """
-        key = (group.name, scope)
+        key = (group.name, scope, tenant)
         found = self._buckets.get(key)
         if found is None:
-            found = self._put(self._buckets, key, self._build(group, scope))
+            found = self._put(self._buckets, key, self._build(group, scope, tenant))
         return found
 
     def endpoint_buckets(self, endpoint: Endpoint, scope: str) -> Buckets:
@@ -102,10 +107,10 @@ class BucketCache:
         Shares the bucket table: endpoint group names start with '_', which no configured or
         per-model group name can.
         """
-        key = (ENDPOINT_GROUPS[endpoint], scope)
+        key = (ENDPOINT_GROUPS[endpoint], scope, "")
         found = self._buckets.get(key)
         if found is None:
-            built = tuple(self._config.endpoint_buckets(endpoint, scope))
+            built = self._shared(self._config.endpoint_buckets(endpoint, scope))
             found = self._put(self._buckets, key, built)
         return found
 
@@ -121,19 +126,32 @@ class BucketCache:
             local.append(found)
         return local
 
+    def recent(self, count: int) -> list[Buckets]:
+        """The `count` bucket sets built most recently (the live view reads their levels)."""
+        return list(self._buckets.values())[-count:]
+
     def forget(self, group: str) -> None:
         """Drop `group`'s buckets in every scope: its learned limits changed."""
         self._buckets = {key: value for key, value in self._buckets.items() if key[0] != group}
 
-    def _build(self, group: GroupLimits, scope: str) -> Buckets:
-        """Configured buckets, then learned ones for dimensions the group does not set."""
+    def _build(self, group: GroupLimits, scope: str, tenant: str) -> Buckets:
+        """Configured buckets, then learned ones for dimensions the group does not set, then
+        the tenant's."""
         configured = group.limits()
         learned = (
             self._config.bucket(group, scope, dim, limit)
             for dim, limit in self._learned.limits(group.name).items()
             if dim not in configured
         )
-        return (*self._config.buckets_for(group, scope), *learned)
+        tenants = self._config.tenant_buckets(group, scope, tenant) if tenant else ()
+        return self._shared((*self._config.buckets_for(group, scope), *learned, *tenants))
+
+    def _shared(self, buckets: Iterable[BucketSpec]) -> Buckets:
+        """`buckets` holding this instance's `share` of each (all of it by default), scaled
+        as `fallback` scales them: one `BucketSpec.scaled` for both."""
+        if self._share == 1.0:
+            return tuple(buckets)
+        return tuple(bucket.scaled(self._share) for bucket in buckets)
 
     def _put(self, table: dict[_K, _V], key: _K, value: _V) -> _V:
         """Store `value`, first dropping the oldest entry when `table` is full."""

@@ -31,6 +31,11 @@ class LearnedLimits:
         self._max_groups = max_groups
         self._limits: dict[str, dict[Dimension, int]] = {}
 
+    def resize(self, max_groups: int) -> None:
+        """Hold up to `max_groups` groups from now on (a reload changed the file's groups);
+        what was learned stays."""
+        self._max_groups = max_groups
+
     def __contains__(self, group: str) -> bool:
         return group in self._limits
 

@@ -26,6 +26,7 @@ from gateway.limits.backend import (
     ignore_backend_call,
 )
 from gateway.limits.learning import Learning
+from gateway.limits.ledger import Ledger
 from gateway.limits.organizations import Organizations
 
 log = structlog.get_logger(__name__)
@@ -48,9 +49,11 @@ class LearningSync:
         every: float = SYNC_SECONDS,
         on_backend_call: BackendObserver | None = None,
         organizations: Organizations | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._learning = learning
         self._organizations = organizations
+        self._ledger = ledger
         self._backend = backend
         self._clock = clock
         self._every = every
@@ -75,7 +78,7 @@ class LearningSync:
     async def sync(self) -> bool:
         """One pass: the keys' organisations, then the groups with new samples; False when
         the backend failed."""
-        if not await self._sync_organizations():
+        if not await self._sync_organizations() or not await self._sync_ledger():
             return False
         lessons = list(self._learning.lessons().items())
         for index, (group, lesson) in enumerate(lessons):
@@ -111,6 +114,24 @@ class LearningSync:
             return False
         self._observe("organizations", self._clock.now() - started, True)
         self._organizations.adopt(primary, mapping)
+        return True
+
+    async def _sync_ledger(self) -> bool:
+        """Push the spend charged here since the last pass and adopt the fleet's totals
+        (every pass, whether or not this instance charged anything: others do)."""
+        if self._ledger is None:
+            return True
+        unsent = self._ledger.unsent()
+        started = self._clock.now()
+        try:
+            totals = await self._backend.share_spend(unsent, self._ledger.current_periods())
+        except LimitBackendError as exc:
+            self._observe("spend", self._clock.now() - started, False)
+            self._ledger.restore(unsent)
+            self._failed("(spend)", exc)
+            return False
+        self._observe("spend", self._clock.now() - started, True)
+        self._ledger.adopt(totals)
         return True
 
     def _failed(self, group: str, exc: LimitBackendError) -> None:

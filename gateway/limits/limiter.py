@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
-from gateway.clock import Clock
+from gateway.clock import Clock, wall_time
 from gateway.limits.backend import (
     BackendObserver,
     LimitBackend,
@@ -24,8 +24,10 @@ from gateway.limits.backend import (
 )
 from gateway.limits.breaker import CircuitBreaker
 from gateway.limits.bucket_cache import BucketCache
+from gateway.limits.fairness import FairShare
 from gateway.limits.learned_limits import MAX_MODEL_GROUPS, LearnedLimits
 from gateway.limits.learning import Learning
+from gateway.limits.ledger import Ledger, OverBudget, WallClock
 from gateway.limits.memory_backend import MemoryBackend
 from gateway.limits.model import BucketSpec, Cost, Dimension, NeverFits, Refused, Reservation
 from gateway.limits.organizations import Organizations
@@ -34,14 +36,20 @@ from gateway.limits.outcomes import (
     Admission,
     Admitted,
     BackendUnavailable,
+    HeldBack,
+    NotBudgeted,
     UnknownModel,
 )
 from gateway.limits.policy import Endpoint, GroupLimits, LimitsConfig
+from gateway.limits.prices import Spent, price_for
 from gateway.limits.queue import WaitQueue
+from gateway.limits.tenants import Priority
 
 log = structlog.get_logger(__name__)
 _NO_COST = Cost()
 _UNBOUNDED = 2**62
+STATUS_BUCKET_SETS = 64
+"""How many (group, scope, tenant) bucket sets the live view reads."""
 
 
 class Limiter:
@@ -58,9 +66,13 @@ class Limiter:
         on_backend_call: BackendObserver | None = None,
         learn_limits: bool = False,
         shared: bool = False,
+        share: float = 1.0,
+        wall: WallClock = wall_time,
     ) -> None:
         """`shared`: the backend is the fleet's (Redis), so what is learned about keys'
-        organisations is synced with it before it is trusted (`organizations.py`)."""
+        organisations is synced with it before it is trusted (`organizations.py`).
+        `share`: the part of every limit this instance enforces (`BucketCache`).
+        `wall`: epoch seconds, for the calendar periods of tenants' budgets (tests)."""
         self._observe = on_backend_call or ignore_backend_call
         self._backend = backend
         self._config = config
@@ -78,9 +90,13 @@ class Limiter:
         """What settled usage taught each group (input ratio, expected output)."""
         self.organizations = Organizations(shared=shared)
         """Which organisation each key belongs to (with `scope: organization`)."""
+        self._fair = FairShare()
+        self.ledger = Ledger(config, wall)
+        """What each tenant spent this calendar day and month (`ledger.py`)."""
         self._learn_all = learn_limits
         self._learned = LearnedLimits(max_groups=len(config.groups) + MAX_MODEL_GROUPS)
-        self._cache = BucketCache(config, self._learned, learn_all=learn_limits)
+        self._share = share
+        self._cache = BucketCache(config, self._learned, learn_all=learn_limits, share=share)
 
     @property
     def breaker_open(self) -> bool:
@@ -119,6 +135,45 @@ class Limiter:
             if bucket.capacity > 0
         }
 
+    @property
+    def config(self) -> LimitsConfig:
+        """The limits file in force."""
+        return self._config
+
+    @property
+    def waiting(self) -> int:
+        """Requests of this instance waiting in the queue now."""
+        return len(self._queue)
+
+    def reconfigure(self, config: LimitsConfig) -> None:
+        """Enforce `config` from the next admission on (a reload). Reservations in flight
+        keep the buckets they were made on, so they settle where they were charged; what
+        was learned (limits, ratios, organisations) is kept."""
+        self._config = config
+        self.ledger.reconfigure(config)
+        self._learned.resize(len(config.groups) + MAX_MODEL_GROUPS)
+        self._cache = BucketCache(
+            config, self._learned, learn_all=self._learn_all, share=self._share
+        )
+        self._fill.clear()
+
+    async def levels(self, count: int = STATUS_BUCKET_SETS) -> list[tuple[BucketSpec, float]]:
+        """The current level of each bucket of the `count` bucket sets used most recently,
+        read with a zero-cost reservation (one backend call each; none while the breaker
+        is open). For the live view, not the hot path."""
+        found: list[tuple[BucketSpec, float]] = []
+        for buckets in self._cache.recent(count):
+            if not buckets or not self._breaker.allow():
+                continue
+            try:
+                reply = await self._backend.reserve(buckets, _NO_COST, max_wait=0)
+            except LimitBackendError as exc:
+                self._breaker.failed(str(exc))
+                continue
+            if isinstance(reply, Reservation):
+                found.extend(zip(buckets, reply.levels, strict=True))
+        return found
+
     def scope_for(self, key_scope: str) -> str:
         """The scope a request with this key (hash) is charged in: its organisation's, or
         with `scope: key` its own."""
@@ -131,13 +186,19 @@ class Limiter:
         if self._config.scope == "organization":
             self.organizations.learn(key_scope, org_id)
 
-    def _queue_limit(self, requested: float | None) -> float:
+    def queue_limit(self, requested: float | None) -> float:
         """The longest wait allowed: the config's, or a requested one capped by it."""
         cap = self._config.queue.max_wait_seconds
         return cap if requested is None else max(0.0, min(requested, cap))
 
     def cost_for(
-        self, model: str, input_estimate: int, max_tokens: int, *, uncached: int | None = None
+        self,
+        model: str,
+        input_estimate: int,
+        max_tokens: int,
+        *,
+        uncached: int | None = None,
+        tenant: str = "",
     ) -> Cost:
         """What to reserve: the input the API will charge and the output the group's
         `output_reservation` asks for (raw figures for unmatched models).
@@ -146,8 +207,9 @@ class Limiter:
         breakpoints (`uncached`: the estimate of what follows the last one), that part scaled
         by what the group's cached requests were charged of it (cache reads are not charged;
         a cache write, now and then, is settled when it happens), never more than the whole.
-        Output: never more than the group's output and combined limits can hold when upstream
-        charges output as generated, so `max_tokens` alone never makes a request never fit.
+        Output: never more than the group's output and combined limits (and the `tenant`'s
+        sub-quotas on them) can hold when upstream charges output as generated, so
+        `max_tokens` alone never makes a request never fit.
         """
         group = self.group_for(model)
         if group is None:
@@ -161,34 +223,97 @@ class Limiter:
             max_tokens, learning.expected_output(name), learning.high_output(name)
         )
         if reservation.charges_as_generated:
-            output = min(output, self._output_room(group, input_tokens))
+            output = min(output, self._output_room(group, input_tokens, tenant))
         return Cost(1, input_tokens, output)
 
-    def _output_room(self, group: GroupLimits, input_tokens: int) -> int:
+    def _output_room(self, group: GroupLimits, input_tokens: int, tenant: str) -> int:
         """The most output the group's output-counting limits could ever hold at once."""
         limits = {**self._learned.limits(group.name), **group.limits()}
-        room = [limits[dim] for dim in (Dimension.OUTPUT_TOKENS,) if dim in limits]
+        sets = [limits]
+        if tenant:
+            sets.append(self._config.tenant_limits(group, tenant))
+        output = Dimension.OUTPUT_TOKENS
+        room = [found[output] for found in sets if output in found]
         room += [
-            max(0, limits[dim] - input_tokens)
+            max(0, found[dim] - input_tokens)
+            for found in sets
             for dim in (Dimension.TOKENS, Dimension.TOKENS_PER_DAY)
-            if dim in limits
+            if dim in found
         ]
         return min(room, default=_UNBOUNDED)
 
     async def admit(
-        self, *, scope: str, model: str, cost: Cost, max_wait: float | None
+        self,
+        *,
+        scope: str,
+        model: str,
+        cost: Cost,
+        max_wait: float | None,
+        tenant: str = "",
+        priority: Priority = "interactive",
     ) -> Admission:
-        """Reserve `cost` on the model's buckets in `scope`; an `Admitted` says how long to
-        wait (at most `max_wait`, capped by the file's queue limit) before going."""
+        """Reserve `cost` on the model's buckets in `scope`, and on the `tenant`'s sub-quota
+        of them in the same backend call; an `Admitted` says how long to wait (at most
+        `max_wait`, capped by the file's queue limit) before going. A `batch` request may
+        only use what lies above the file's `priority_reserve` and never queues: held back,
+        it is `Refused` with the wait until it would fit (its ticket asks again then)."""
         group = self.group_for(model)
+        budgeted = bool(tenant) and self.ledger.has_budgets(tenant)
         if group is None:
+            if budgeted:
+                return NotBudgeted(model, "no group of the limits file covers it")
             if self._config.unmatched_models == "pass" or not self._config.groups:
                 return UNLIMITED
             return UnknownModel(model)
-        buckets = self._cache.buckets(group, scope)
+        if budgeted:
+            over = self._over_budget(tenant, model, cost)
+            if over is not None:
+                return over
+        buckets = self._cache.buckets(group, scope, tenant)
         if not buckets:
             return self._unlearned(group, cost) if self.learns_limits(group.name) else UNLIMITED
-        return await self._admit_on(group.name, buckets, cost, max_wait)
+        lane = self._lane(group.name, tenant, priority)
+        floor = self._config.priority_reserve if lane else 0.0
+        admission = await self._admit_on(group.name, buckets, cost, max_wait, floor)
+        if isinstance(admission, Refused) and lane:
+            return HeldBack(admission, lane)
+        if isinstance(admission, Admitted) and lane == "over_share":
+            self._fair.note(group.name, tenant, self._clock.now())  # still its share's use
+        return admission
+
+    def _lane(self, group: str, tenant: str, priority: Priority) -> str:
+        """Why a request is held to the batch lane ("" when it is not): its priority, or
+        (with `fair_share`) its tenant took more than an equal share of the last minute."""
+        if priority == "batch":
+            return "batch"
+        if not (self._config.fair_share and tenant):
+            return ""
+        now, tenants = self._clock.now(), len(self._config.tenants)
+        if self._fair.over_share(group, tenant, now, tenants=tenants):
+            return "over_share"
+        self._fair.note(group, tenant, now)  # counted now: concurrent arrivals see it at once
+        return ""
+
+    def _over_budget(self, tenant: str, model: str, cost: Cost) -> OverBudget | NotBudgeted | None:
+        """Whether the tenant's budgets can cover `cost` (priced for `model`)."""
+        price = price_for(self._config.prices, model)
+        tokens = cost.input_tokens + cost.output_tokens
+        if price is None:
+            states = self.ledger.states(tenant)
+            if any(state.unit == "usd" for state in states):
+                return NotBudgeted(model, "the limits file's prices table has no price for it")
+            return self.ledger.check(tenant, 0, tokens)
+        return self.ledger.check(
+            tenant, price.micro_usd(cost.input_tokens, cost.output_tokens), tokens
+        )
+
+    def charge_budget(self, tenant: str, model: str, spent: Spent) -> None:
+        """Charge a settled request's real usage to its tenant's budgets."""
+        if not tenant or not self.ledger.has_budgets(tenant):
+            return
+        price = price_for(self._config.prices, model)
+        micro_usd = 0 if price is None else price.micro_usd(*spent)
+        self.ledger.charge(tenant, micro_usd, spent.tokens)
 
     async def admit_endpoint(
         self, *, scope: str, endpoint: Endpoint, max_wait: float | None
@@ -199,6 +324,11 @@ class Limiter:
         if not buckets:
             return UNLIMITED
         return await self._admit_on(buckets[0].group, buckets, Cost(requests=1), max_wait)
+
+    def enforces(self, group: str) -> bool:
+        """Whether decisions on `group` ("none": a model no group matches) are enforced,
+        or only computed, counted and logged (`enforce: false`, shadow mode)."""
+        return self._config.enforces(None if group == "none" else group)
 
     def limits_endpoint(self, endpoint: Endpoint) -> bool:
         """Whether the limits file gives `endpoint` its own RPM bucket."""
@@ -226,11 +356,16 @@ class Limiter:
         })  # fmt: skip
 
     async def _admit_on(
-        self, group: str, buckets: Sequence[BucketSpec], cost: Cost, max_wait: float | None
+        self,
+        group: str,
+        buckets: Sequence[BucketSpec],
+        cost: Cost,
+        max_wait: float | None,
+        floor: float = 0.0,
     ) -> Admission:
-        """Reserve `cost` on `buckets` of `group`, sleeping out any queue wait."""
-        limit = self._queue_limit(max_wait)
-        outcome, fallback = await self._reserve(buckets, cost, limit)
+        """Reserve `cost` on `buckets` of `group` (above `floor` of each)."""
+        limit = self.queue_limit(max_wait)
+        outcome, fallback = await self._reserve(buckets, cost, limit, floor)
         if isinstance(outcome, Reservation):
             now = self._clock.now()
             self._fill[group] = (outcome, now)  # one write per admission: read at scrape
@@ -322,13 +457,13 @@ class Limiter:
             })  # fmt: skip
 
     async def _reserve(
-        self, buckets: Sequence[BucketSpec], cost: Cost, max_wait: float
+        self, buckets: Sequence[BucketSpec], cost: Cost, max_wait: float, floor: float = 0.0
     ) -> tuple[Reservation | Refused | NeverFits | BackendUnavailable, bool]:
         """Reserve on the backend, or per policy on the local fallback; True = fallback."""
         if self._breaker.allow():
             started = self._clock.now()
             try:
-                outcome = await self._backend.reserve(buckets, cost, max_wait=max_wait)
+                outcome = await self._backend.reserve(buckets, cost, max_wait=max_wait, floor=floor)
             except LimitBackendError as exc:
                 self._observe("reserve", self._clock.now() - started, False)
                 self._breaker.failed(str(exc))
@@ -340,7 +475,7 @@ class Limiter:
         if self._policy == "fail_closed":
             return BackendUnavailable(), False
         local = self._cache.fallback(buckets)
-        return await self._fallback.reserve(local, cost, max_wait=max_wait), True
+        return await self._fallback.reserve(local, cost, max_wait=max_wait, floor=floor), True
 
     @property
     def _policy(self) -> str:

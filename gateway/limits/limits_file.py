@@ -79,8 +79,8 @@ def _problem(path: Path, root: yaml.Node, error: ErrorDetails) -> str:
     """One validation error as `file:line: where: what`."""
     ctx = error.get("ctx", {})
     loc = tuple(error["loc"])
-    if "index" in ctx:  # a duplicate group: point at the second one's name
-        loc = (*loc, ctx["index"], "name")
+    if "at" in ctx:  # a cross-entry check: point below the field it validated
+        loc = (*loc, *ctx["at"])
     template = _MESSAGES.get(error["type"])
     plain = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
     message = template.format(**plain) if template else error["msg"]

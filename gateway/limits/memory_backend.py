@@ -47,6 +47,7 @@ class MemoryBackend:
         self._learned: dict[str, tuple[Figures, float]] = {}
         """Per group: the fleet's figures and when they expire."""
         self._organizations: dict[str, str] = {}
+        self._spend: dict[str, int] = {}
         self._primary: str | None = None
         self._listeners: list[ChangeListener] = []
         self._stamp = 0
@@ -63,6 +64,7 @@ class MemoryBackend:
         *,
         max_wait: float,
         now: float | None = None,
+        floor: float = 0.0,
     ) -> Reservation | Refused | NeverFits:
         """Debit every bucket or none; see `LimitBackend.reserve`."""
         never = check_request(buckets, cost)
@@ -71,7 +73,7 @@ class MemoryBackend:
         at = self._now(now)
         amounts = [cost.on(bucket.dimension) for bucket in buckets]
         levels = [self._level(bucket, at) for bucket in buckets]
-        decision = decide(buckets, amounts, levels, max_wait)
+        decision = decide(buckets, amounts, levels, max_wait, floor)
         if isinstance(decision, Refused):
             return decision
         after = tuple(level - amount for level, amount in zip(levels, amounts, strict=True))
@@ -132,6 +134,16 @@ class MemoryBackend:
         if self._primary is None and learned:
             self._primary = next(iter(learned.values()))
         return self._primary, dict(self._organizations)
+
+    async def share_spend(
+        self, charged: Mapping[str, int], periods: Sequence[str]
+    ) -> dict[str, int]:
+        """Keep the ledger in process; see `LimitBackend.share_spend`."""
+        for entry, amount in charged.items():
+            self._spend[entry] = self._spend.get(entry, 0) + amount
+        current = set(periods)
+        self._spend = {e: n for e, n in self._spend.items() if e.rpartition("|")[2] in current}
+        return dict(self._spend)
 
     async def ping(self) -> None:
         """Always answers: the state is in this process."""

@@ -98,10 +98,14 @@ class BucketSpec:
     limit: int
     capacity: float
     refill: float | None = None
+    tenant: str = ""
+    """The tenant whose sub-quota this is ("" for the scope's own bucket): a tenant's
+    buckets share the hash tag of the scope's, so one script debits both or neither."""
     hash_tag: str = field(init=False, repr=False, compare=False)
     """The Redis Cluster hash tag every bucket of one admission shares."""
     key: str = field(init=False, repr=False, compare=False)
-    """The storage key, e.g. `cgw:{3f2a9c:sonnet}:input_tokens`."""
+    """The storage key, e.g. `cgw:{3f2a9c:sonnet}:input_tokens`, or for a tenant's share
+    `cgw:{3f2a9c:sonnet}:tenant=search:input_tokens`."""
     rate: float = field(init=False, repr=False, compare=False)
     """Refill per second."""
 
@@ -112,9 +116,12 @@ class BucketSpec:
             raise ValueError(f"group name must match {_GROUP_NAME.pattern}: {self.group!r}")
         if self.limit < 0 or self.capacity < 0:
             raise ValueError("limit and capacity must be >= 0")
+        if self.tenant and not _GROUP_NAME.fullmatch(self.tenant):
+            raise ValueError(f"tenant name must match {_GROUP_NAME.pattern}: {self.tenant!r}")
         hash_tag = f"{{{self.scope}:{self.group}}}"
+        owner = f"tenant={self.tenant}:" if self.tenant else ""
         object.__setattr__(self, "hash_tag", hash_tag)
-        object.__setattr__(self, "key", f"cgw:{hash_tag}:{self.dimension.value}")
+        object.__setattr__(self, "key", f"cgw:{hash_tag}:{owner}{self.dimension.value}")
         refill = self.capacity if self.refill is None else self.refill
         object.__setattr__(self, "rate", refill / self.dimension.period)
 
@@ -133,6 +140,7 @@ class BucketSpec:
         *,
         headroom: float = 0.0,
         burst_seconds: float | None = None,
+        tenant: str = "",
     ) -> BucketSpec:
         """A bucket refilling at `limit` less `headroom` (a fraction, 0.02 = 2%) per period.
 
@@ -149,8 +157,8 @@ class BucketSpec:
         if dimension is Dimension.REQUESTS:
             capacity = max(capacity, min(limit, 1))
         if capacity == sustained:
-            return cls(scope, group, dimension, limit, capacity)
-        return cls(scope, group, dimension, limit, capacity, sustained)
+            return cls(scope, group, dimension, limit, capacity, tenant=tenant)
+        return cls(scope, group, dimension, limit, capacity, sustained, tenant=tenant)
 
     def scaled(self, share: float) -> BucketSpec:
         """The same bucket holding and refilling only `share` (the fail-open fallback)."""
@@ -224,24 +232,33 @@ def refilled(bucket: BucketSpec, stored: tuple[float, float] | None, now: float)
     return min(bucket.capacity, level + max(0.0, now - updated_at) * bucket.rate)
 
 
-def need_ms(bucket: BucketSpec, level: float, amount: int) -> int:
-    """Milliseconds until `level - amount` is repaid to >= 0 (0 when it fits now)."""
-    after = level - amount
+def need_ms(bucket: BucketSpec, level: float, amount: int, floor: float = 0.0) -> int:
+    """Milliseconds until `level - amount` is repaid to >= `floor` (0 when it fits now)."""
+    after = level - amount - floor
     if amount <= 0 or after >= 0:
         return 0
     return math.ceil(-after / bucket.rate * 1000)
 
 
 def decide(
-    buckets: Sequence[BucketSpec], amounts: Sequence[int], levels: Sequence[float], max_wait: float
+    buckets: Sequence[BucketSpec],
+    amounts: Sequence[int],
+    levels: Sequence[float],
+    max_wait: float,
+    floor: float = 0.0,
 ) -> int | Refused:
-    """The wait in milliseconds if every bucket may be debited, else the refusal."""
+    """The wait in milliseconds if every bucket may be debited, else the refusal.
+
+    `floor` > 0 is a lower-priority request's (the limits file's `priority_reserve`): it
+    may only use what lies above that share of each bucket's capacity, and never queues into
+    debt (held back, it is refused with the wait until it would fit, and asks again then).
+    """
     wait, worst = 0, 0
     for index, (bucket, amount, level) in enumerate(zip(buckets, amounts, levels, strict=True)):
-        need = need_ms(bucket, level, amount)
+        need = need_ms(bucket, level, amount, floor * bucket.capacity)
         if need > wait:
             wait, worst = need, index
-    if wait > max_wait * 1000:
+    if wait > max_wait * 1000 or (floor > 0 and wait > 0):
         return Refused(buckets[worst], wait / 1000, levels[worst])
     return wait
 

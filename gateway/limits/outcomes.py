@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.limits.ledger import OverBudget
 from gateway.limits.model import Cost, NeverFits, Refused, Reservation
 
 
@@ -56,4 +57,34 @@ class BackendUnavailable:
     """The backend failed (or its breaker is open) and the policy is `fail_closed`."""
 
 
-Admission = Unlimited | Admitted | Refused | NeverFits | UnknownModel | BackendUnavailable
+@dataclass(frozen=True, slots=True)
+class NotBudgeted:
+    """The caller's tenant has a budget the request could not be counted against: its model
+    has no price (a spend budget) or no group of the limits file covers it."""
+
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBack:
+    """A batch-lane request (its own priority, or a tenant over its fair share) that does not
+    fit above the priority reserve now: nothing was debited; ask again after
+    `refused.retry_after`, while the request's max wait allows."""
+
+    refused: Refused
+    reason: str
+    """`batch` or `over_share`."""
+
+
+Admission = (
+    Unlimited
+    | HeldBack
+    | Admitted
+    | Refused
+    | NeverFits
+    | UnknownModel
+    | BackendUnavailable
+    | OverBudget
+    | NotBudgeted
+)

@@ -6,20 +6,25 @@ What a file may say and what it means; reading one (YAML, line numbers in errors
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Annotated, Literal, get_args
+from zoneinfo import ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from gateway.limits.model import BucketSpec, Dimension
+from gateway.limits.prices import ModelPrice
 from gateway.limits.reservation import OutputReservation, parse_output_reservation
+from gateway.limits.tenants import Share, TenantConfig, UpstreamKey, zone_named
 
 NonNegativeInt = Annotated[int, Field(ge=0, strict=True)]
 
@@ -74,6 +79,9 @@ class GroupLimits(_Section):
     """The longest an exact count may take before the heuristic is used instead."""
     burst_seconds: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] | None = None
     """A per-minute bucket holds this many seconds of its limit (None: a whole minute)."""
+    enforce: Annotated[bool, Field(strict=True)] | None = None
+    """False: shadow mode for this group (decide, count and log, but forward every
+    request); None: the file's `enforce`."""
 
     @field_validator("name")
     @classmethod
@@ -90,14 +98,8 @@ class GroupLimits(_Section):
 
     def limits(self) -> dict[Dimension, int]:
         """The configured limit of each dimension this group sets."""
-        by_dimension = {
-            Dimension.REQUESTS: self.requests_per_minute,
-            Dimension.INPUT_TOKENS: self.input_tokens_per_minute,
-            Dimension.OUTPUT_TOKENS: self.output_tokens_per_minute,
-            Dimension.TOKENS: self.tokens_per_minute,
-            Dimension.TOKENS_PER_DAY: self.tokens_per_day,
-        }
-        return {dim: limit for dim, limit in by_dimension.items() if limit is not None}
+        found = {dim: getattr(self, dim.per_period_name) for dim in Dimension}
+        return {dim: limit for dim, limit in found.items() if limit is not None}
 
 
 class LimitsConfig(_Section):
@@ -108,26 +110,103 @@ class LimitsConfig(_Section):
     organisation shares them, as the API counts), or its key alone."""
     queue: QueueLimits = Field(default_factory=QueueLimits)
     headroom: Annotated[float, Field(ge=0, lt=1, strict=True)] = 0.02
+    priority_reserve: Annotated[float, Field(ge=0, lt=1, strict=True)] = 0.0
+    """The share of every bucket batch-priority requests may not use: kept for interactive
+    ones (0: one lane, batch is interactive)."""
+    fair_share: Annotated[bool, Field(strict=True)] = False
+    """Serve a tenant that took more than an equal share of a group in the last minute from
+    the batch lane while it stays over (`fairness.py`); needs a `priority_reserve`."""
     groups: tuple[GroupLimits, ...] = ()
     unmatched_models: Literal["reject", "pass"] = "reject"
     redis_failure: Literal["fail_open", "fail_closed"] = "fail_open"
     fail_open_share: Annotated[float, Field(gt=0, le=1, strict=True)] = 1.0
     count_tokens_requests_per_minute: NonNegativeInt | None = None
     batch_requests_per_minute: NonNegativeInt | None = None
+    enforce: Annotated[bool, Field(strict=True)] = True
+    """False: shadow mode (decisions computed, counted and logged; every request forwarded)."""
+    upstream_keys: tuple[UpstreamKey, ...] = ()
+    """Named upstream keys (one per workspace) tenants may be assigned."""
+    prices: tuple[ModelPrice, ...] = ()
+    """USD per million tokens per model pattern, for spend budgets (`prices.py`)."""
+    budget_timezone: str = "UTC"
+    """The time zone whose calendar days and months budgets reset on."""
+    tenants: tuple[TenantConfig, ...] = ()
+    """Who may call with a gateway key, and their sub-quotas (`tenants.py`)."""
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            zone_named(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise PydanticCustomError(
+                "time_zone", "unknown time zone '{name}' (an IANA name like Europe/Paris)",
+                {"name": name},
+            ) from None  # fmt: skip
+        return name
 
     @field_validator("groups")
     @classmethod
-    def _unique_names(cls, groups: tuple[GroupLimits, ...]) -> tuple[GroupLimits, ...]:
-        seen: set[str] = set()
-        for index, group in enumerate(groups):
-            if group.name in seen:
-                raise PydanticCustomError(
-                    "duplicate_group",
-                    "duplicate group name '{name}'",
-                    {"name": group.name, "index": index},
-                )
-            seen.add(group.name)
+    def _unique_groups(cls, groups: tuple[GroupLimits, ...]) -> tuple[GroupLimits, ...]:
+        _unique((group.name for group in groups), "group")
         return groups
+
+    @field_validator("upstream_keys")
+    @classmethod
+    def _unique_keys(cls, keys: tuple[UpstreamKey, ...]) -> tuple[UpstreamKey, ...]:
+        _unique((key.name for key in keys), "upstream key")
+        return keys
+
+    @field_validator("fair_share")
+    @classmethod
+    def _fair_needs_reserve(cls, fair: bool, info: ValidationInfo) -> bool:
+        if fair and not info.data.get("priority_reserve"):
+            raise PydanticCustomError(
+                "fair_share", "fair_share needs a priority_reserve above 0 to hold tenants to"
+            )
+        return fair
+
+    @field_validator("tenants")
+    @classmethod
+    def _valid_tenants(
+        cls, tenants: tuple[TenantConfig, ...], info: ValidationInfo
+    ) -> tuple[TenantConfig, ...]:
+        """Unique names and key ids; sub-quotas on groups that exist, shares only of limits
+        the group sets; upstream keys that are named in `upstream_keys`."""
+        _unique((tenant.name for tenant in tenants), "tenant")
+        groups = {group.name: group for group in info.data.get("groups", ())}
+        upstream = {key.name for key in info.data.get("upstream_keys", ())}
+        seen: set[str] = set()
+        for index, tenant in enumerate(tenants):
+            for position, key_id in enumerate(tenant.key_ids()):
+                if key_id in seen:
+                    raise _at(index, "keys", position, problem=f"key id {key_id} is used twice")
+                seen.add(key_id)
+            if tenant.budgets is not None and not groups:
+                raise _at(index, "budgets", problem=(
+                    "budgets count the calls a group covers, and the file has no groups"
+                ))  # fmt: skip
+            if tenant.budgets is not None and tenant.budgets.spends and not info.data.get("prices"):
+                raise _at(index, "budgets", problem=(
+                    "a budget in USD needs a prices table (prices:) to count spend with"
+                ))  # fmt: skip
+            if tenant.upstream_key is not None and tenant.upstream_key not in upstream:
+                raise _at(index, "upstream_key", problem=(
+                    f"'{tenant.upstream_key}' is not one of upstream_keys"
+                    f" ({', '.join(sorted(upstream)) or 'none is defined'})"
+                ))  # fmt: skip
+            for name, quota in tenant.limits.items():
+                group = groups.get(name)
+                if group is None:
+                    raise _at(index, "limits", name, problem=f"no group is called '{name}'")
+                configured = group.limits()
+                for dimension, figure in quota.figures().items():
+                    if isinstance(figure, Share) and dimension not in configured:
+                        raise _at(index, "limits", name, dimension.per_period_name, problem=(
+                            f"a share needs the group's own {dimension.per_period_name}, "
+                            f"which '{name}' does not set"
+                        ))  # fmt: skip
+        return tenants
 
     @property
     def sets_limits(self) -> bool:
@@ -173,6 +252,33 @@ class LimitsConfig(_Section):
             burst_seconds=group.burst_seconds,
         )  # fmt: skip
 
+    def tenant(self, name: str) -> TenantConfig | None:
+        """The tenant called `name`, or None."""
+        return next((tenant for tenant in self.tenants if tenant.name == name), None)
+
+    def tenant_limits(self, group: GroupLimits, tenant: str) -> dict[Dimension, int]:
+        """The tenant's sub-quota on `group`, shares resolved (empty when it has none)."""
+        config = self.tenant(tenant)
+        quota = None if config is None else config.limits.get(group.name)
+        return {} if quota is None else quota.limits(group.limits())
+
+    def tenant_buckets(self, group: GroupLimits, scope: str, tenant: str) -> list[BucketSpec]:
+        """The tenant's sub-quota buckets on `group` in `scope` (none when it has none).
+
+        No headroom: a sub-quota is the gateway's own policy, not a limit upstream enforces.
+        """
+        return [
+            BucketSpec.create(scope, group.name, dimension, limit, tenant=tenant)
+            for dimension, limit in self.tenant_limits(group, tenant).items()
+        ]
+
+    def enforces(self, group: str | None) -> bool:
+        """Whether decisions on `group` (None: no group) are enforced, or only shadowed."""
+        found = None if group is None else next((g for g in self.groups if g.name == group), None)
+        if found is not None and found.enforce is not None:
+            return found.enforce
+        return self.enforce
+
     def endpoint_limit(self, endpoint: Endpoint) -> int | None:
         """The RPM the file sets for `endpoint`, or None."""
         limit: int | None = getattr(self, _ENDPOINT_SETTINGS[endpoint])
@@ -185,3 +291,21 @@ class LimitsConfig(_Section):
             return []
         group = ENDPOINT_GROUPS[endpoint]
         return [BucketSpec.create(scope, group, Dimension.REQUESTS, limit, headroom=self.headroom)]
+
+
+def _unique(names: Iterable[str], noun: str) -> None:
+    """Raise at the second entry of a repeated name (the loader points at its name)."""
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            raise PydanticCustomError(
+                "duplicate_name",
+                "duplicate {noun} name '{name}'",
+                {"noun": noun, "name": name, "at": [index, "name"]},
+            )
+        seen.add(name)
+
+
+def _at(*loc: int | str, problem: str) -> PydanticCustomError:
+    """An error the loader reports at `loc` below the field being validated."""
+    return PydanticCustomError("tenant", "{problem}", {"problem": problem, "at": list(loc)})

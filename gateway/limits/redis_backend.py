@@ -100,7 +100,8 @@ _RESERVE, _ADJUST, _CAP = _script("reserve.lua"), _script("adjust.lua"), _script
 _LEARN = _script("learn.lua")
 _ORGANIZATIONS = _script("organizations.lua")
 _PROBE = _script("probe.lua")
-SCRIPTS = (_RESERVE, _ADJUST, _CAP, _LEARN, _ORGANIZATIONS, _PROBE)
+_SPEND = _script("spend.lua")
+SCRIPTS = (_RESERVE, _ADJUST, _CAP, _LEARN, _ORGANIZATIONS, _PROBE, _SPEND)
 PROBE_KEY = "cgw:{probe}"
 """What `ping` writes (a minute's expiry); on a Cluster, one master's slot."""
 CHANGES_CHANNEL = "cgw:changes"
@@ -109,6 +110,10 @@ ORGANIZATION_KEYS = ("cgw:{orgs}", "cgw:{orgs}:primary")
 """The fleet's key -> organisation hash and its primary organisation (one hash tag)."""
 ORGANIZATIONS_TTL_MS = 7 * 86_400 * 1000
 """An organisation mapping no instance has synced for a week is forgotten."""
+SPEND_KEY = "cgw:{spend}"
+"""The fleet's ledger of tenants' spend (`ledger.py`)."""
+SPEND_TTL_MS = 35 * 86_400 * 1000
+"""A ledger no instance has synced for longer than a month is forgotten."""
 
 
 def _now_arg(now: float | None) -> str:
@@ -167,6 +172,7 @@ class RedisBackend:
         *,
         max_wait: float,
         now: float | None = None,
+        floor: float = 0.0,
     ) -> Reservation | Refused | NeverFits:
         """Debit every bucket or none; see `LimitBackend.reserve`. The tag's queued
         settlements go along and are applied first."""
@@ -178,7 +184,13 @@ class RedisBackend:
             await self._deferred.landed(tag)
         plan = self._plan(buckets)
         keys = list(plan.keys)
-        args: list[str | int] = [_now_arg(now), repr(float(max_wait)), _MARGIN, len(buckets)]
+        args: list[str | int] = [
+            _now_arg(now),
+            repr(float(max_wait)),
+            _MARGIN,
+            len(buckets),
+            repr(float(floor)),
+        ]
         for dimension, capacity, rate in plan.rows:
             args += (capacity, rate, cost.on(dimension))
         carried = self._deferred.take(tag)
@@ -284,6 +296,20 @@ class RedisBackend:
         if isinstance(primary, bytes):
             primary = primary.decode()
         return primary, dict(zip(pairs[::2], pairs[1::2], strict=True))
+
+    async def share_spend(
+        self, charged: Mapping[str, int], periods: Sequence[str]
+    ) -> dict[str, int]:
+        """One `spend.lua` call; see `LimitBackend.share_spend`."""
+        args: list[str | int] = [SPEND_TTL_MS, len(periods), *periods]
+        for entry, amount in charged.items():
+            args += (entry, amount)
+        reply = await self._run(_SPEND, [SPEND_KEY], args)
+        try:
+            flat = [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
+            return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        except (TypeError, ValueError, IndexError) as exc:
+            raise LimitBackendError(f"unexpected spend reply: {reply!r}") from exc
 
     async def ping(self) -> None:
         """Return when Redis runs a script that writes: PING alone passes on a Redis that

@@ -53,6 +53,7 @@ def test_the_protocol_has_the_documented_methods() -> None:
         "ping",
         "reserve",
         "share_organizations",
+        "share_spend",
     ]
     assert expected == PROTOCOL_METHODS
 

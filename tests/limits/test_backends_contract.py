@@ -402,3 +402,32 @@ async def test_changes_of_a_bucket_in_debt_reach_the_listeners(
     await asyncio.wait_for(both.wait(), 5)  # messages of one channel arrive in order
     assert {rpm.key} == {key for key, _, _ in heard}
     assert all(at > queued.at for _, _, at in heard)
+
+
+async def test_a_floor_keeps_a_share_back_and_never_queues(
+    backend: LimitBackend, clock: FakeClock
+) -> None:
+    """A lower-priority request (`floor`) may use only what lies above that share of each
+    bucket; one that does not fit above it is refused with the wait until it would, even
+    within `max_wait`, and debits nothing; a request without a floor still takes the rest
+    and may queue into debt as before."""
+    rpm = bucket(Dimension.REQUESTS, 60)  # one a second, 60 held
+    tpm = bucket(Dimension.INPUT_TOKENS, 6_000)  # 100 a second
+    cost = Cost(requests=1, input_tokens=100)
+    for _ in range(15):  # 45 requests and 4,500 tokens are left: the floor is 15 and 1,500
+        outcome = await backend.reserve([rpm, tpm], cost, max_wait=30, now=clock.now(), floor=0.25)
+        assert isinstance(outcome, Reservation), outcome
+    held = await backend.reserve(
+        [rpm, tpm], Cost(1, 3_001), max_wait=30, now=clock.now(), floor=0.25
+    )
+    assert held == Refused(bucket=tpm, retry_after=0.01, remaining=4_500.0)
+    for _ in range(30):
+        outcome = await backend.reserve([rpm, tpm], cost, max_wait=30, now=clock.now(), floor=0.25)
+        assert isinstance(outcome, Reservation)
+    refused = await backend.reserve([rpm, tpm], cost, max_wait=30, now=clock.now(), floor=0.25)
+    assert refused == Refused(bucket=rpm, retry_after=1.0, remaining=15.0)
+    interactive = await reserved(backend, [rpm, tpm], Cost(16, 100), clock, max_wait=30)
+    assert (interactive.wait, interactive.levels) == (1.0, (-1.0, 1_400.0))
+    clock.advance(0.5)
+    still = await backend.reserve([rpm, tpm], cost, max_wait=30, now=clock.now(), floor=0.25)
+    assert still == Refused(bucket=rpm, retry_after=16.5, remaining=-0.5)

@@ -119,3 +119,24 @@ async def test_unmatched_model_stays_unlimited_when_passing() -> None:
         await limiter.admit(scope="k1", model="other", cost=Cost(1), max_wait=0) for _ in range(2)
     ]
     assert [Unlimited(), Unlimited()] == outcomes
+
+
+def test_a_workers_share_scales_every_bucket_as_the_fallback_does() -> None:
+    """With `share` (GATEWAY_WORKER_LIMITS=divide) every group and endpoint bucket holds and
+    refills that part of its limit, scaled by the same `BucketSpec.scaled`."""
+    cached = BucketCache(CONFIG, LearnedLimits(max_groups=10), learn_all=False, share=0.25)
+    assert (
+        tuple(bucket.scaled(0.25) for bucket in CONFIG.buckets_for(SONNET, "k1")),
+        tuple(bucket.scaled(0.25) for bucket in CONFIG.endpoint_buckets("batches", "k1")),
+    ) == (cached.buckets(SONNET, "k1"), cached.endpoint_buckets("batches", "k1"))
+
+
+async def test_a_limiter_with_half_the_share_admits_half_the_burst() -> None:
+    """One of two workers dividing 60 RPM admits 30 at once and refuses the 31st."""
+    clock = FakeClock()
+    limiter = Limiter(MemoryBackend(clock), CONFIG, clock, share=0.5)
+    outcomes = [
+        await limiter.admit(scope="k1", model="claude-sonnet-4-5", cost=Cost(1), max_wait=0)
+        for _ in range(31)
+    ]
+    assert [True] * 30 + [False] == [isinstance(outcome, Admitted) for outcome in outcomes]

@@ -33,9 +33,10 @@ class FlakyBackend:
         *,
         max_wait: float,
         now: float | None = None,
+        floor: float = 0.0,
     ) -> Reservation | Refused | NeverFits:
         self._call("reserve")
-        return await self.inner.reserve(buckets, cost, max_wait=max_wait, now=now)
+        return await self.inner.reserve(buckets, cost, max_wait=max_wait, now=now, floor=floor)
 
     def adjust(self, reservation: Reservation, delta: Cost, *, now: float | None = None) -> None:
         self._call("adjust")
@@ -56,6 +57,12 @@ class FlakyBackend:
     ) -> tuple[str | None, dict[str, str]]:
         self._call("share_organizations")
         return await self.inner.share_organizations(learned)
+
+    async def share_spend(
+        self, charged: Mapping[str, int], periods: Sequence[str]
+    ) -> dict[str, int]:
+        self._call("share_spend")
+        return await self.inner.share_spend(charged, periods)
 
     def on_change(self, listener: ChangeListener) -> None:
         self.inner.on_change(listener)

@@ -7,8 +7,10 @@
 -- ARGV[2]  max_wait in seconds
 -- ARGV[3]  expiry margin in milliseconds
 -- ARGV[4]  n, the admission's bucket count
--- ARGV[5 + 3(i-1) ..]  capacity, rate (per second), amount for bucket i <= n
--- ARGV[5 + 3n ..]  carried settlements, as `apply_carried` in bucket.lua reads them
+-- ARGV[5]  floor: the share of each bucket a lower-priority request may not use (0: none);
+--          with a floor, a request that does not fit above it now is refused, never queued
+-- ARGV[6 + 3(i-1) ..]  capacity, rate (per second), amount for bucket i <= n
+-- ARGV[6 + 3n ..]  carried settlements, as `apply_carried` in bucket.lua reads them
 --
 -- Returns {0, wait_ms, now, level_1, ..., level_n}: debited; the time (seconds) and the
 --      levels after the debit, as strings
@@ -20,20 +22,21 @@ local now = clock_now(ARGV[1])
 local max_wait_ms = tonumber(ARGV[2]) * 1000
 local margin = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
+local floor = tonumber(ARGV[5])
 
 local caps, rates, amounts = {}, {}, {}
 for i = 1, n do
-  local base = 4 + 3 * (i - 1)
+  local base = 5 + 3 * (i - 1)
   caps[i], rates[i], amounts[i] = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
 end
-local settled, settled_at, changed = apply_carried(n, 5 + 3 * n, now, caps, rates)
+local settled, settled_at, changed = apply_carried(n, 6 + 3 * n, now, caps, rates)
 publish_changes(changed, now)
 
 local levels = {}
 local wait, worst = 0, 1
 for i = 1, n do
   local level = level_at(i, settled, settled_at, caps, rates, now)
-  local after = level - amounts[i]
+  local after = level - amounts[i] - floor * caps[i]
   local need = 0
   if amounts[i] > 0 and after < 0 then
     need = math.ceil(-after / rates[i] * 1000)
@@ -44,7 +47,7 @@ for i = 1, n do
   levels[i] = level
 end
 
-if wait > max_wait_ms then
+if wait > max_wait_ms or (floor > 0 and wait > 0) then
   for i, level in pairs(settled) do
     store(KEYS[i], level, settled_at[i], caps[i], rates[i], margin)
   end
