@@ -12,10 +12,11 @@ from aiohttp import web
 
 from gateway.admission import priority_of
 from gateway.body import StreamedBody, request_body
-from gateway.errors import GatewayError, Overloaded
+from gateway.errors import GatewayError, Overloaded, PermissionDenied
 from gateway.headers import REQUEST_ID, credential_of, upstream_request_headers
+from gateway.identity import Identity
 from gateway.limited_call import limited_call
-from gateway.messages import parse_facts, route_of
+from gateway.messages import BATCHES_PATH, batch_models, parse_facts, route_of
 from gateway.record import record_of
 from gateway.relay import RelayResult, relay
 from gateway.retry import MAX_RETRIES_HEADER, requested_retries
@@ -28,6 +29,20 @@ from gateway.services import (
     METRICS,
     UPSTREAM,
 )
+
+
+def check_batch(identity: Identity, body: bytes | StreamedBody | None) -> None:
+    """A batch of a tenant limited to some models: every request's model is checked; one
+    too large to read before it goes is refused rather than let through unchecked."""
+    if body is None:
+        return
+    if not isinstance(body, bytes):
+        raise PermissionDenied(
+            "This key may use only some models, and a batch this large cannot be checked "
+            "before it is sent: split it into smaller batches."
+        )
+    for model in batch_models(body):
+        identity.check_model(model)
 
 
 async def handle_v1(request: web.Request) -> web.StreamResponse:
@@ -44,6 +59,8 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     if facts is not None:
         record.model, record.stream, record.max_tokens = facts.model, facts.stream, facts.max_tokens
         identity.check_model(facts.model)
+    if identity.restricts_models and request.method == "POST" and request.path == BATCHES_PATH:
+        check_batch(identity, body)
     streamed_length = None if isinstance(body, bytes | None) else request.content_length
     headers = upstream_request_headers(request.headers, streamed_length=streamed_length)
     credential = identity.upstream

@@ -63,6 +63,11 @@ class Identity:
         if tenant is not None and model and not tenant.may_use(model):
             raise PermissionDenied(f"model: '{model}' is not one of the models this key may use.")
 
+    @property
+    def restricts_models(self) -> bool:
+        """Whether the tenant may use only some models (a batch must then be read)."""
+        return self.tenant is not None and self.tenant.models != ("*",)
+
 
 class Identities:
     """Turns a presented credential into an `Identity` (one instance per limits file)."""

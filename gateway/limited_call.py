@@ -17,10 +17,9 @@ from gateway.exact_count import Caller
 from gateway.headers import Credential, Headers
 from gateway.limits.policy import Endpoint
 from gateway.limits.tenants import Priority
-from gateway.messages import COUNT_TOKENS_PATH, RequestFacts
+from gateway.messages import BATCHES_PATH, COUNT_TOKENS_PATH, RequestFacts
 
 ANONYMOUS_SCOPE = "anonymous"
-BATCHES_PATH = "/v1/messages/batches"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 from gateway.errors import InvalidRequest
 
 MESSAGES_PATH = "/v1/messages"
+BATCHES_PATH = "/v1/messages/batches"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 COMPLETE_PATH = "/v1/complete"
 PARSED_PATHS = frozenset({MESSAGES_PATH, COUNT_TOKENS_PATH, COMPLETE_PATH})
@@ -112,6 +113,25 @@ def parse_facts(path: str, body: bytes) -> RequestFacts:
         max_tokens=max_tokens,
         body=document,
     )
+
+
+def batch_models(body: bytes) -> list[str]:
+    """The models a Message Batches create body asks for (`requests[].params.model`); a
+    body that is no such batch yields none (the API answers it with its own 400)."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return []
+    requests = document.get("requests") if isinstance(document, dict) else None
+    if not isinstance(requests, list):
+        return []
+    models = []
+    for item in requests:
+        params = item.get("params") if isinstance(item, dict) else None
+        model = params.get("model") if isinstance(params, dict) else None
+        if isinstance(model, str):
+            models.append(model)
+    return models
 
 
 def _position(exc: ValueError) -> str:

@@ -13,6 +13,7 @@ import hashlib
 import time
 from pathlib import Path
 
+import aiohttp
 import anthropic
 import pytest
 
@@ -216,3 +217,45 @@ async def test_a_tenant_without_an_upstream_key_stops_the_start(
     key_file.write_text(UPSTREAM_KEY + "\n")
     gateway = await make_gateway(limits_file=path, upstream_api_key_file=key_file)
     assert gateway.app is not None
+
+
+async def test_a_tenant_limited_to_some_models_cannot_batch_others(
+    make_gateway: GatewayFactory, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Every request of a batch is checked against the tenant's models; a batch too large
+    to read before it is sent is refused rather than let through unchecked."""
+    small = new_key()
+    path = tenants_file(
+        tmp_path,
+        f"  - name: small\n    keys: ['{small.stored}']\n    models: ['claude-haiku-*']\n",
+    )
+    gateway = await make_gateway(
+        limits_file=path, upstream_api_key=UPSTREAM_KEY, max_body_bytes=4_096
+    )
+    headers = {"x-api-key": small.key, "anthropic-version": "2023-06-01"}
+
+    def batch(*models: str, padding: int = 0) -> dict[str, object]:
+        return {"requests": [
+            {"custom_id": f"r{i}", "params": {"model": model, "max_tokens": 5, "messages": [
+                {"role": "user", "content": "Hi" + " " * padding},
+            ]}}
+            for i, model in enumerate(models)
+        ]}  # fmt: skip
+
+    async with aiohttp.ClientSession() as session:
+
+        async def create(body: dict[str, object]) -> tuple[int, str]:
+            url = gateway.url + "/v1/messages/batches"
+            async with session.post(url, json=body, headers=headers) as response:
+                answer = await response.json()
+                return response.status, str(answer.get("error", {}).get("message", ""))
+
+        mixed = await create(batch("claude-haiku-4-5", "claude-opus-4-1"))
+        allowed = await create(batch("claude-haiku-4-5", "claude-haiku-4-5"))
+        large = await create(batch("claude-haiku-4-5", padding=8_000))
+    assert mixed[0] == 403
+    assert "claude-opus-4-1" in mixed[1]
+    assert allowed[0] == 200
+    assert large[0] == 403
+    assert "cannot be checked" in large[1]
+    assert [r.path for r in fake_upstream.requests] == ["/v1/messages/batches"]

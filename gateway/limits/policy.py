@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
+from functools import cached_property
 from typing import Annotated, Literal, get_args
 from zoneinfo import ZoneInfoNotFoundError
 
@@ -254,7 +255,12 @@ class LimitsConfig(_Section):
 
     def tenant(self, name: str) -> TenantConfig | None:
         """The tenant called `name`, or None."""
-        return next((tenant for tenant in self.tenants if tenant.name == name), None)
+        return self._tenants_by_name.get(name)
+
+    @cached_property
+    def _tenants_by_name(self) -> dict[str, TenantConfig]:
+        """Tenants by name, built once (read on every request of a tenant)."""
+        return {tenant.name: tenant for tenant in self.tenants}
 
     def tenant_limits(self, group: GroupLimits, tenant: str) -> dict[Dimension, int]:
         """The tenant's sub-quota on `group`, shares resolved (empty when it has none)."""
