@@ -72,12 +72,10 @@ def reload(app: web.Application) -> dict[str, Any]:
     config = startup.limits or LimitsConfig()
     if isinstance(admissions, LimitedAdmissions):
         admissions.limiter.reconfigure(config)
-        app[METRICS].limits_configured(
-            {(g.name, d.value): n for g in config.groups for d, n in g.limits().items()}
-        )
+        app[METRICS].limits_configured(config.configured_limits())
     summary = {
         "groups": [group.name for group in config.groups],
-        "tenants": [tenant.name for tenant in (startup.limits or LimitsConfig()).tenants],
+        "tenants": [tenant.name for tenant in config.tenants],
         "identity": startup.identities.describe(),
         "enforce": config.enforce,
     }

@@ -146,7 +146,7 @@ def over_budget(decision: OverBudget, now: float | None = None) -> RateLimited:
     budget = decision.budget
     wall = wall_time() if now is None else now
     retry_after = max(1, math.ceil(budget.resets_at - wall))
-    resets = datetime.fromtimestamp(budget.resets_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    resets = _utc(budget.resets_at)
     headers = {
         "retry-after": str(retry_after),
         "x-gateway-ratelimit-tenant": budget.tenant,
@@ -173,10 +173,13 @@ def budget_headers(states: Sequence[BudgetState]) -> dict[str, str]:
         name = f"x-gateway-ratelimit-tenant-{state.name.replace('_', '-')}"
         headers[f"{name}-limit"] = _amount(state.limit, state.unit)
         headers[f"{name}-remaining"] = _amount(state.remaining, state.unit)
-        headers[f"{name}-reset"] = datetime.fromtimestamp(state.resets_at, UTC).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
-        )
+        headers[f"{name}-reset"] = _utc(state.resets_at)
     return headers
+
+
+def _utc(epoch: float) -> str:
+    """Epoch seconds as RFC 3339 in UTC to the second (`2026-12-06T00:00:00Z`)."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _budget_name(name: str) -> str:

@@ -202,9 +202,7 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
 
 def _watch(metrics: GatewayMetrics, limiter: Limiter, config: LimitsConfig) -> None:
     """Let the metrics read the limiter's state at scrape time."""
-    metrics.limits_configured(
-        {(g.name, d.value): n for g in config.groups for d, n in g.limits().items()}
-    )
+    metrics.limits_configured(config.configured_limits())
     metrics.watch_learning(limiter.learning.snapshot)
     metrics.watch_limiter(
         lambda: {(g, d.value): ratio for (g, d), ratio in limiter.bucket_fill().items()},

@@ -175,19 +175,18 @@ class Settings(BaseSettings):
         None, description="Seed for the backoff jitter (tests); unset = random."
     )
 
-    @field_validator("redis_url", "upstream_api_key", "admin_token", mode="before")
+    @field_validator(
+        "redis_url",
+        "upstream_api_key",
+        "admin_token",
+        "limits_file",
+        "upstream_api_key_file",
+        "worker_limits",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
-
-    @field_validator("limits_file", "upstream_api_key_file", mode="before")
-    @classmethod
-    def _empty_path_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
-
-    @field_validator("worker_limits", mode="before")
-    @classmethod
-    def _empty_choice_is_unset(cls, value: object) -> object:
+        """`GATEWAY_X=` (empty) means the same as leaving GATEWAY_X unset."""
         return None if value == "" else value
 
     @property

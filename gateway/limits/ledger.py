@@ -17,6 +17,7 @@ after the fact too). The ledger's entries are named `<tenant>|<budget>|<period>`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -74,6 +75,7 @@ class Ledger:
     def reconfigure(self, config: LimitsConfig) -> None:
         """Use `config`'s budgets and time zone (a reload); what was spent stays."""
         self._zone = zone_named(config.budget_timezone)
+        self._periods_at: tuple[int, dict[str, tuple[str, float]]] | None = None
         self._budgets = {
             tenant.name: tenant.budgets.limits()
             for tenant in config.tenants
@@ -144,8 +146,17 @@ class Ledger:
         self._totals = {e: n for e, n in self._totals.items() if e.rpartition("|")[2] in current}
 
     def _periods(self) -> dict[str, tuple[str, float]]:
-        """Each budget's current period name and when it ends (epoch seconds)."""
-        now = datetime.fromtimestamp(self._wall(), self._zone)
+        """Each budget's current period name and when it ends (epoch seconds), worked out
+        once per wall-clock second: every request of a budgeted tenant asks several times
+        (admission, headers, charge), and periods only change at a midnight, which falls on
+        a whole second."""
+        second = math.floor(self._wall())
+        if self._periods_at is None or self._periods_at[0] != second:
+            self._periods_at = (second, self._periods_of(second))
+        return self._periods_at[1]
+
+    def _periods_of(self, second: int) -> dict[str, tuple[str, float]]:
+        now = datetime.fromtimestamp(second, self._zone)
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
         next_day = (day + timedelta(days=1, hours=3)).replace(hour=0)  # DST-proof
         month = day.replace(day=1)

@@ -253,6 +253,10 @@ class LimitsConfig(_Section):
             burst_seconds=group.burst_seconds,
         )  # fmt: skip
 
+    def configured_limits(self) -> dict[tuple[str, str], int]:
+        """Each group's configured limit per (group, dimension), for the metrics."""
+        return {(g.name, d.value): n for g in self.groups for d, n in g.limits().items()}
+
     def tenant(self, name: str) -> TenantConfig | None:
         """The tenant called `name`, or None."""
         return self._tenants_by_name.get(name)
