@@ -3,18 +3,28 @@
 Every line passes `redact_secrets`, so an API key that slips into an event (a header dump,
 an exception message) is masked before it is rendered. Request-scoped fields (request id,
 method, path) are bound with contextvars by the middleware.
+
+The JSON chain ends in `JsonLines`, which also lets a caller on the hot path (the access
+line, `access_line.py`) render a line of known shape itself and write it where the chain
+would: `write()` adds what the chain adds after the event's own keys (context, `fields`,
+level, timestamp), or declines when only the chain can say (a value that may hold a secret).
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii  # json.dumps's own (C) string encoder
 from typing import Any, TextIO
 
 import structlog
+
+from gateway.clock import wall_time_ns
 
 SECRET_PATTERNS = (
     re.compile(r"sk-ant-[A-Za-z0-9_\-]+"),
@@ -30,6 +40,23 @@ MAYBE_SECRET = re.compile(r"sk-ant-|cgw_|bearer|x-api-key|authorization|://[^/\s
 """Every SECRET_PATTERNS match contains one of these: one search clears most values at once."""
 SECRET_KEYS = frozenset({"x-api-key", "authorization", "api_key", "password", "token"})
 REDACTED = "[REDACTED]"
+
+
+def maybe_secret(text: str) -> bool:
+    """Whether MAYBE_SECRET finds something in `text`: the same answer, at a fraction of the
+    cost for ASCII text without `://` (a case-insensitive alternation is searched character by
+    character; a lower-cased copy and `in` skip ahead). Beyond ASCII case folding is wider
+    (a Kelvin sign matches `k`), so the regex answers."""
+    if not text.isascii() or "://" in text:
+        return MAYBE_SECRET.search(text) is not None
+    text = text.lower()  # then MAYBE_SECRET's plain alternatives, spelt out: any() costs more
+    return (
+        "sk-ant-" in text
+        or "cgw_" in text
+        or "bearer" in text
+        or "x-api-key" in text
+        or "authorization" in text
+    )
 
 
 def scrub(text: str) -> str:
@@ -55,7 +82,7 @@ def redact_secrets(
     """
     names = [key.lower() for key in event]
     texts = [value for value in event.values() if isinstance(value, str)]
-    if SECRET_KEYS.isdisjoint(names) and not MAYBE_SECRET.search("\n".join(texts)):
+    if SECRET_KEYS.isdisjoint(names) and not maybe_secret("\n".join(texts)):
         return event
     for key, name in zip(list(event), names, strict=True):
         value = event[key]
@@ -85,7 +112,7 @@ def configure_logging(
     process_fields: list[structlog.typing.Processor] = [add_fields(fields)] if fields else []
     numeric = logging.getLevelName(level.upper())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        JsonLines(out, numeric, fields or {}, cache=cache)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -126,6 +153,112 @@ def add_fields(fields: Mapping[str, object]) -> structlog.typing.Processor:
         return event
 
     return add
+
+
+def _fields_json(fields: Mapping[str, object]) -> str | None:
+    """`fields` as the chain renders them after an event's keys; None (the chain renders
+    them) unless every value is a plain str, int, float or bool that `redact_secrets` would
+    leave alone."""
+    texts = "\n".join(value for value in fields.values() if isinstance(value, str))
+    if (
+        any(type(value) not in (str, int, float, bool) for value in fields.values())
+        or maybe_secret(texts)
+        or not SECRET_KEYS.isdisjoint(key.lower() for key in fields)
+    ):
+        return None
+    return "".join(
+        f", {encode_basestring_ascii(key)}: {json.dumps(value)}" for key, value in fields.items()
+    )
+
+
+CONTEXT_PREFIX = "structlog_"
+"""How structlog names the ContextVars behind `bind_contextvars` (as merge_contextvars reads)."""
+
+
+class JsonLines:
+    """The end of the JSON chain: renders each event as structlog's JSONRenderer does, and
+    knows where the lines go, so that the access line can skip the chain (`json_lines()`)."""
+
+    def __init__(
+        self, out: TextIO, level: int, fields: Mapping[str, object], *, cache: bool = False
+    ) -> None:
+        self.level = level
+        """Lines below this level are not written."""
+        self.cache = cache
+        """configure_logging's `cache`: a caller may keep this object, as loggers keep theirs."""
+        self.write_text, self.flush = out.write, out.flush
+        self._render = structlog.processors.JSONRenderer()
+        self._reserved = frozenset({"level", "timestamp", *fields})
+        self._fields = _fields_json(fields)
+        self._prefixes: dict[contextvars.ContextVar[Any], tuple[str, str]] = {}
+        """Each structlog ContextVar seen: its key, and `, "key": ` ("" if the chain's)."""
+        self._tail: tuple[int, str, str] = (-1, "", "")
+        """The second and level last written, and the line's end up to the fraction."""
+
+    def __call__(self, logger: object, method: str, event: MutableMapping[str, Any]) -> str | bytes:
+        return self._render(logger, method, event)
+
+    def write(self, head: str, level: str, keys: frozenset[str], texts: str) -> bool:
+        """Write an event whose own keys (bound context first, the message last) the caller
+        rendered as `head`, completed as the chain completes it: `, <contextvars>, <fields>,
+        "level": ..., "timestamp": ...}`, newline included, in one write, then a flush.
+
+        False, with nothing written, when only the chain can tell what to write: `texts` (the
+        event's string values, joined by newlines) or a context value may hold a secret, a
+        context value is not a str, or a context key is secret-named or one that `keys`, the
+        fields or the chain set (`redact_secrets` and the precedence of keys are the chain's).
+        """
+        if self._fields is None or not self._reserved.isdisjoint(keys):
+            return False
+        context = ""
+        prefixes = self._prefixes
+        for var, value in contextvars.copy_context().items():  # as merge_contextvars, in order
+            key_prefix = prefixes.get(var)
+            if key_prefix is None:
+                if not var.name.startswith(CONTEXT_PREFIX):
+                    continue
+                key_prefix = prefixes[var] = self._key_prefix(var.name[len(CONTEXT_PREFIX) :])
+            if value is Ellipsis:  # unbound
+                continue
+            key, prefix = key_prefix
+            if not prefix or key in keys or type(value) is not str:
+                return False
+            context += f"{prefix}{encode_basestring_ascii(value)}"
+            texts += f"\n{value}"
+        if maybe_secret(texts):
+            return False
+        # TimeStamper(fmt="iso", utc=True): datetime.isoformat(), whose fraction is left out
+        # when it is zero; all up to the fraction is formatted once a second.
+        second, micros = divmod(wall_time_ns() // 1000, 1_000_000)
+        tail = self._tail
+        if tail[0] != second or tail[1] != level:
+            date_time = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+            tail = (second, level, f'{self._fields}, "level": "{level}", "timestamp": "{date_time}')
+            self._tail = tail  # one tuple: a thread sees a second's text whole or not at all
+        if micros:
+            self.write_text(f'{head}{context}{tail[2]}.{micros:06d}Z"}}\n')
+        else:
+            self.write_text(f'{head}{context}{tail[2]}Z"}}\n')
+        self.flush()
+        return True
+
+    def _key_prefix(self, key: str) -> tuple[str, str]:
+        """A context key and its JSON text up to the value; "" when only the chain may write
+        it: a secret-named key, or one the fields or the chain set."""
+        if key.lower() in SECRET_KEYS or key in self._reserved:
+            return key, ""
+        return key, f", {encode_basestring_ascii(key)}: "
+
+
+def json_lines() -> JsonLines | None:
+    """The JSON chain's end when structlog runs the chain `configure_logging` set up (JSON
+    format); None for the console format or any other configuration (`capture_logs()`)."""
+    processors = structlog.get_config()["processors"]
+    try:
+        last = processors[-1]
+    except (IndexError, TypeError):  # none, or an iterable that is not a sequence
+        return None
+    return last if isinstance(last, JsonLines) else None
 
 
 class _StdlibToStructlog(logging.Formatter):

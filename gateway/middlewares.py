@@ -5,10 +5,10 @@ never forwards (`targets.py`) is refused first. A `GatewayError` becomes the API
 envelope with its status; aiohttp's own HTTP errors (unknown path, wrong method) are rendered
 the same way; anything unexpected is a 500 `api_error` whose traceback goes to the log and
 never to the client. When the request is over, its record derives the outcome once and feeds
-the access line and the metrics (`record_started` / `record_over`, which `connections.py`
-uses too for what it answers before a request exists). With tracing on, a `/v1` request's
-server span starts here and is finished from the record; its trace and span ids go on every
-log line of the request, the access line included.
+the access line (`access_line.py`) and the metrics (`record_started` / `record_over`, which
+`connections.py` uses too for what it answers before a request exists). With tracing on, a
+`/v1` request's server span starts here and is finished from the record; its trace and span
+ids go on every log line of the request, the access line included.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from gateway.access_line import log_access
 from gateway.errors import GatewayError, envelope
 from gateway.headers import REQUEST_ID
 from gateway.logs import get_logger
@@ -30,7 +31,6 @@ from gateway.services import CLOCK, METRICS, TRACING
 from gateway.targets import check_target
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-access_log = get_logger("gateway.access")
 error_log = get_logger("gateway.error")
 
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -78,7 +78,7 @@ def record_over(record: RequestRecord, metrics: GatewayMetrics, now: float) -> N
     record.ended_at = now
     record.finish()
     metrics.request_finished(record)
-    _log_access(record)
+    log_access(record)
 
 
 @web.middleware
@@ -152,31 +152,3 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 405:
         return f"Method {request.method} is not allowed on {request.path}."
     return exc.reason
-
-
-def _log_access(record: RequestRecord) -> None:
-    """The access line: one per request (a successful ops call has none); `error` names why
-    the connection level refused one it could not read (`connections.py`)."""
-    if record.route == "ops" and record.status < 400:
-        return
-    ttfb = record.ttfb
-    extra = {} if record.error_kind is None else {"error": record.error_kind}
-    if record.tenant is not None:
-        extra["tenant"] = record.tenant
-    access_log.info(
-        "request",
-        method=record.method,
-        path=record.path,
-        route=record.route,
-        model=record.model,
-        stream=record.stream,
-        status=record.status,
-        outcome=record.outcome,
-        duration_ms=round((record.ended_at - record.started_at) * 1000, 3),
-        ttfb_ms=None if ttfb is None else round(ttfb * 1000, 3),
-        model_group=record.group,
-        queue_wait_ms=round(record.queue_wait * 1000, 3),
-        upstream_request_id=record.upstream_request_id,
-        bytes_out=record.bytes_out,
-        **extra,
-    )

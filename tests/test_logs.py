@@ -10,10 +10,22 @@ import logging
 import aiohttp
 import anthropic
 import pytest
+import structlog
 from anthropic.types import MessageParam
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 
-from gateway.logs import REDACTED, configure_logging, get_logger, redact_secrets
+from gateway.logs import (
+    MAYBE_SECRET,
+    REDACTED,
+    JsonLines,
+    configure_logging,
+    get_logger,
+    json_lines,
+    maybe_secret,
+    redact_secrets,
+)
 from tests.conftest import TEST_KEY, GatewayFactory, secrets_emitted
 from tests.support.fake_upstream import FakeUpstream, Reply, Stream
 
@@ -90,6 +102,42 @@ def test_redaction_fast_path_still_catches_lone_secrets(
     """The whole-event pre-check lets through only events with no secret-named key and no
     secret marker: a single such key or value anywhere still gets masked."""
     assert expected == redact_secrets(None, "info", dict(event))
+
+
+_PIECES = [
+    *MAYBE_SECRET.pattern.split("|"),
+    "://user@",
+    "://a b@",
+    "\u017fk-ant-",  # a long s, which the regex takes for an s
+    "x-api-\u212aey",  # a Kelvin sign, for a k
+    "AUTHOR\u0130ZATION",  # a dotted capital I
+]
+
+
+@settings(max_examples=1000)
+@given(
+    st.lists(
+        st.sampled_from(_PIECES).map(lambda piece: piece.swapcase())
+        | st.sampled_from(_PIECES)
+        | st.text(max_size=3),
+        max_size=6,
+    ).map("".join)
+)
+def test_the_quick_secret_check_answers_as_the_regex(text: str) -> None:
+    """`maybe_secret` (substring tests on ASCII text) finds what MAYBE_SECRET finds, in any
+    case, and only that; beyond ASCII (a Kelvin sign for `k`) the regex answers itself."""
+    assert bool(MAYBE_SECRET.search(text)) == maybe_secret(text)
+
+
+def test_json_lines_is_the_json_chains_end_only() -> None:
+    """The JSON chain's end is found while configure_logging's JSON chain runs; not with the
+    console format, nor under a test's capture_logs()."""
+    configure_logging("info", "json", stream=io.StringIO())
+    found = json_lines()
+    with structlog.testing.capture_logs():
+        captured = json_lines()
+    configure_logging("info", "console", stream=io.StringIO())
+    assert (True, None, None) == (isinstance(found, JsonLines), captured, json_lines())
 
 
 def test_console_format_renders_plain_text() -> None:
