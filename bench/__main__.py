@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         help=f"comma-separated subset of {','.join(TARGETS)} "
-        "(default: all but gateway+memory and the other Redis clients; quick: no redis); "
+        "(default: all but gateway+memory, the other Redis clients and litellm; quick: no redis); "
         "a gateway target may be served from another tree: gateway+redis@/tmp/clone",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")

@@ -73,9 +73,12 @@ class Processes:
         cpus: Collection[int] | None,
         env: Mapping[str, str] | None = None,
         cwd: Path = ROOT,
+        inherit_env: bool = True,
     ) -> Child:
         """Start `argv` in its own process group, on `cpus` (None: every allowed CPU), in
-        `cwd` (a `python -m` child imports the packages of that tree first)."""
+        `cwd` (a `python -m` child imports the packages of that tree first). `env` adds to
+        this environment, or with `inherit_env=False` is the whole of it (a server from
+        another venv must not see this one's VIRTUAL_ENV or PYTHONPATH)."""
         allowed = sorted(self.all_cpus if cpus is None else cpus)
         prefix = ["taskset", "-c", ",".join(map(str, allowed))] if shutil.which("taskset") else []
         log = self.logdir / f"{name}-{port}.log"
@@ -83,7 +86,7 @@ class Processes:
             popen = subprocess.Popen(
                 [*prefix, *argv],
                 cwd=cwd,
-                env={**os.environ, **(env or {})},
+                env={**(os.environ if inherit_env else {}), **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

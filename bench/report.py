@@ -132,6 +132,44 @@ def _rounds(row: ProxyRow) -> str:
     return line
 
 
+def _short_samples(row: ProxyRow, s: BenchSettings) -> str | None:
+    """A slow server (LiteLLM: ~20 ms a request) runs out of the latency budget before the
+    samples asked for: say how many its p50/p99 and TTFB come from."""
+    latency, ttfb = row.latency_count, row.ttfb_count
+    if latency is None or ttfb is None:
+        return None
+    if latency >= s.latency_samples and ttfb >= s.ttfb_samples:
+        return None
+    return (
+        f"- {row.target}: latency from {latency:,} of {s.latency_samples:,} sequential "
+        f"requests and TTFB from {ttfb:,} of {s.ttfb_samples:,} streams: the "
+        f"{s.latency_budget:g} s budget ran out"
+    )
+
+
+LITELLM_TARGET_RATIO = 50.0  # #18: gateway+redis serves at least 50x LiteLLM's req/s
+
+
+def versus_litellm(by_name: dict[str, ProxyRow]) -> str | None:
+    """The note "gateway+redis is Nx LiteLLM's req/s" when both rows ran: #18's side-by-side
+    target (both with never-hit limits counted in the same redis-server)."""
+    ours, theirs = by_name.get("gateway+redis"), by_name.get("litellm")
+    if not (ours and theirs and ours.rps and theirs.rps):
+        return None
+    ratio = ours.rps / theirs.rps
+    verdict = "meets" if ratio >= LITELLM_TARGET_RATIO else "misses"
+    line = (
+        f"- gateway+redis is {ratio:,.1f}x LiteLLM's req/s ({ours.rps:,.0f} vs "
+        f"{theirs.rps:,.1f}); {verdict} #18's target of {LITELLM_TARGET_RATIO:g}x"
+    )
+    if ours.cpu_ms_per_req and theirs.cpu_ms_per_req:
+        line += (
+            f"; server CPU ms/req {ours.cpu_ms_per_req:.3f} vs {theirs.cpu_ms_per_req:.3f} "
+            f"({theirs.cpu_ms_per_req / ours.cpu_ms_per_req:,.1f}x)"
+        )
+    return line
+
+
 def proxy_section(rows: list[ProxyRow], s: BenchSettings, placement: str) -> list[str]:
     by_name = {row.target: row for row in rows}
     direct, floor = by_name.get("direct"), by_name.get("passthrough")
@@ -154,7 +192,9 @@ def proxy_section(rows: list[ProxyRow], s: BenchSettings, placement: str) -> lis
     table, notes = [], []
     for row in rows:
         if row.skipped:
-            table.append([row.target, f"skipped: {row.skipped}", *["-"] * (len(header) - 2)])
+            name = row.label or row.target
+            table.append([name, f"skipped: {row.skipped}", *["-"] * (len(header) - 2)])
+            notes += row.notes
             continue
         pct = row.pct_of_passthrough
         if pct is None and row.rps and floor and floor.rps:
@@ -162,7 +202,7 @@ def proxy_section(rows: list[ProxyRow], s: BenchSettings, placement: str) -> lis
         base = direct if direct and not direct.skipped else None
         table.append(
             [
-                row.target,
+                row.label or row.target,
                 _num(row.rps, 0),
                 _num(pct, 0),
                 _num(row.server_cpu_pct, 0),
@@ -197,6 +237,9 @@ def proxy_section(rows: list[ProxyRow], s: BenchSettings, placement: str) -> lis
                 f"with {row.streams_open} streams open; {row.streams_completed} streams completed"
             )
         notes.append(_failures(row.target, row.failures) or "")
+        notes.append(_short_samples(row, s) or "")
+        notes += row.notes
+    notes.append(versus_litellm(by_name) or "")
     return [
         "## Proxy overhead (default scenario)",
         "",

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import ClientSession
 
+from bench import litellm_proxy
 from bench.load import (
     LoopResult,
     StreamHolder,
@@ -44,6 +45,7 @@ class ProxyRow:
     """One target's numbers; None where not measured. Times in ms, memory in KB."""
 
     target: str
+    label: str | None = None  # the row's name in the report, when not the target's
     skipped: str | None = None
     rps: float | None = None
     server_cpu_pct: float | None = None
@@ -59,6 +61,8 @@ class ProxyRow:
     p50_ms: float | None = None
     p99_ms: float | None = None
     ttfb_p50_ms: float | None = None
+    latency_count: int | None = None  # samples behind p50/p99 (fewer: the budget ran out)
+    ttfb_count: int | None = None
     rss_before_kb: int | None = None
     rss_during_kb: int | None = None
     streams_open: int | None = None
@@ -68,6 +72,7 @@ class ProxyRow:
     log_bytes: int | None = None
     rounds_redone: int = 0  # req/s rounds run again because other processes disturbed them
     failures: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what this row's server was given
 
 
 Groups = Mapping[str, Sequence[int]]
@@ -149,6 +154,9 @@ class ProxyScenario:
             self.placement, chunk_delay=s.stream_chunk_delay, deltas=s.stream_deltas
         )
         rows = {target: ProxyRow(target) for target in s.targets}
+        if "litellm" in rows:
+            rows["litellm"].label = litellm_proxy.row_label()
+            rows["litellm"].notes.append(litellm_proxy.describe())
         try:
             await self._fast_phase(rows, fast)
             for row in rows.values():
@@ -184,12 +192,12 @@ class ProxyScenario:
         elif target == "gateway+memory":  # the never-hit limits on the in-process backend
             limits = launcher.limits_file()
             child = await launcher.gateway(self.placement, upstream, limits_file=limits, tree=tree)
+        elif target == "litellm":  # never-hit rpm/tpm counted in gateway+redis's redis-server
+            redis = await self._redis_server("plain")
+            child = await launcher.litellm(self.placement, upstream, redis.port)
         elif target in REDIS_TARGETS:  # never-hit limits in Redis, on that target's server
             spec = REDIS_TARGETS[target]
-            redis = self._redis.get(spec.server)
-            if redis is None:
-                redis = await launcher.redis(self.placement.load, kind=spec.server)
-                self._redis[spec.server] = redis
+            redis = await self._redis_server(spec.server)
             url = launcher.redis_url(redis, spec.server)
             limits = launcher.limits_file()
             child = await launcher.gateway(
@@ -206,6 +214,14 @@ class ProxyScenario:
             yield child
         finally:
             launcher.procs.stop(child)
+
+    async def _redis_server(self, kind: RedisKind) -> Child:
+        """The redis-server of `kind`, started on the load CPU the first time it is needed."""
+        redis = self._redis.get(kind)
+        if redis is None:
+            redis = await self.launcher.redis(self.placement.load, kind=kind)
+            self._redis[kind] = redis
+        return redis
 
     async def _fast_phase(self, rows: Mapping[str, ProxyRow], upstream: Child) -> None:
         """Start every target against the fast mock; req/s in rounds, then latency each."""
@@ -228,7 +244,7 @@ class ProxyScenario:
                 print(f"[bench] proxy scenario: {target} latency", file=sys.stderr)
                 await self._latency(rows[target], server, session, groups[target])
             for target, server in servers.items():
-                if target.startswith("gateway"):
+                if target.startswith("gateway") or target == "litellm":
                     rows[target].log_lines, rows[target].log_bytes = log_size(server)
 
     async def _throughput(
@@ -315,6 +331,7 @@ class ProxyScenario:
         row.p50_ms = ms(percentile(seq.latencies, 50))
         row.p99_ms = ms(percentile(seq.latencies, 99))
         row.ttfb_p50_ms = ms(percentile(ttfb.latencies, 50))
+        row.latency_count, row.ttfb_count = len(seq.latencies), len(ttfb.latencies)
         _add(row.failures, seq.failures + ttfb.failures)
 
     async def _streams_phase(self, row: ProxyRow, upstream: Child) -> None:

@@ -14,6 +14,7 @@ TARGETS = (
     "gateway+redis-py",
     "gateway+redis-cluster",
     "gateway+redis-tls",
+    "litellm",  # LiteLLM's proxy from its own venv (bench/litellm_env.py), for a side-by-side
 )
 FULL_TARGETS = ("direct", "passthrough", "gateway", "gateway+redis")  # the rest on request
 

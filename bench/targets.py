@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
+from bench import litellm_proxy
+from bench.litellm_env import LitellmUnavailableError, ensure_env
 from bench.ports import free_port
 from bench.procs import ROOT, Child, NotReadyError, Processes, wait_http, wait_logged, wait_tcp
 
@@ -160,6 +162,38 @@ class Launcher:
             self.procs.stop(child)
             if tail:
                 print(f"[bench] gateway log tail ({child.log}):\n{tail}", file=sys.stderr)
+            raise
+        return child
+
+    async def litellm(self, placement: Placement, upstream: Child, redis_port: int | None) -> Child:
+        """LiteLLM's proxy (bench/litellm_proxy.py) from its own venv, installed on first use
+        (bench/litellm_env.py); NotReadyError, so that only its row is skipped, if that env
+        cannot be had, /health/liveliness is not 200 in time, or a probe request does not
+        reach the mock with a 200. Its config and log go to the run's temporary directory."""
+        try:
+            env = await asyncio.to_thread(ensure_env)
+        except LitellmUnavailableError as exc:
+            raise NotReadyError(f"LiteLLM not installed: {exc}") from exc
+        port = free_port()
+        config = self.procs.logdir / f"litellm-{port}.yaml"
+        config.write_text(litellm_proxy.config_yaml(upstream.url, redis_port))
+        child = self.procs.start(
+            "litellm",
+            litellm_proxy.server_argv(env.cli, config, port),
+            port,
+            cpus=placement.server,
+            env=litellm_proxy.environ(),
+            cwd=self.procs.logdir,  # no .env or config of the bench's tree
+            inherit_env=False,
+        )
+        try:
+            await wait_http(child, litellm_proxy.HEALTH_PATH, within=litellm_proxy.START_TIMEOUT)
+            await litellm_proxy.check_forwarding(child.url, upstream.url)
+        except NotReadyError:
+            tail = child.log_tail()
+            self.procs.stop(child)
+            if tail:
+                print(f"[bench] litellm log tail ({child.log}):\n{tail}", file=sys.stderr)
             raise
         return child
 

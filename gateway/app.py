@@ -31,7 +31,6 @@ from gateway.limits import (
     LimitsConfig,
     MemoryBackend,
 )
-from gateway.limits.redis_backend import RedisBackend
 from gateway.logs import get_logger
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import gateway_middleware
@@ -130,6 +129,10 @@ def open_backend(settings: Settings, clock: Clock, metrics: GatewayMetrics) -> L
     """The limiter's backend: Redis when `GATEWAY_REDIS_URL` is set, else in process."""
     if settings.redis_url is None:
         return MemoryBackend(clock)
+    # Imported only here: redis-py (and the OpenTelemetry it loads) is 9 MB of an idle
+    # gateway's RSS that a gateway without Redis never uses (#18).
+    from gateway.limits.redis_backend import RedisBackend  # noqa: PLC0415
+
     return RedisBackend.from_url(
         settings.redis_url.get_secret_value(),
         cluster=settings.redis_cluster,
@@ -152,13 +155,14 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
             return
         clock, metrics, config = app[CLOCK], app[METRICS], startup.limits
         backend = open_backend(settings, clock, metrics)
+        shared = settings.redis_url is not None  # a Redis backend: a fleet to share with
         limiter = Limiter(
             backend,
             config,
             clock,
             on_backend_call=metrics.backend_call,
             learn_limits=settings.learn_limits,
-            shared=isinstance(backend, RedisBackend),
+            shared=shared,
             share=startup.limit_share,
         )
         app[ADMISSIONS] = LimitedAdmissions(
@@ -166,7 +170,7 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
         )
         _watch(metrics, limiter, config)
         syncing: asyncio.Task[None] | None = None
-        if isinstance(backend, RedisBackend):  # in process there is no fleet to share with
+        if shared:  # in process there is no fleet to share with
             app[READINESS_CHECKS]["redis"] = Dependency(
                 limiter.probe,
                 required=config.redis_failure == "fail_closed",
@@ -183,7 +187,7 @@ def limiter_ctx(startup: Startup) -> Callable[[web.Application], AsyncIterator[N
             syncing = asyncio.get_running_loop().create_task(sync.run())
         log.info(
             "limits_enabled",
-            backend="redis" if isinstance(backend, RedisBackend) else "memory",
+            backend="redis" if shared else "memory",
             groups=[group.name for group in config.groups],
             learn_limits=settings.learn_limits,
             limit_share=startup.limit_share,

@@ -19,7 +19,6 @@ import aiohttp
 from gateway.clock import Clock
 from gateway.config import Settings, mask_url
 from gateway.limits import LimitBackendError
-from gateway.limits.redis_backend import RedisBackend
 from gateway.logs import scrub
 from gateway.upstream import UpstreamSettings, open_session
 
@@ -56,6 +55,8 @@ async def probe_all(
 async def probe_redis(settings: Settings, clock: Clock) -> ProbeResult:
     """A write probe (what `/readyz` runs), then SCRIPT LOAD every limiter script, each
     bounded by the Redis timeout."""
+    from gateway.limits.redis_backend import RedisBackend  # noqa: PLC0415 (only with Redis)
+
     assert settings.redis_url is not None
     url = settings.redis_url.get_secret_value()
     target = f"redis {mask_url(url)}"

@@ -28,7 +28,6 @@ from gateway.config import (
 )
 from gateway.identity import Identities
 from gateway.limits import LimitsConfig, LimitsFileError, load_limits
-from gateway.limits.redis import check_url
 from gateway.limits.tenants import UpstreamKey
 from gateway.trace import otel_installed
 
@@ -78,6 +77,8 @@ def startup_for(settings: Settings) -> Startup:
     """Validate what `settings` point at (limits file, Redis URL, event loop)."""
     limits = _limits_file(settings)
     if settings.redis_url is not None:
+        from gateway.limits.redis import check_url  # noqa: PLC0415 (redis-py: only with Redis)
+
         url = settings.redis_url.get_secret_value()
         try:
             check_url(url, cluster=settings.redis_cluster, kind=settings.redis_client)
