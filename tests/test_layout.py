@@ -30,6 +30,7 @@ BEHAVIOUR_SUITES = {
     "test_bench_rounds.py": "bench/report.py and scenario_proxy.py: a row from its rounds",
     "test_bench_targets.py": "bench/targets.py: production logging, the Redis servers",
     "test_bench_access_line.py": "bench/access_line.py: the access line's microbenchmark",
+    "test_bench_litellm.py": "bench/litellm_proxy.py and litellm_env.py: the LiteLLM row",
     "limits/test_backends_contract.py": "one contract suite run on every LimitBackend",
     "limits/test_backends_learn.py": "learned-figure merging, the same on every LimitBackend",
     "limits/test_redis_faults.py": "RedisBackend at the moments Redis faults make likely",
