@@ -158,10 +158,7 @@ class Launcher:
             if workers > 1:
                 await wait_logged(child, LISTENING, workers, within=self.gateway_timeout)
         except NotReadyError:
-            tail = child.log_tail()
-            self.procs.stop(child)
-            if tail:
-                print(f"[bench] gateway log tail ({child.log}):\n{tail}", file=sys.stderr)
+            self._stop_showing_log(child)
             raise
         return child
 
@@ -190,12 +187,16 @@ class Launcher:
             await wait_http(child, litellm_proxy.HEALTH_PATH, within=litellm_proxy.START_TIMEOUT)
             await litellm_proxy.check_forwarding(child.url, upstream.url)
         except NotReadyError:
-            tail = child.log_tail()
-            self.procs.stop(child)
-            if tail:
-                print(f"[bench] litellm log tail ({child.log}):\n{tail}", file=sys.stderr)
+            self._stop_showing_log(child)
             raise
         return child
+
+    def _stop_showing_log(self, child: Child) -> None:
+        """Stop a server that never became ready, printing its log's tail (why it did not)."""
+        tail = child.log_tail()
+        self.procs.stop(child)
+        if tail:
+            print(f"[bench] {child.name} log tail ({child.log}):\n{tail}", file=sys.stderr)
 
     async def redis(self, cpus: Collection[int] | None = None, kind: RedisKind = "plain") -> Child:
         """A throwaway redis-server on a free port, no persistence: `plain`; `cluster`, a
