@@ -17,7 +17,7 @@ export UV_PYTHON := python3
 EXPORT  := $(UV) export --frozen --no-dev --extra otel --group build --no-emit-project --format requirements-txt --quiet
 
 .PHONY: install system-deps run test test-fast test-latest lint lock lock-check fmt typecheck \
-	imports check bench stack clean
+	imports check bench perf-table stack clean
 
 $(UV): requirements-uv.txt
 	python3 -m venv $(TOOLS)
@@ -90,6 +90,9 @@ check: lock-check lint typecheck imports test  ## what CI runs
 
 bench: $(STAMP)  ## benchmark table (see bench/README.md)
 	$(PY) -m bench
+
+perf-table: $(STAMP)  ## README's Performance table: three bench runs at production defaults (~30 min)
+	$(PY) -m bench.readme_table
 
 clean:
 	rm -rf $(VENV) $(TOOLS) tests/ts/node_modules .mypy_cache .ruff_cache .pytest_cache

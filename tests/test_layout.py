@@ -31,6 +31,7 @@ BEHAVIOUR_SUITES = {
     "test_bench_targets.py": "bench/targets.py: production logging, the Redis servers",
     "test_bench_access_line.py": "bench/access_line.py: the access line's microbenchmark",
     "test_bench_litellm.py": "bench/litellm_proxy.py and litellm_env.py: the LiteLLM row",
+    "test_bench_readme_table.py": "bench/readme_table.py: the README's performance table",
     "limits/test_backends_contract.py": "one contract suite run on every LimitBackend",
     "limits/test_backends_learn.py": "learned-figure merging, the same on every LimitBackend",
     "limits/test_redis_faults.py": "RedisBackend at the moments Redis faults make likely",
