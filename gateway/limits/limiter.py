@@ -48,6 +48,8 @@ from gateway.limits.tenants import Priority
 log = structlog.get_logger(__name__)
 _NO_COST = Cost()
 _UNBOUNDED = 2**62
+_COMBINED = (Dimension.TOKENS, Dimension.TOKENS_PER_DAY)
+"""The limits that count input and output together."""
 STATUS_BUCKET_SETS = 64
 """How many (group, scope, tenant) bucket sets the live view reads."""
 
@@ -227,20 +229,25 @@ class Limiter:
         return Cost(1, input_tokens, output)
 
     def _output_room(self, group: GroupLimits, input_tokens: int, tenant: str) -> int:
-        """The most output the group's output-counting limits could ever hold at once."""
-        limits = {**self._learned.limits(group.name), **group.limits()}
-        sets = [limits]
-        if tenant:
-            sets.append(self._config.tenant_limits(group, tenant))
-        output = Dimension.OUTPUT_TOKENS
-        room = [found[output] for found in sets if output in found]
-        room += [
-            max(0, found[dim] - input_tokens)
-            for found in sets
-            for dim in (Dimension.TOKENS, Dimension.TOKENS_PER_DAY)
-            if dim in found
-        ]
-        return min(room, default=_UNBOUNDED)
+        """The most output the group's output-counting limits could ever hold at once.
+
+        Runs for every admitted request: plain loops over the limits, no temporary lists.
+        """
+        limits = group.limits()
+        learned = self._learned.limits(group.name)
+        if learned:
+            limits = {**learned, **limits}  # a configured limit wins over a learned one
+        sets = (limits, self._config.tenant_limits(group, tenant)) if tenant else (limits,)
+        room = _UNBOUNDED
+        for found in sets:
+            output = found.get(Dimension.OUTPUT_TOKENS)
+            if output is not None:
+                room = min(room, output)
+            for dim in _COMBINED:
+                total = found.get(dim)
+                if total is not None:
+                    room = min(room, max(0, total - input_tokens))
+        return room
 
     async def admit(
         self,

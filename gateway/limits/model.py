@@ -46,6 +46,11 @@ class Dimension(StrEnum):
         return DAY if self is Dimension.TOKENS_PER_DAY else MINUTE
 
 
+LIMIT_FIELDS = tuple((dim, dim.per_period_name) for dim in Dimension)
+"""Each dimension with the name of its limit in the limits file, worked out once: a group's
+`limits()` runs for every admitted request, and `per_period_name` builds a string each time."""
+
+
 @dataclass(frozen=True, slots=True)
 class Cost:
     """What one request takes from its buckets; negative only as a settlement delta."""

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.limits.model import BucketSpec, Dimension
+from gateway.limits.model import LIMIT_FIELDS, BucketSpec, Dimension
 from gateway.limits.prices import ModelPrice
 from gateway.limits.reservation import OutputReservation, parse_output_reservation
 from gateway.limits.tenants import Share, TenantConfig, UpstreamKey, zone_named
@@ -99,8 +99,12 @@ class GroupLimits(_Section):
 
     def limits(self) -> dict[Dimension, int]:
         """The configured limit of each dimension this group sets."""
-        found = {dim: getattr(self, dim.per_period_name) for dim in Dimension}
-        return {dim: limit for dim, limit in found.items() if limit is not None}
+        found = {}
+        for dim, field_name in LIMIT_FIELDS:  # runs for every admitted request
+            limit = getattr(self, field_name)
+            if limit is not None:
+                found[dim] = limit
+        return found
 
 
 class LimitsConfig(_Section):

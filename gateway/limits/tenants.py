@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.limits.model import Dimension
+from gateway.limits.model import LIMIT_FIELDS, Dimension
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 KEY_HASH = re.compile(
@@ -90,7 +90,7 @@ class TenantGroupLimits(_Section):
 
     def figures(self) -> dict[Dimension, int | float]:
         """What this sub-quota sets, per dimension: an int, or a `Share` (a float)."""
-        found = {dim: getattr(self, dim.per_period_name) for dim in Dimension}
+        found = {dim: getattr(self, field_name) for dim, field_name in LIMIT_FIELDS}
         return {dim: figure for dim, figure in found.items() if figure is not None}
 
     def limits(self, group_limits: dict[Dimension, int]) -> dict[Dimension, int]:
