@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from gateway.limits.policy import LimitsConfig, LimitsFileError
+
+if TYPE_CHECKING:  # PyYAML loads only when a limits file is read, not at start-up
+    import yaml
 
 Loc = tuple[int | str, ...]
 _MESSAGES = {
@@ -44,6 +47,8 @@ _MESSAGES = {
 
 def load_limits(path: Path) -> LimitsConfig:
     """Read and validate a limits file; an empty one is valid and limits nothing."""
+    import yaml  # noqa: PLC0415 (PyYAML loads only when a limits file is read)
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -70,6 +75,8 @@ def load_limits(path: Path) -> LimitsConfig:
 
 
 def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    import yaml  # noqa: PLC0415 (PyYAML loads only when a limits file is read)
+
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         return f"{path}:{exc.problem_mark.line + 1}: invalid YAML: {exc.problem}"
     return f"{path}: invalid YAML: {exc}"
@@ -89,6 +96,8 @@ def _problem(path: Path, root: yaml.Node, error: ErrorDetails) -> str:
 
 def _line(root: yaml.Node, loc: Sequence[int | str]) -> int:
     """The 1-based line of the deepest node `loc` reaches (a mapping entry's key line)."""
+    import yaml  # noqa: PLC0415 (PyYAML loads only when a limits file is read)
+
     node, line = root, root.start_mark.line
     for part in loc:
         if isinstance(node, yaml.MappingNode):
@@ -108,6 +117,8 @@ def _line(root: yaml.Node, loc: Sequence[int | str]) -> int:
 
 def _duplicate_key(node: yaml.Node, loc: Loc) -> tuple[int, Loc] | None:
     """The line and path of the first key repeated in one mapping (YAML keeps the last)."""
+    import yaml  # noqa: PLC0415 (PyYAML loads only when a limits file is read)
+
     if isinstance(node, yaml.SequenceNode):
         children: list[tuple[int | str, yaml.Node]] = list(enumerate(node.value))
     elif isinstance(node, yaml.MappingNode):

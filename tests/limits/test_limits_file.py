@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,33 @@ def test_empty_file_means_no_limits(tmp_path: Path) -> None:
     path = tmp_path / "limits.yaml"
     path.write_text("# nothing yet\n")
     assert LimitsConfig() == load_limits(path)
+
+
+STARTUP_THEN_LOAD = """
+import sys
+from pathlib import Path
+
+import gateway.app, gateway.cli  # what `python -m gateway serve` imports
+assert "yaml" not in sys.modules, "PyYAML imported at start-up"
+
+from gateway.limits import load_limits
+
+config = load_limits(Path(sys.argv[1]))
+assert "yaml" in sys.modules
+print(",".join(group.name for group in config.groups))
+"""
+
+
+def test_pyyaml_loads_only_when_a_limits_file_is_read(tmp_path: Path) -> None:
+    """Starting the gateway does not import PyYAML; reading a limits file does, and works."""
+    path = tmp_path / "limits.yaml"
+    path.write_text("groups:\n  - name: sonnet\n    models: [claude-sonnet-4]\n")
+    done = subprocess.run(
+        [sys.executable, "-c", STARTUP_THEN_LOAD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stderr
+    assert "sonnet" == done.stdout.strip()
