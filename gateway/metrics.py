@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeVar
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -28,13 +27,13 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     Info,
 )
 from prometheus_client.exposition import generate_latest
 
 from gateway import __version__
 from gateway.limits.recent import RecentDecisions
+from gateway.loop_metrics import LoopCounter, LoopHistogram
 from gateway.metric_collectors import (
     BucketFillCollector,
     FillReader,
@@ -50,7 +49,6 @@ DURATION_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
-MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
 RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 4.0)
 
 
@@ -66,7 +64,8 @@ class GatewayMetrics:
         self.recent = RecentDecisions()
         """The last minute's limiter decisions, for the live view (`admin.py`)."""
         self._models: set[str] = set()
-        self._children: dict[tuple[object, tuple[str, ...]], object] = {}
+        self._remaining_children: dict[tuple[str, str], Gauge] = {}
+        self._in_flight_count = 0
         self._define_requests(registry)
         self._define_limiter(registry)
         self._define_upstream(registry)
@@ -81,7 +80,7 @@ class GatewayMetrics:
         )
 
     def _define_requests(self, registry: CollectorRegistry) -> None:
-        self._requests = Counter(
+        self._requests = LoopCounter(
             "gateway_requests",
             "Requests answered, by outcome: ok, queued_ok, rejected, never_fits, "
             "invalid_request, upstream_error, upstream_unavailable, upstream_timeout, "
@@ -90,30 +89,31 @@ class GatewayMetrics:
             ["model_group", "model", "route", "status", "outcome"],
             registry=registry,
         )
-        self._duration = Histogram(
+        self._duration = LoopHistogram(
             "gateway_request_duration_seconds",
             "Time from request received to last byte sent.",
             ["route"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._ttfb = Histogram(
+        self._ttfb = LoopHistogram(
             "gateway_time_to_first_byte_seconds",
             "Time from request received to the first response body byte relayed.",
             ["route"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._overhead = Histogram(
+        self._overhead = LoopHistogram(
             "gateway_overhead_seconds",
             "Time the gateway itself spent before sending upstream, queue wait excluded.",
             ["route"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._in_flight = Gauge(
+        in_flight = Gauge(
             "gateway_in_flight_requests", "Requests being handled.", registry=registry
         )
+        in_flight.set_function(lambda: float(self._in_flight_count))  # a plain int, no lock
         self._open_streams = Gauge(
             "gateway_open_streams", "SSE responses being relayed.", registry=registry
         )
@@ -122,7 +122,7 @@ class GatewayMetrics:
             "Open client connections (at most GATEWAY_MAX_CONNECTIONS).",
             registry=registry,
         )
-        self._bytes_out = Counter(
+        self._bytes_out = LoopCounter(
             "gateway_response_bytes",
             "Response body bytes relayed to clients.",
             ["route"],
@@ -130,14 +130,14 @@ class GatewayMetrics:
         )
 
     def _define_limiter(self, registry: CollectorRegistry) -> None:
-        self._admissions = Counter(
+        self._admissions = LoopCounter(
             "gateway_limiter_admissions",
             "Limiter decisions: now, queued, rejected, never_fits, unknown_model, unavailable; "
             "shadow_<decision> for one not enforced (enforce: false).",
             ["model_group", "decision"],
             registry=registry,
         )
-        self._queue_wait = Histogram(
+        self._queue_wait = LoopHistogram(
             "gateway_queue_wait_seconds",
             "Time admitted requests waited for capacity (0 when sent at once).",
             ["model_group"],
@@ -149,14 +149,14 @@ class GatewayMetrics:
             "Requests of this instance waiting for admission (limiter call and queue wait).",
             registry=registry,
         )
-        self._backend_latency = Histogram(
+        self._backend_latency = LoopHistogram(
             "gateway_limiter_backend_seconds",
             "Latency of one limiter backend call (Redis round trip), by operation.",
             ["operation"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self._backend_errors = Counter(
+        self._backend_errors = LoopCounter(
             "gateway_limiter_backend_errors",
             "Limiter backend calls that failed (Redis errors, timeouts), by operation.",
             ["operation"],
@@ -187,13 +187,13 @@ class GatewayMetrics:
         )
 
     def _define_upstream(self, registry: CollectorRegistry) -> None:
-        self._attempts = Counter(
+        self._attempts = LoopCounter(
             "gateway_upstream_attempts",
             "Upstream attempts by status (or connect_error, timeout).",
             ["status"],
             registry=registry,
         )
-        self._retries = Counter(
+        self._retries = LoopCounter(
             "gateway_upstream_retries",
             "Retries by cause: status code, connect_error, timeout.",
             ["cause"],
@@ -204,7 +204,7 @@ class GatewayMetrics:
             "Retries skipped because the retry budget was spent.",
             registry=registry,
         )
-        self._upstream_429 = Counter(
+        self._upstream_429 = LoopCounter(
             "gateway_upstream_rate_limited",
             "Upstream 429 responses (should stay at zero: the gateway's promise).",
             ["model_group"],
@@ -218,20 +218,20 @@ class GatewayMetrics:
         )
 
     def _define_tokens(self, registry: CollectorRegistry) -> None:
-        self._tokens = Counter(
+        self._tokens = LoopCounter(
             "gateway_tokens",
             "Tokens used, from settled usage, by kind: input, output, cache_read, cache_creation.",
             ["model_group", "kind"],
             registry=registry,
         )
-        self._estimate_ratio = Histogram(
+        self._estimate_ratio = LoopHistogram(
             "gateway_token_estimate_ratio",
             "Actual / estimated input tokens per settled request (1.0 = exact).",
             ["model_group"],
             buckets=RATIO_BUCKETS,
             registry=registry,
         )
-        self._missing_usage = Counter(
+        self._missing_usage = LoopCounter(
             "gateway_usage_missing",
             "Responses that ended without usage; the reservation was charged as is.",
             ["model_group"],
@@ -253,40 +253,34 @@ class GatewayMetrics:
             return model
         return OTHER
 
-    def _child(self, metric: MetricT, *values: str) -> MetricT:
-        """`metric.labels(*values)`, remembered.
-
-        prometheus-client validates the values and takes a lock on every `labels` call,
-        1.0-1.4 µs, about a dozen times a request; this dict lookup costs 0.1 µs. Label sets are
-        bounded already (the module docstring says how) and the gateway never removes a child,
-        so nothing remembered here can go stale.
-        """
-        key = (metric, values)
-        child = self._children.get(key)
+    def _remaining(self, group: str, axis: str) -> Gauge:
+        """The API-remaining gauge's child, remembered: set four times a request, and
+        prometheus-client's `labels()` validates and locks on every call (1.0-1.4 µs)."""
+        child = self._remaining_children.get((group, axis))
         if child is None:
-            child = self._children[key] = metric.labels(*values)
-        return child  # type: ignore[return-value]  # stored from this same metric's labels()
+            child = self._remaining_children[group, axis] = self._api_remaining.labels(group, axis)
+        return child
 
     # Requests -------------------------------------------------------------------------
 
     def request_started(self) -> None:
-        self._in_flight.inc()
+        self._in_flight_count += 1
 
     def request_finished(self, record: RequestRecord) -> None:
         """Everything one finished request did: its answer and timings, the limiter's
         decision, its upstream attempts and the usage it settled."""
-        self._in_flight.dec()
+        self._in_flight_count -= 1
         name = self.model_label(record.model, register=record.status < 400)
         route, group = record.route, record.group
-        self._child(self._requests, group, name, route, str(record.status), record.outcome).inc()
-        self._child(self._duration, route).observe(record.ended_at - record.started_at)
+        self._requests.labels(group, name, route, str(record.status), record.outcome).inc()
+        self._duration.labels(route).observe(record.ended_at - record.started_at)
         ttfb, overhead = record.ttfb, record.overhead
         if ttfb is not None:
-            self._child(self._ttfb, route).observe(ttfb)
+            self._ttfb.labels(route).observe(ttfb)
         if overhead is not None:
-            self._child(self._overhead, route).observe(max(0.0, overhead))
+            self._overhead.labels(route).observe(max(0.0, overhead))
         if record.bytes_out:
-            self._child(self._bytes_out, route).inc(record.bytes_out)
+            self._bytes_out.labels(route).inc(record.bytes_out)
         if record.decision is not None:
             self._admitted(record)
         if record.attempts:
@@ -315,14 +309,14 @@ class GatewayMetrics:
     def _admitted(self, record: RequestRecord) -> None:
         """The limiter's decision, how long it queued, and how input was estimated."""
         group, decision = record.group, record.decision or "unlimited"
-        self._child(self._admissions, group, decision).inc()
+        self._admissions.labels(group, decision).inc()
         self.recent.note(group, record.tenant or "", decision, record.started_at)
         if decision in ("now", "queued"):
-            self._child(self._queue_wait, group).observe(record.queue_wait)
+            self._queue_wait.labels(group).observe(record.queue_wait)
         if record.fail_open:
             self._fail_open.inc()
         if record.estimate is not None:
-            self._child(self._input_estimates, group, *record.estimate).inc()
+            self._input_estimates.labels(group, *record.estimate).inc()
 
     def queue_entered(self) -> None:
         self._queue_depth.inc()
@@ -333,14 +327,14 @@ class GatewayMetrics:
     def backend_call(self, operation: str, seconds: float, ok: bool) -> None:
         """One limiter backend round trip (reserve, adjust, cap, learn, ping) and whether it
         failed."""
-        self._child(self._backend_latency, operation).observe(seconds)
+        self._backend_latency.labels(operation).observe(seconds)
         if not ok:
-            self._child(self._backend_errors, operation).inc()
+            self._backend_errors.labels(operation).inc()
 
     def limits_configured(self, limits: Mapping[tuple[str, str], int]) -> None:
         """The limits file's limit per (group, dimension), for utilisation panels."""
         for (group, dimension), limit in limits.items():
-            self._child(self._limit, group, dimension).set(limit)
+            self._limit.labels(group, dimension).set(limit)
 
     def watch_learning(self, read: LearningReader) -> None:
         """Read the estimator's learned ratio and expected output at scrape time."""
@@ -362,13 +356,13 @@ class GatewayMetrics:
     def _upstream(self, record: RequestRecord) -> None:
         """Each attempt, each retry and why, the retry budget, upstream 429s."""
         for status in record.attempts:
-            self._child(self._attempts, status).inc()
+            self._attempts.labels(status).inc()
         for cause in record.retries:
-            self._child(self._retries, cause).inc()
+            self._retries.labels(cause).inc()
         if record.budget_ran_out:
             self._retry_budget_exhausted.inc()
         if record.upstream_429s:
-            self._child(self._upstream_429, record.group).inc(record.upstream_429s)
+            self._upstream_429.labels(record.group).inc(record.upstream_429s)
 
     # Tokens ---------------------------------------------------------------------------
 
@@ -377,26 +371,26 @@ class GatewayMetrics:
         limits; or that a response ended without usage."""
         group, usage = record.group, record.usage
         for axis, remaining in record.api_remaining.items():
-            self._child(self._api_remaining, group, axis).set(remaining)
+            self._remaining(group, axis).set(remaining)
         if usage is None:
             if record.usage_missing:
-                self._child(self._missing_usage, group).inc()
+                self._missing_usage.labels(group).inc()
             return
         for kind, amount in usage.by_kind().items():
             if amount:
-                self._child(self._tokens, group, kind).inc(amount)
+                self._tokens.labels(group, kind).inc(amount)
         total_input = (
             usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens
         )
         if record.reserved_input > 0:
-            self._child(self._estimate_ratio, group).observe(total_input / record.reserved_input)
+            self._estimate_ratio.labels(group).observe(total_input / record.reserved_input)
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
 
     def _define_estimates(self, registry: CollectorRegistry) -> None:
-        self._input_estimates = Counter(
+        self._input_estimates = LoopCounter(
             "gateway_input_estimates",
             "Input estimates at admission by method (count_tokens, heuristic) and reason: "
             "configured (the group's method), or why an exact count fell back: timeout, "
