@@ -12,7 +12,8 @@ returns the limiter's last known levels: a scrape costs no Redis call.
 
 A request's metrics are all updated once, when it ends, from its `RequestRecord`
 (`request_finished`); only the live gauges (in flight, queue depth, open streams) and the
-limiter's backend timings move while it runs.
+limiter's backend timings move while it runs. The labelled counters and histograms are
+`loop_metrics.py`'s: lock-free, since every update and every scrape runs on the event loop.
 """
 
 from __future__ import annotations
