@@ -6,7 +6,7 @@ validates its values and takes another. A finished request updates about two doz
 which cost 9% of a Redis-limited request's instructions (callgrind, `bench.instructions`).
 Every one of those updates happens on the gateway's event loop, and so does the scrape
 (`GatewayMetrics.render` runs in the `/metrics` handler), so nothing here needs a lock:
-an update is a float add on a list.
+an update is a float add on an attribute.
 
 The registry renders these exactly as prometheus-client renders its own: the same names,
 help, label order, `le` values, cumulative buckets, `_count`, `_sum` and `_created` samples
@@ -15,8 +15,10 @@ help, label order, `le` values, cumulative buckets, `_count`, `_sum` and `_creat
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import metrics as client_metrics
@@ -27,40 +29,48 @@ from prometheus_client.utils import INF, floatToGoString
 
 from gateway.clock import wall_time
 
+ChildT = TypeVar("ChildT")
+
 
 class CounterChild:
-    """One label set's count: [value, created]."""
+    """One label set's count, and when the set was first used."""
 
-    __slots__ = ("_cell",)
+    __slots__ = ("created", "value")
 
-    def __init__(self, cell: list[float]) -> None:
-        self._cell = cell
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = wall_time()
 
     def inc(self, amount: float = 1.0) -> None:
         """Add `amount` (never negative, as a Prometheus counter)."""
         if amount < 0:
             raise ValueError("Counters can only be incremented by non-negative amounts.")
-        self._cell[0] += amount
+        self.value += amount
 
 
 class HistogramChild:
     """One label set's observations: a count per bucket (not cumulative), and their sum."""
 
-    __slots__ = ("_bounds", "_counts", "_total")
+    __slots__ = ("_bounds", "counts", "created", "total")
 
-    def __init__(self, bounds: Sequence[float], counts: list[int], total: list[float]) -> None:
+    def __init__(self, bounds: Sequence[float]) -> None:
         self._bounds = bounds
-        self._counts = counts
-        self._total = total
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+        self.created = wall_time()
 
     def observe(self, amount: float) -> None:
         """Count `amount` in the first bucket whose upper bound is at least it."""
-        self._counts[bisect_left(self._bounds, amount)] += 1
-        self._total[0] += amount
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.total += amount
 
 
-class LoopCounter(Collector):
-    """A labelled counter updated and scraped on one event loop; see the module docstring."""
+class _LoopFamily(Collector, ABC, Generic[ChildT]):
+    """A labelled family whose children are made on first use and remembered; registered on
+    construction like prometheus-client's own metrics."""
+
+    #: prometheus-client names a counter's family without `_total` and adds it per sample.
+    _name_suffix_dropped = ""
 
     def __init__(
         self,
@@ -69,21 +79,37 @@ class LoopCounter(Collector):
         labelnames: Sequence[str],
         registry: CollectorRegistry,
     ) -> None:
-        self._name = name.removesuffix("_total")
+        self._name = name.removesuffix(self._name_suffix_dropped)
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
-        self._cells: dict[tuple[str, ...], list[float]] = {}
-        self._children: dict[tuple[str, ...], CounterChild] = {}
+        self._children: dict[tuple[str, ...], ChildT] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> CounterChild:
+    def labels(self, *values: str) -> ChildT:
         """The child for `values` (positional, in `labelnames` order), made on first use."""
         child = self._children.get(values)
         if child is None:
-            _check_labels(self._labelnames, values)
-            cell = self._cells[values] = [0.0, wall_time()]
-            child = self._children[values] = CounterChild(cell)
+            if len(values) != len(self._labelnames):
+                raise ValueError(
+                    f"Incorrect label count: expected {len(self._labelnames)}, got {len(values)}"
+                )
+            if not all(isinstance(value, str) for value in values):
+                raise TypeError("Label values must be strings")
+            child = self._children[values] = self._new_child()
         return child
+
+    @abstractmethod
+    def _new_child(self) -> ChildT:
+        """A fresh child for a label set seen for the first time."""
+
+
+class LoopCounter(_LoopFamily[CounterChild]):
+    """A labelled counter updated and scraped on one event loop; see the module docstring."""
+
+    _name_suffix_dropped = "_total"
+
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
     def describe(self) -> Iterable[Metric]:
         return [CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)]
@@ -91,12 +117,12 @@ class LoopCounter(Collector):
     def collect(self) -> Iterable[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
         with_created = _created_series()
-        for values, (value, created) in self._cells.items():
-            family.add_metric(values, value, created=created if with_created else None)
+        for values, child in self._children.items():
+            family.add_metric(values, child.value, created=child.created if with_created else None)
         return [family]
 
 
-class LoopHistogram(Collector):
+class LoopHistogram(_LoopFamily[HistogramChild]):
     """A labelled histogram updated and scraped on one event loop; see the module docstring."""
 
     def __init__(
@@ -112,24 +138,12 @@ class LoopHistogram(Collector):
             raise ValueError("Buckets not in sorted order")
         if not bounds or bounds[-1] != INF:
             bounds.append(INF)
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
         self._bounds = tuple(bounds)
         self._les = tuple(_le(bound) for bound in bounds)
-        self._series: dict[tuple[str, ...], tuple[list[int], list[float], float]] = {}
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramChild:
-        """The child for `values` (positional, in `labelnames` order), made on first use."""
-        child = self._children.get(values)
-        if child is None:
-            _check_labels(self._labelnames, values)
-            counts, total = [0] * len(self._bounds), [0.0]
-            self._series[values] = (counts, total, wall_time())
-            child = self._children[values] = HistogramChild(self._bounds, counts, total)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self._bounds)
 
     def describe(self) -> Iterable[Metric]:
         return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
@@ -137,24 +151,16 @@ class LoopHistogram(Collector):
     def collect(self) -> Iterable[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
         with_created = _created_series()
-        for values, (counts, total, created) in self._series.items():
+        for values, child in self._children.items():
             cumulative, buckets = 0, []
-            for le, count in zip(self._les, counts, strict=True):
+            for le, count in zip(self._les, child.counts, strict=True):
                 cumulative += count
                 buckets.append((le, float(cumulative)))
-            family.add_metric(values, buckets, total[0])
+            family.add_metric(values, buckets, child.total)
             if with_created:
                 labels = dict(zip(self._labelnames, values, strict=True))
-                family.samples.append(Sample(f"{self._name}_created", labels, created))
+                family.samples.append(Sample(f"{self._name}_created", labels, child.created))
         return [family]
-
-
-def _check_labels(names: tuple[str, ...], values: tuple[str, ...]) -> None:
-    """As prometheus-client's `labels()`: one string per label name."""
-    if len(values) != len(names):
-        raise ValueError(f"Incorrect label count: expected {len(names)}, got {len(values)}")
-    if not all(isinstance(value, str) for value in values):
-        raise TypeError("Label values must be strings")
 
 
 def _created_series() -> bool:
