@@ -14,6 +14,9 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export UV_PYTHON := python3
+# --compile-bytecode: pip and the image install .pyc files, uv does not unless asked; without
+# them (and with PYTHONDONTWRITEBYTECODE=1) every start compiles each module from source and
+# keeps the compiler's memory: 15 MB more idle RSS (84.9 against 69.5 MB, Redis limits, #18).
 EXPORT  := $(UV) export --frozen --no-dev --extra otel --group build --no-emit-project --format requirements-txt --quiet
 
 .PHONY: install system-deps run test test-fast test-latest lint lock lock-check fmt typecheck \
@@ -24,12 +27,12 @@ $(UV): requirements-uv.txt
 	$(TOOLS)/bin/python -m pip install -q --require-hashes --no-deps -r requirements-uv.txt
 	touch $(UV)
 
-$(RUNTIME): $(UV) pyproject.toml uv.lock
-	$(UV) sync --locked --no-dev --extra otel --inexact --quiet
+$(RUNTIME): $(UV) pyproject.toml uv.lock Makefile
+	$(UV) sync --locked --no-dev --extra otel --inexact --quiet --compile-bytecode
 	touch $(RUNTIME)
 
-$(STAMP): $(UV) pyproject.toml uv.lock tests/ts/package-lock.json
-	$(UV) sync --locked --quiet
+$(STAMP): $(UV) pyproject.toml uv.lock tests/ts/package-lock.json Makefile
+	$(UV) sync --locked --quiet --compile-bytecode
 	npm ci --silent --prefix tests/ts
 	touch $(RUNTIME) $(STAMP)
 

@@ -39,7 +39,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.ports import free_port
-from bench.procs import Child, Processes, rss_kb, wait_http, wait_tcp
+from bench.procs import Child, Processes, compile_gateway, rss_kb, wait_http, wait_tcp
 from bench.serving import raise_nofile_limit, run_main
 
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
@@ -163,6 +163,7 @@ class Fleet:
         await wait_tcp(self.fake)
         limits = self.procs.logdir / "limits.yaml"
         limits.write_text(self.settings.limits_yaml())
+        compile_gateway()
         for name in ("gateway-1", "gateway-2"):
             port = free_port()
             env = {

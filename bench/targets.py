@@ -23,7 +23,16 @@ from typing import Literal
 from bench import litellm_proxy
 from bench.litellm_env import LitellmUnavailableError, ensure_env
 from bench.ports import free_port
-from bench.procs import ROOT, Child, NotReadyError, Processes, wait_http, wait_logged, wait_tcp
+from bench.procs import (
+    ROOT,
+    Child,
+    NotReadyError,
+    Processes,
+    compile_gateway,
+    wait_http,
+    wait_logged,
+    wait_tcp,
+)
 
 NEVER_HIT_LIMITS = """\
 # Written by bench: limits that are never hit, so only the backend's cost is measured.
@@ -149,6 +158,7 @@ class Launcher:
         settings |= dict(env or {})
         settings |= self.gateway_env
         argv = [sys.executable, "-m", "gateway", "serve"]
+        await asyncio.to_thread(compile_gateway, tree or ROOT)
         child = self.procs.start(
             "gateway", argv, port, cpus=placement.server, env=settings, cwd=tree or ROOT
         )

@@ -11,6 +11,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 
 from bench.load import LoopResult
-from bench.procs import ROOT, Child, CpuUse, Processes, logged_lines
+from bench.procs import ROOT, Child, CpuUse, Processes, compile_gateway, logged_lines
 from bench.report import _cpu_warnings, workers_section
 from bench.scenario_proxy import ProxyRow, disturbance, log_size
 from bench.scenario_redis import CONFIGS, WORKER_CONFIGS, RedisRow, served_by
@@ -213,3 +214,19 @@ def test_the_workers_table_gives_the_speed_up_and_the_split() -> None:
         for cells in ([cell.strip() for cell in line.strip("|").split("|")] for line in table)
     ]
     assert "redis x1 (2 workers)" == rows[1].name
+
+
+def test_the_served_package_is_compiled_even_where_python_writes_no_bytecode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bench gateways start from .pyc files as installed ones do: a process that compiles
+    its modules keeps the compiler's memory, and the RSS columns would not be what users run."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    package = tmp_path / "gateway"
+    (package / "limits").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "limits" / "backend.py").write_text("VALUE = 1\n")
+    compile_gateway(tmp_path)
+    tag = sys.implementation.cache_tag
+    assert (package / "__pycache__" / f"__init__.{tag}.pyc").is_file()
+    assert (package / "limits" / "__pycache__" / f"backend.{tag}.pyc").is_file()

@@ -25,8 +25,6 @@ from importlib.resources import files
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 
 from gateway.clock import Clock, SystemClock
 from gateway.limits.backend import (
@@ -59,13 +57,12 @@ from gateway.limits.model import (
 from gateway.limits.redis import (
     CLIENT_ERRORS,
     ClientKind,
-    PubSubOpener,
-    RedisClient,
-    RedisPyClient,
     Script,
+    SubscriptionOpener,
+    adapted,
     listen,
     open_client,
-    pubsub_opener,
+    subscriptions,
 )
 
 log = structlog.get_logger(__name__)
@@ -126,20 +123,19 @@ class RedisBackend:
 
     def __init__(
         self,
-        client: RedisClient | Redis | RedisCluster,
+        client: object,
         *,
         settle_delay: float = SETTLE_DELAY,
         on_backend_call: BackendObserver | None = None,
         clock: Clock | None = None,
-        pubsub: PubSubOpener | None = None,
+        pubsub: SubscriptionOpener | None = None,
     ) -> None:
-        """`on_backend_call` hears of each settlement flush (`adjust`), timed on `clock`;
+        """`client`: a `RedisClient`, or a redis-py one (fakeredis too), which is wrapped.
+        `on_backend_call` hears of each settlement flush (`adjust`), timed on `clock`;
         reserves and caps are timed by their caller, the `Limiter`. `pubsub` opens the
         subscription to bucket changes (`on_change`); a redis-py client opens its own."""
-        self._transport: RedisClient = (
-            RedisPyClient(client) if isinstance(client, Redis | RedisCluster) else client
-        )
-        self._pubsub = pubsub or (client.pubsub if isinstance(client, Redis) else None)
+        self._transport, own_subscriptions = adapted(client)
+        self._pubsub = pubsub or own_subscriptions
         self._listeners: list[ChangeListener] = []
         self._listening: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
@@ -162,7 +158,7 @@ class RedisBackend:
     ) -> RedisBackend:
         """A backend on the client `open_client` picks for `url` (see `limits/redis/`)."""
         client = open_client(url, cluster=cluster, kind=kind, timeout=timeout)
-        opener = pubsub_opener(url, timeout=timeout)
+        opener = subscriptions(url, cluster=cluster, kind=kind, timeout=timeout)
         return cls(client, on_backend_call=on_backend_call, pubsub=opener)
 
     async def reserve(

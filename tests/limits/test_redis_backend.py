@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 from structlog.testing import capture_logs
 
 from gateway.limits import BucketSpec, Cost, Dimension, LimitBackendError, Refused, Reservation
 from gateway.limits.deferred import MAX_PENDING
+from gateway.limits.redis import RedisPyError
 from gateway.limits.redis.wire import RedisWire, Script, WireConnectionError
 from gateway.limits.redis_backend import RedisBackend
 from tests.limits.conftest import bucket, hung_server
@@ -130,7 +130,7 @@ async def test_each_call_is_one_evalsha_of_o_buckets_commands(
 
 
 @pytest.mark.parametrize(
-    ("transport", "cause"), [("wire", WireConnectionError), ("redis-py", RedisError)]
+    ("transport", "cause"), [("wire", WireConnectionError), ("redis-py", RedisPyError)]
 )
 async def test_unreachable_redis_raises_limit_backend_error(
     transport: str, cause: type[Exception]

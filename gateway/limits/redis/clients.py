@@ -2,40 +2,40 @@
 picks between them.
 
 `RedisClient` is what `RedisBackend` needs: `evalsha` (loading the script on NOSCRIPT),
-`script_load`, `aclose`. Two implementations:
+`script_load`, `aclose`; `Subscription` is what its queue wake-ups need: one channel's
+messages. Two implementations of each:
 
-- `RedisWire` (`wire.py`), the pipelined client: a standalone `redis://` or `unix://` server,
-  where the limiter's per-request CPU matters most (the default, `pipelined`);
-- redis-py, wrapped by `RedisPyClient`: Cluster, `rediss://` (TLS), injected clients such as
-  fakeredis in tests, and any URL when the operator asks for it (`redis-py`), so the two can
-  be compared on the same server.
+- the pipelined client, `RedisWire` and `WireSubscription` (`wire.py`): a standalone
+  `redis://` or `unix://` server, where the limiter's per-request CPU matters most (the
+  default, `pipelined`);
+- redis-py (`redis_py.py`): Cluster, `rediss://` (TLS), injected clients such as fakeredis in
+  tests, and any URL when the operator asks for it (`redis-py`), so the two can be compared
+  on the same server. It is imported only then: a gateway on the pipelined client never
+  loads redis-py (about 9 MB of memory, #18).
 
-Errors stay the client's own (`RedisError`, `WireError`, `OSError`); `CLIENT_ERRORS` names
-them for the backend, which maps them to `LimitBackendError`. Nothing here imports the rest
-of the gateway.
+Errors: `WireError` and `OSError` from the pipelined client, `RedisPyError` (redis-py's own
+chained) from redis-py; `CLIENT_ERRORS` names them for the backend, which maps them to
+`LimitBackendError`. Nothing here imports the rest of the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Literal, Protocol
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, cast
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-
-from gateway.limits.redis.wire import Address, RedisWire, Script, WireError
+from gateway.limits.redis.wire import Address, RedisWire, Script, WireError, WireSubscription
 
 ClientKind = Literal["pipelined", "redis-py"]
-CLIENT_ERRORS = (RedisError, WireError, OSError)
+
+
+class RedisPyError(Exception):
+    """redis-py failed (its `RedisError` is the `__cause__`): raised by `redis_py.py`, named
+    here so that catching it needs no redis-py."""
+
+
+CLIENT_ERRORS = (RedisPyError, WireError, OSError)
 """Everything a client raises when Redis fails (connection, timeout, error reply)."""
 _WIRE_SCHEMES = ("redis://", "unix://")
 
@@ -54,55 +54,6 @@ class RedisClient(Protocol):
     async def aclose(self) -> None:
         """Close every connection."""
         ...
-
-
-class RedisPyClient:
-    """redis-py (a standalone pool, a Cluster, or fakeredis) as a `RedisClient`.
-
-    `in_flight` bounds the calls running at once; a call beyond it waits up to `wait`
-    seconds for its turn. redis-py's Cluster client has no blocking pool: a node whose
-    connections are all busy raises `MaxConnectionsError` at once, so `open_client` queues a
-    burst here instead (a standalone pool waits by itself).
-    """
-
-    def __init__(
-        self, client: Redis | RedisCluster, *, in_flight: int | None = None, wait: float = 1.0
-    ) -> None:
-        self._client = client
-        self._scripts: dict[bytes, AsyncScript] = {}
-        self._turns = asyncio.Semaphore(in_flight) if in_flight else None
-        self._wait = wait
-
-    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        registered = self._scripts.get(script.sha)
-        if registered is None:  # AsyncScript reloads on NOSCRIPT, on every Cluster primary
-            registered = self._client.register_script(script.source)
-            self._scripts[script.sha] = registered
-        async with self._turn():
-            return await registered(keys=keys, args=args)
-
-    async def script_load(self, script: Script) -> None:
-        async with self._turn():
-            await self._client.script_load(script.source)
-
-    @contextlib.asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
-        """Hold one of the `in_flight` turns for a call (nothing to hold without a bound)."""
-        if self._turns is None:
-            yield
-            return
-        try:
-            async with asyncio.timeout(self._wait):
-                await self._turns.acquire()
-        except TimeoutError:
-            raise RedisConnectionError(f"no Redis connection free within {self._wait} s") from None
-        try:
-            yield
-        finally:
-            self._turns.release()
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 def pipelined(url: str, *, cluster: bool, kind: ClientKind) -> bool:
@@ -124,7 +75,9 @@ def check_url(url: str, *, cluster: bool = False, kind: ClientKind = "pipelined"
     if pipelined(url, cluster=cluster, kind=kind):
         Address.from_url(url)
     else:
-        parse_url(url)
+        from gateway.limits.redis import redis_py  # noqa: PLC0415 (redis-py only when used)
+
+        redis_py.check_url(url)
 
 
 def open_client(
@@ -152,37 +105,64 @@ def open_client(
     check_url(url, cluster=cluster, kind=kind)
     if pipelined(url, cluster=cluster, kind=kind):
         return RedisWire.from_url(url, timeout=timeout)
-    settings: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "max_connections": max_connections,
-    }
-    if cluster:
-        never_retry = Retry(NoBackoff(), 0)
-        client = RedisCluster.from_url(url, retry=never_retry, **settings)
-        return RedisPyClient(client, in_flight=max_connections, wait=timeout)
-    pool = BlockingConnectionPool.from_url(url, timeout=timeout, **settings)
-    return RedisPyClient(Redis.from_pool(pool))
+    from gateway.limits.redis import redis_py  # noqa: PLC0415 (redis-py only when used)
+
+    return redis_py.open_client(
+        url, cluster=cluster, timeout=timeout, max_connections=max_connections
+    )
 
 
-PubSubOpener = Callable[[], PubSub]
-"""Opens a redis-py `PubSub` on a connection of its own (subscriptions block a connection)."""
+def adapted(client: object) -> tuple[RedisClient, SubscriptionOpener | None]:
+    """`client` as a `RedisClient` and its subscriptions' opener (None: it has none): a
+    redis-py client (or fakeredis, its subclass) is wrapped, any other is taken as it is.
+    Nothing can be a redis-py client before redis-py was imported, so that import is not
+    made here for a client of the gateway's own."""
+    redis = sys.modules.get("redis.asyncio")
+    if redis is not None and isinstance(client, redis.Redis | redis.RedisCluster):
+        from gateway.limits.redis import redis_py  # noqa: PLC0415 (redis-py is loaded already)
+
+        return redis_py.adapted(client)
+    return cast(RedisClient, client), None
+
+
+class Subscription(Protocol):
+    """Protocol: one channel's messages, on a connection of its own."""
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe; return once Redis confirmed it. Raise the client's own errors."""
+        ...
+
+    async def message(self) -> bytes:
+        """The next message on the channel; raise the client's errors once the connection
+        is lost."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the subscription's connection."""
+        ...
+
+
+SubscriptionOpener = Callable[[], Subscription]
+"""Opens a new, unsubscribed `Subscription` (each on a fresh connection)."""
 RESUBSCRIBE_SECONDS = 1.0
 """Pause before subscribing again after the subscription's connection was lost."""
 
 
-def pubsub_opener(url: str, *, timeout: float = 1.0) -> PubSubOpener:
-    """A `PubSubOpener` for `url` (a Cluster's seed node too: a Cluster forwards PUBLISH to
-    every node). Its connection never times out reading: a quiet channel is no failure."""
+def subscriptions(
+    url: str, *, cluster: bool = False, kind: ClientKind = "pipelined", timeout: float = 1.0
+) -> SubscriptionOpener:
+    """A `SubscriptionOpener` for `url`, on the client `open_client` picks for it (a
+    Cluster's seed node: a Cluster forwards PUBLISH to every node)."""
+    if pipelined(url, cluster=cluster, kind=kind):
+        address = Address.from_url(url)
+        return lambda: WireSubscription(address, timeout=timeout)
+    from gateway.limits.redis import redis_py  # noqa: PLC0415 (redis-py only when used)
 
-    def opener() -> PubSub:
-        return Redis.from_url(url, socket_connect_timeout=timeout).pubsub()
-
-    return opener
+    return redis_py.subscriptions(url, timeout=timeout)
 
 
 async def listen(
-    opener: PubSubOpener,
+    opener: SubscriptionOpener,
     channel: str,
     on_message: Callable[[bytes], None],
     on_subscribed: Callable[[], None] = lambda: None,
@@ -191,15 +171,13 @@ async def listen(
     pause) whenever the connection is lost; `on_subscribed` hears of each subscription.
     Neither callback may raise."""
     while True:
-        pubsub = opener()
+        subscription = opener()
         try:
-            await pubsub.subscribe(channel)
+            await subscription.subscribe(channel)
             on_subscribed()
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None and message.get("type") == "message":
-                    on_message(message["data"])
+                on_message(await subscription.message())
         except CLIENT_ERRORS:
             await asyncio.sleep(RESUBSCRIBE_SECONDS)  # noqa: TID251 (no clock here: a pause)
         finally:
-            await pubsub.aclose()
+            await subscription.aclose()

@@ -15,6 +15,9 @@ fails, and the socket is dropped. A lost connection also fails everything pendin
 command reconnects (AUTH and SELECT from the URL). `evalsha` answers NOSCRIPT (restart,
 failover, SCRIPT FLUSH) with SCRIPT LOAD and one retry.
 
+`WireSubscription` is the same protocol on a subscriber's connection: SUBSCRIBE, then every
+message published on the channel, for the limiter's queue wake-ups (`clients.listen`).
+
 Exception tree::
 
     WireError                 anything this client raises
@@ -29,7 +32,7 @@ import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -270,21 +273,9 @@ class RedisWire:
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        address = self._address
-        try:
-            async with asyncio.timeout(self._timeout):
-                if address.path is not None:
-                    _, connection = await loop.create_unix_connection(
-                        lambda: _Connection(loop, self._timeout), address.path
-                    )
-                else:
-                    _, connection = await loop.create_connection(
-                        lambda: _Connection(loop, self._timeout), address.host, address.port
-                    )
-        except (OSError, TimeoutError) as exc:
-            where = address.path or f"{address.host}:{address.port}"
-            raise WireConnectionError(f"cannot connect to redis at {where}: {exc!r}") from exc
-        handshake = [connection.send(_pack(c)) for c in address.handshake()]
+        timeout = self._timeout
+        connection = await _connect(self._address, lambda: _Connection(loop, timeout), timeout)
+        handshake = [connection.send(_pack(c)) for c in self._address.handshake()]
         try:
             for reply in await asyncio.gather(*handshake):
                 if isinstance(reply, WireReplyError):
@@ -293,3 +284,109 @@ class RedisWire:
             connection.abort("redis handshake failed")
             raise
         return connection
+
+
+ProtocolT = TypeVar("ProtocolT", bound=asyncio.Protocol)
+
+
+async def _connect(address: Address, factory: Callable[[], ProtocolT], within: float) -> ProtocolT:
+    """A socket to `address` (TCP or Unix) within `within` seconds, run by `factory()`'s
+    protocol."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(within):
+            if address.path is not None:
+                _, protocol = await loop.create_unix_connection(factory, address.path)
+            else:
+                _, protocol = await loop.create_connection(factory, address.host, address.port)
+    except (OSError, TimeoutError) as exc:
+        where = address.path or f"{address.host}:{address.port}"
+        raise WireConnectionError(f"cannot connect to redis at {where}: {exc!r}") from exc
+    return protocol
+
+
+class _Inbox(asyncio.Protocol):
+    """A subscriber connection's side: every reply, in order, into a queue; a lost
+    connection (or garbage) as a `WireConnectionError` at its end."""
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(replyError=WireReplyError)
+        self.replies: asyncio.Queue[Any] = asyncio.Queue()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                self.replies.put_nowait(reply)
+        except hiredis.ProtocolError as exc:
+            self.replies.put_nowait(WireConnectionError(f"redis protocol error: {exc!r}"))
+            if self.transport is not None:
+                self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = "redis connection lost" + (f": {exc}" if exc else "")
+        self.replies.put_nowait(WireConnectionError(reason))
+
+
+class WireSubscription:
+    """One channel's messages on a connection of its own (SUBSCRIBE puts a connection in
+    subscriber mode). Connecting, the handshake and the subscription's confirmation are
+    bounded by `timeout`; waiting for a message is not (a quiet channel is no failure).
+    Once the connection is lost every `message()` raises `WireConnectionError`."""
+
+    def __init__(self, address: Address, *, timeout: float = 1.0) -> None:
+        self._address = address
+        self._timeout = timeout
+        self._inbox: _Inbox | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 1.0) -> WireSubscription:
+        """A subscription for a `redis://` or `unix://` URL; connects on `subscribe`."""
+        return cls(Address.from_url(url), timeout=timeout)
+
+    async def subscribe(self, channel: str) -> None:
+        """Connect, authenticate and SUBSCRIBE; return once Redis confirmed it (on failure
+        the connection is closed)."""
+        inbox = self._inbox = await _connect(self._address, _Inbox, self._timeout)
+        commands = [*self._address.handshake(), (b"SUBSCRIBE", channel)]
+        assert inbox.transport is not None  # connection_made ran: the socket is open
+        inbox.transport.write(b"".join(_pack(c) for c in commands))
+        try:
+            async with asyncio.timeout(self._timeout):
+                for _ in commands:  # AUTH and SELECT answer OK, SUBSCRIBE a confirmation
+                    await self._next(inbox)
+        except BaseException as exc:  # a refused AUTH, a timeout, or a cancelled attempt
+            await self.aclose()
+            if isinstance(exc, TimeoutError):
+                why = f"no reply from redis within {self._timeout:g} s to SUBSCRIBE"
+                raise WireConnectionError(why) from None
+            raise
+
+    async def message(self) -> bytes:
+        """The next message published on the channel."""
+        if self._inbox is None:
+            raise WireConnectionError("not subscribed")
+        while True:
+            reply = await self._next(self._inbox)
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                data: bytes = reply[2]
+                return data
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        if self._inbox is not None and self._inbox.transport is not None:
+            self._inbox.transport.abort()
+
+    @staticmethod
+    async def _next(inbox: _Inbox) -> Any:
+        reply = await inbox.replies.get()
+        if isinstance(reply, WireConnectionError):
+            inbox.replies.put_nowait(reply)  # lost stays lost for every later call
+            raise reply
+        if isinstance(reply, WireReplyError):
+            raise reply
+        return reply

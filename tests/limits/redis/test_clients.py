@@ -1,38 +1,49 @@
-"""`open_client` picks the pipelined client or redis-py; `check_url` refuses what neither takes."""
+"""`open_client` and `subscriptions` pick the pipelined client or redis-py; `check_url` refuses
+what neither takes; redis-py is imported only when it is picked."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from gateway.limits.redis import ClientKind, check_url, open_client
+from gateway.limits.redis import ClientKind, check_url, open_client, subscriptions
 
 PACKAGE = Path(__file__).resolve().parents[3] / "gateway" / "limits" / "redis"
 
 
 @pytest.mark.parametrize(
-    ("url", "cluster", "kind", "expected"),
+    ("url", "cluster", "kind", "pipelined"),
     [
-        ("redis://127.0.0.1:6379/0", False, "pipelined", "RedisWire"),
-        ("unix:///tmp/redis.sock", False, "pipelined", "RedisWire"),
-        ("rediss://127.0.0.1:6379/0", False, "pipelined", "RedisPyClient"),
-        ("redis://127.0.0.1:6379", True, "pipelined", "RedisPyClient"),
-        ("redis://127.0.0.1:6379/0", False, "redis-py", "RedisPyClient"),
-        ("unix:///tmp/redis.sock", False, "redis-py", "RedisPyClient"),
+        ("redis://127.0.0.1:6379/0", False, "pipelined", True),
+        ("unix:///tmp/redis.sock", False, "pipelined", True),
+        ("rediss://127.0.0.1:6379/0", False, "pipelined", False),
+        ("redis://127.0.0.1:6379", True, "pipelined", False),
+        ("redis://127.0.0.1:6379/0", False, "redis-py", False),
+        ("unix:///tmp/redis.sock", False, "redis-py", False),
     ],
 )
 async def test_the_pipelined_client_serves_standalone_urls_unless_redis_py_is_asked_for(
-    url: str, cluster: bool, kind: ClientKind, expected: str
+    url: str, cluster: bool, kind: ClientKind, pipelined: bool
 ) -> None:
     """`redis://` and `unix://` get RedisWire; Cluster, `rediss://` and `redis-py` get
-    redis-py (nothing connects until the first command)."""
+    redis-py (nothing connects until the first command). The queue's wake-ups subscribe
+    through the same client as the scripts' calls."""
     client = open_client(url, cluster=cluster, kind=kind)
+    subscription = subscriptions(url, cluster=cluster, kind=kind)()
     try:
-        assert expected == type(client).__name__
+        picked = (type(client).__name__, type(subscription).__name__)
     finally:
+        await subscription.aclose()
         await client.aclose()
+    expected = (
+        ("RedisWire", "WireSubscription") if pipelined else ("RedisPyClient", "RedisPySubscription")
+    )
+    assert expected == picked
 
 
 @pytest.mark.parametrize("kind", ["pipelined", "redis-py"])
@@ -63,3 +74,33 @@ def test_the_subpackage_imports_nothing_else_of_the_gateway() -> None:
         and not node.module.startswith("gateway.limits.redis")
     )
     assert [] == foreign
+
+
+IMPORTS_AFTER_SERVING = """
+import asyncio, json, sys
+from gateway.limits.redis_backend import RedisBackend
+
+async def main():
+    backend = RedisBackend.from_url(sys.argv[1], kind=sys.argv[2], timeout=0.2)
+    try:
+        await backend.ping()
+    except Exception:
+        pass  # nothing listens there: only what was imported matters
+    await backend.aclose()
+    print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"redis", "opentelemetry"})))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("kind", "redis_py"), [("pipelined", False), ("redis-py", True)])
+def test_redis_py_is_imported_only_when_it_is_picked(kind: str, redis_py: bool) -> None:
+    """A backend on the pipelined client runs without redis-py (and the OpenTelemetry SDK,
+    which redis-py loads when it is installed): about 9 MB of memory (#18)."""
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_AFTER_SERVING, "redis://127.0.0.1:9/0", kind],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    loaded = json.loads(done.stdout)
+    assert redis_py == ("redis" in loaded)
+    assert redis_py or [] == loaded

@@ -1,4 +1,5 @@
-"""`RedisWire`, the pipelined RESP client: order, scripts, reconnects, timeouts, auth."""
+"""`RedisWire`, the pipelined RESP client: order, scripts, reconnects, timeouts, auth; and
+`WireSubscription`, its subscriber: messages in order, a lost connection, auth, timeouts."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from gateway.limits.redis.wire import (
     Script,
     WireConnectionError,
     WireReplyError,
+    WireSubscription,
 )
 from tests.limits.conftest import hung_server
 from tests.support.redis_server import RedisServer
@@ -202,3 +204,84 @@ async def test_unix_socket(unix_server: Path) -> None:
         assert [b"PONG", b"v"] == [await client.execute(b"PING"), await client.execute(b"GET", "k")]
     finally:
         await client.aclose()
+
+
+async def subscribed(url: str, channel: str = "news") -> WireSubscription:
+    """A subscription on `channel`, confirmed by Redis."""
+    subscription = WireSubscription.from_url(url, timeout=2.0)
+    await subscription.subscribe(channel)
+    return subscription
+
+
+@pytest.mark.redis
+async def test_a_subscription_hears_its_channel_in_order(
+    redis_server: RedisServer, redis_client: redis.asyncio.Redis
+) -> None:
+    """Every message published on the channel arrives, in order, as bytes; other channels'
+    do not. Redis counts the subscriber as soon as `subscribe` has returned."""
+    subscription = await subscribed(redis_server.url)
+    try:
+        receivers = await redis_client.publish("news", b"one")
+        await redis_client.publish("other", b"not for us")
+        await redis_client.publish("news", b"two \x00 bytes")
+        heard = [await asyncio.wait_for(subscription.message(), 5) for _ in range(2)]
+    finally:
+        await subscription.aclose()
+    assert (1, [b"one", b"two \x00 bytes"]) == (receivers, heard)
+
+
+@pytest.mark.redis
+async def test_a_lost_subscription_raises_on_every_later_message(
+    redis_server: RedisServer, redis_client: redis.asyncio.Redis
+) -> None:
+    """A subscriber whose connection Redis closes fails `message()`, now and after."""
+    subscription = await subscribed(redis_server.url)
+    try:
+        waiting = asyncio.ensure_future(subscription.message())
+        await asyncio.sleep(0)  # the reader is waiting before the connection goes
+        killed = await redis_client.client_kill_filter(_type="pubsub")
+        with pytest.raises(WireConnectionError, match="lost"):
+            await asyncio.wait_for(waiting, 5)
+        with pytest.raises(WireConnectionError, match="lost"):
+            await subscription.message()
+    finally:
+        await subscription.aclose()
+    assert 1 == killed
+
+
+@pytest.mark.redis
+async def test_a_subscription_authenticates_from_the_url(
+    redis_server: RedisServer, redis_client: redis.asyncio.Redis
+) -> None:
+    """User and password in the URL are sent before SUBSCRIBE; a wrong password fails it."""
+    await redis_client.acl_setuser(
+        "listener", enabled=True, passwords=["+s3cret"], channels=["*"], commands=["+@all"]
+    )
+    url = f"redis://listener:{{}}@127.0.0.1:{redis_server.port}/0"
+    try:
+        good = await subscribed(url.format("s3cret"))
+        await redis_client.publish("news", b"hello")
+        heard = await asyncio.wait_for(good.message(), 5)
+        await good.aclose()
+        with pytest.raises(WireReplyError, match="WRONGPASS"):
+            await subscribed(url.format("wrong"))
+    finally:
+        await redis_client.acl_deluser("listener")
+    assert b"hello" == heard
+
+
+async def test_subscribing_fails_fast_on_a_hung_or_absent_server() -> None:
+    """No server, or one that never confirms: WireConnectionError within the timeout."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with hung_server() as url:
+        hung = WireSubscription.from_url(url, timeout=0.05)
+        with pytest.raises(WireConnectionError, match="SUBSCRIBE"):
+            await hung.subscribe("news")
+        await hung.aclose()
+    absent = WireSubscription.from_url(RedisServer().url, timeout=0.5)
+    with pytest.raises(WireConnectionError, match="cannot connect"):
+        await absent.subscribe("news")
+    with pytest.raises(WireConnectionError, match="not subscribed"):
+        await absent.message()
+    assert loop.time() - started < 2.0
