@@ -4,14 +4,17 @@ what neither takes; redis-py is imported only when it is picked."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
-from gateway.limits.redis import ClientKind, check_url, open_client, subscriptions
+from gateway.limits.redis import ClientKind, check_url, clients, listen, open_client, subscriptions
+from tests.support.redis_server import RedisServer
 
 PACKAGE = Path(__file__).resolve().parents[3] / "gateway" / "limits" / "redis"
 
@@ -104,3 +107,34 @@ def test_redis_py_is_imported_only_when_it_is_picked(kind: str, redis_py: bool) 
     loaded = json.loads(done.stdout)
     assert redis_py == ("redis" in loaded)
     assert redis_py or [] == loaded
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["pipelined", "redis-py"])
+async def test_listen_subscribes_again_after_redis_restarts(
+    kind: ClientKind, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription lost with its server is made again once the server is back, and the
+    messages published then arrive; `on_subscribed` hears of each subscription."""
+    monkeypatch.setattr(clients, "RESUBSCRIBE_SECONDS", 0.05)
+    heard: asyncio.Queue[bytes] = asyncio.Queue()
+    subscribed = asyncio.Event()
+    with RedisServer() as server:
+        opener = subscriptions(server.url, kind=kind, timeout=1.0)
+        task = asyncio.ensure_future(listen(opener, "news", heard.put_nowait, subscribed.set))
+        publisher = redis.asyncio.Redis.from_url(server.url)
+        try:
+            await asyncio.wait_for(subscribed.wait(), 5)
+            await publisher.publish("news", b"before")
+            before = await asyncio.wait_for(heard.get(), 5)
+            subscribed.clear()
+            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(server.start)
+            await asyncio.wait_for(subscribed.wait(), 10)
+            await publisher.publish("news", b"after")
+            after = await asyncio.wait_for(heard.get(), 5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await publisher.aclose()
+    assert (b"before", b"after") == (before, after)

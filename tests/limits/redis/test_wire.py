@@ -156,16 +156,24 @@ async def test_nothing_listening_is_a_connection_error() -> None:
 async def test_auth_and_select_come_from_the_url(
     redis_server: RedisServer, redis_client: redis.asyncio.Redis
 ) -> None:
-    """User, password and database in the URL are sent on connect; a wrong password fails."""
+    """User, password and database in the URL are sent on connect; a wrong password fails.
+    A subscription authenticates the same way, before its SUBSCRIBE."""
     await redis_client.acl_setuser(
-        "wire", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"]
-    )
+        "wire", enabled=True, passwords=["+s3cret"], keys=["*"], channels=["*"],
+        commands=["+@all"],
+    )  # fmt: skip
     good = RedisWire.from_url(f"redis://wire:s3cret@127.0.0.1:{redis_server.port}/3")
     bad = RedisWire.from_url(f"redis://wire:wrong@127.0.0.1:{redis_server.port}/3")
     try:
         await good.execute(b"SET", "wire-key", "in-db-3")
         with pytest.raises(WireReplyError, match="WRONGPASS"):
             await bad.ping()
+        listening = await subscribed(f"redis://wire:s3cret@127.0.0.1:{redis_server.port}/3")
+        await redis_client.publish("news", b"hello")
+        heard = await asyncio.wait_for(listening.message(), 5)
+        await listening.aclose()
+        with pytest.raises(WireReplyError, match="WRONGPASS"):
+            await subscribed(f"redis://wire:wrong@127.0.0.1:{redis_server.port}/3")
         db3 = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/3")
         stored = await db3.get("wire-key")
         await db3.flushdb()
@@ -174,7 +182,7 @@ async def test_auth_and_select_come_from_the_url(
         await good.aclose()
         await bad.aclose()
         await redis_client.acl_deluser("wire")
-    assert b"in-db-3" == stored
+    assert (b"in-db-3", b"hello") == (stored, heard)
 
 
 @pytest.fixture
@@ -247,27 +255,6 @@ async def test_a_lost_subscription_raises_on_every_later_message(
     finally:
         await subscription.aclose()
     assert 1 == killed
-
-
-@pytest.mark.redis
-async def test_a_subscription_authenticates_from_the_url(
-    redis_server: RedisServer, redis_client: redis.asyncio.Redis
-) -> None:
-    """User and password in the URL are sent before SUBSCRIBE; a wrong password fails it."""
-    await redis_client.acl_setuser(
-        "listener", enabled=True, passwords=["+s3cret"], channels=["*"], commands=["+@all"]
-    )
-    url = f"redis://listener:{{}}@127.0.0.1:{redis_server.port}/0"
-    try:
-        good = await subscribed(url.format("s3cret"))
-        await redis_client.publish("news", b"hello")
-        heard = await asyncio.wait_for(good.message(), 5)
-        await good.aclose()
-        with pytest.raises(WireReplyError, match="WRONGPASS"):
-            await subscribed(url.format("wrong"))
-    finally:
-        await redis_client.acl_deluser("listener")
-    assert b"hello" == heard
 
 
 async def test_subscribing_fails_fast_on_a_hung_or_absent_server() -> None:
