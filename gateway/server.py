@@ -31,6 +31,7 @@ from aiohttp import web
 from gateway.admin import reload
 from gateway.config import ConfigError, Settings
 from gateway.connections import ClientConnections, ConnectionLimits, EdgeSite, descriptor_budget
+from gateway.gc_tuning import tune_collector
 from gateway.logs import get_logger
 from gateway.services import CLOCK, LIFECYCLE, METRICS
 from gateway.supervisor import stop_with_supervisor
@@ -44,6 +45,7 @@ async def serve(settings: Settings, app: web.Application, *, worker: int | None 
     `worker`: this process is that worker of a supervisor's (shares the port)."""
     limits = connection_limits(settings, _fit_descriptors(settings.max_connections))
     runner, site = await listen(settings, app, limits, reuse_port=worker is not None)
+    tune_collector()  # start-up is over: what it allocated stays for good
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
