@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -27,7 +27,24 @@ from redis.exceptions import RedisError
 from gateway.limits.redis.clients import RedisPyError
 from gateway.limits.redis.wire import Script
 
-__all__ = ["RedisPyClient", "RedisPySubscription", "check_url", "open_client", "subscriptions"]
+__all__ = [
+    "RedisPyClient",
+    "RedisPySubscription",
+    "adapted",
+    "check_url",
+    "open_client",
+    "subscriptions",
+]
+
+
+@contextlib.contextmanager
+def _as_redis_py_error() -> Iterator[None]:
+    """redis-py's `RedisError` leaves as `RedisPyError`, the original chained: what callers
+    catch (`CLIENT_ERRORS`) must not need redis-py."""
+    try:
+        yield
+    except RedisError as exc:
+        raise RedisPyError(str(exc)) from exc
 
 
 class RedisPyClient:
@@ -53,17 +70,13 @@ class RedisPyClient:
             registered = self._client.register_script(script.source)
             self._scripts[script.sha] = registered
         async with self._turn():
-            try:
+            with _as_redis_py_error():
                 return await registered(keys=keys, args=args)
-            except RedisError as exc:
-                raise RedisPyError(str(exc)) from exc
 
     async def script_load(self, script: Script) -> None:
         async with self._turn():
-            try:
+            with _as_redis_py_error():
                 await self._client.script_load(script.source)
-            except RedisError as exc:
-                raise RedisPyError(str(exc)) from exc
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
@@ -114,13 +127,11 @@ class RedisPySubscription:
         self._pubsub = pubsub
 
     async def subscribe(self, channel: str) -> None:
-        try:
+        with _as_redis_py_error():
             await self._pubsub.subscribe(channel)
-        except RedisError as exc:
-            raise RedisPyError(str(exc)) from exc
 
     async def message(self) -> bytes:
-        try:
+        with _as_redis_py_error():
             while True:
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0
@@ -128,8 +139,6 @@ class RedisPySubscription:
                 if message is not None and message.get("type") == "message":
                     data: bytes = message["data"]
                     return data
-        except RedisError as exc:
-            raise RedisPyError(str(exc)) from exc
 
     async def aclose(self) -> None:
         await self._pubsub.aclose()
